@@ -1,0 +1,40 @@
+# Two commands from a fresh clone: `make demo` and `make test` (see README.md).
+# Everything is installed into .venv from a bare Python 3.11 with pip.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# A CPU build of torch: pinned so pip takes the CPU wheel instead of a multi-gigabyte CUDA build.
+# Elsewhere, add TORCH_INDEX=https://download.pytorch.org/whl/cpu to fetch the CPU wheel.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+# Real data: a local copy of Omniglot / Multi30k (official layout); the loaders download otherwise.
+LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
+export LIFELONG_DATA_DIR
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) jobs/demo.py
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: install
+	$(PY) jobs/bench_memory.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,132 @@
+"""Job configuration: frozen dataclasses filled from one YAML file plus command-line overrides.
+
+A job declares its config as a (possibly nested) frozen dataclass whose ``__post_init__``
+validates values. ``load_config`` reads the YAML, applies ``key.sub=value`` overrides, and
+reports every unknown key at once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+from lifelong.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turns ``["train.steps=100", "memory.num_slots=8192"]`` into a nested dict.
+
+    Values are parsed as YAML scalars, so ``1e-4`` is a float and ``true`` a bool.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets a field inside a scalar")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _unknown_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = []
+    for key, value in data.items():
+        if key not in fields:
+            unknown.append(prefix + key)
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
+            unknown += _unknown_keys(hints[key], value, prefix + key + ".")
+    return unknown
+
+
+def _build(cls: type[T], data: Mapping[str, Any]) -> T:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{f.name} must be a mapping, got {value!r}")
+            value = _build(hints[f.name], value)
+        elif hints[f.name] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif typing.get_origin(hints[f.name]) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Builds the dataclass ``cls`` from a nested mapping; unknown keys are all reported."""
+    unknown = _unknown_keys(cls, data)
+    if unknown:
+        raise ConfigError(f"unknown config keys for {cls.__name__}: {', '.join(sorted(unknown))}")
+    return _build(cls, data)
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """Reads ``path`` (YAML; may be None for the defaults) and applies ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = dict(loaded or {})
+    return config_from_dict(cls, _merge(data, parse_overrides(overrides)))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Flattens a config dataclass to ``{"section.field": value}`` (for MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict):
+            for sub, subval in config_to_dict_from_mapping(value, key + ".").items():
+                flat[sub] = subval
+        else:
+            flat[key] = value
+    return flat
+
+
+def config_to_dict_from_mapping(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(config_to_dict_from_mapping(value, prefix + key + "."))
+        else:
+            flat[prefix + key] = value
+    return flat
