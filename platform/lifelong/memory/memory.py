@@ -1,0 +1,370 @@
+"""The key-value memory of Kaiser et al., "Learning to Remember Rare Events" (ICLR 2017).
+
+State for N slots of key size d: ``keys`` [N, d] (rows L2-normalised), ``values`` [N] int64
+(-1 marks an empty slot, which never matches) and the ages of the slots. Ages are kept as a write
+clock: ``ages = clock - write_time``, so an update step touches only the written slots instead of
+incrementing N ages. ``state_dict()`` carries ``keys``, ``values``, ``ages`` and
+``recent_slots`` (the slot most recently written for each value).
+
+A lookup (``query``) is: normalise the query, search the ``choose_k`` nearest slots without
+gradient, recompute their similarities with gradient (keys are constants, so only the query and
+what produced it receive gradient), predict the nearest neighbour's value, and, given labels,
+compute the margin loss and update the memory. See DESIGN.md section 1 for the exact semantics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
+from lifelong.memory.search import ExactSearch, Search
+
+# Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
+_EMPTY_BONUS = 2**32
+
+
+@dataclass
+class MemoryOutput:
+    """The answer of one lookup.
+
+    Attributes:
+        values: [B] int64 predicted value (nearest non-empty neighbour; -1 if memory is empty).
+        similarities: [B, k] cosine similarity to the k neighbours (with gradient), -inf for
+            empty candidates.
+        softmax: [B, k] softmax over the k similarities with temperature ``memory.temperature``.
+        slots: [B, k] int64 slot ids of the k neighbours.
+        neighbour_values: [B, k] int64 values of the k neighbours (-1 for empty).
+        loss: scalar margin loss (mean over the batch), or None without labels.
+        correct: [B] bool, prediction == label (None without labels).
+        written_slots: [B] int64 slot each query refreshed or was inserted into (None if the
+            memory was not updated).
+    """
+
+    values: torch.Tensor
+    similarities: torch.Tensor
+    softmax: torch.Tensor
+    slots: torch.Tensor
+    neighbour_values: torch.Tensor
+    loss: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    written_slots: torch.Tensor | None = None
+
+
+class Memory(nn.Module):
+    """Life-long key-value memory with nearest-neighbour lookup and margin loss.
+
+    Args:
+        key_dim: d, the size of keys and queries.
+        num_slots: N, the number of (key, value, age) slots.
+        num_values: the value vocabulary; labels must lie in [0, num_values).
+        choose_k: neighbours searched per query (the paper's k), default 256.
+        alpha: the margin of the memory loss, default 0.1.
+        age_noise: inserts pick among the oldest slots by age + U[-age_noise, age_noise].
+        use_recent: add the slot most recently written for the label to the candidates during
+            training so a positive is available (the reference code's ``recent_idx``).
+        learn_query_proj: pass queries through a learned d x d projection (starts as identity).
+        search: the nearest-neighbour backend; exact matmul + top-k by default.
+        generator: random source for the age noise (a private seeded one by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        key_dim: int,
+        num_slots: int,
+        num_values: int,
+        choose_k: int = 256,
+        alpha: float = 0.1,
+        age_noise: float = 8.0,
+        use_recent: bool = True,
+        learn_query_proj: bool = False,
+        search: Search | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        for name, val in (("key_dim", key_dim), ("num_slots", num_slots),
+                          ("num_values", num_values), ("choose_k", choose_k)):
+            if not isinstance(val, int) or val <= 0:
+                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        if not alpha > 0 or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be positive, got {alpha!r}")
+        if not age_noise >= 0 or not math.isfinite(age_noise):
+            raise ValueError(f"age_noise must be >= 0, got {age_noise!r}")
+        self.key_dim, self.num_slots, self.num_values = key_dim, num_slots, num_values
+        self.choose_k, self.alpha, self.age_noise = choose_k, alpha, age_noise
+        self.use_recent = use_recent
+        self.search = search if search is not None else ExactSearch()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.query_proj = nn.Parameter(torch.eye(key_dim)) if learn_query_proj else None
+        self.register_buffer("keys", torch.zeros(num_slots, key_dim))
+        self.register_buffer("values", torch.full((num_slots,), -1, dtype=torch.int64))
+        self.register_buffer("recent_slots", torch.full((num_values,), -1, dtype=torch.int64))
+        self.register_buffer("write_time", torch.zeros(num_slots, dtype=torch.int64),
+                             persistent=False)
+        self.register_buffer("clock", torch.zeros((), dtype=torch.int64), persistent=False)
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def k(self) -> int:
+        """Neighbours per query: choose_k, or N when the memory is smaller."""
+        return min(self.choose_k, self.num_slots)
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature max(1, ln(0.2 k) / alpha): about 40 for k = 256, alpha = 0.1."""
+        return max(1.0, math.log(0.2 * self.k) / self.alpha)
+
+    @property
+    def ages(self) -> torch.Tensor:
+        """[N] int64 update steps since each slot was last written."""
+        return self.clock - self.write_time
+
+    def occupancy(self) -> int:
+        """Number of filled (non-empty) slots."""
+        return int((self.values >= 0).sum())
+
+    # ---------------------------------------------------------------------------------- lookup
+    def query(self, q: torch.Tensor, labels: torch.Tensor | None = None,
+              update: bool = True) -> MemoryOutput:
+        """Looks up a batch of queries; with labels, computes the loss and updates the memory.
+
+        Args:
+            q: [B, key_dim] float queries (the network's activations), finite.
+            labels: [B] int64 true values in [0, num_values), or None for prediction only.
+            update: write the batch into memory (only when labels are given).
+
+        Returns:
+            A MemoryOutput; the prediction is made before the update.
+        """
+        self._check_query(q)
+        if labels is not None:
+            self._check_labels(labels, q.shape[0])
+        if self.query_proj is not None:
+            q = q @ self.query_proj
+        q = F.normalize(q, dim=1)
+        with torch.no_grad():
+            _, slots = self.search.search(q.detach(), self.keys, self.values, self.k)
+        training = labels is not None
+        if training and self.use_recent:
+            recent = self.recent_slots[labels].unsqueeze(1)  # [B, 1], -1 if never written
+            slots = torch.cat([slots, recent], dim=1)
+        cand_values = self.values[slots.clamp(min=0)].masked_fill(slots < 0, -1)
+        empty = cand_values < 0
+        sims = torch.einsum("bd,bkd->bk", q, self.keys[slots.clamp(min=0)])
+        sims = sims.masked_fill(empty, float("-inf"))
+        k = self.k  # the recent slot (column k) is a loss candidate only, never a prediction
+        values, nearest = self._predict(sims[:, :k], cand_values[:, :k])
+        out = MemoryOutput(values=values, similarities=sims[:, :k],
+                           softmax=self._softmax(sims[:, :k]), slots=slots[:, :k],
+                           neighbour_values=cand_values[:, :k])
+        if training:
+            out.loss = self.margin_loss(sims, cand_values, labels)
+            out.correct = values == labels
+            if update:
+                n1_slots = slots[:, :k].gather(1, nearest.unsqueeze(1)).squeeze(1)
+                out.written_slots = self.write(q.detach(), labels, n1_slots, out.correct)
+        return out
+
+    @staticmethod
+    def _predict(sims: torch.Tensor, cand_values: torch.Tensor):
+        """Nearest non-empty neighbour. Returns values [B] (-1 if none) and positions [B]."""
+        nearest = sims.detach().argmax(dim=1)
+        values = cand_values.gather(1, nearest.unsqueeze(1)).squeeze(1)
+        return values, nearest
+
+    def _softmax(self, sims: torch.Tensor) -> torch.Tensor:
+        """Softmax over non-empty neighbours; an all-empty row gives all zeros."""
+        empty = torch.isinf(sims)
+        logits = (sims * self.temperature).masked_fill(empty.all(1, keepdim=True), 0.0)
+        return torch.softmax(logits, dim=1).masked_fill(empty, 0.0)
+
+    def margin_loss(self, sims: torch.Tensor, cand_values: torch.Tensor,
+                    labels: torch.Tensor) -> torch.Tensor:
+        """max(0, alpha - q.K[p] + q.K[b]), averaged over the batch.
+
+        p is the most similar candidate whose value equals the label, b the most similar whose
+        value differs (masked with -inf, never by multiplying with 0). A query with no positive
+        candidate counts q.K[p] as 0, as the reference code does; one with no negative
+        candidate has nothing to rank and adds 0.
+
+        Args:
+            sims: [B, c] similarities with gradient, -inf for empty candidates.
+            cand_values: [B, c] candidate values, -1 for empty.
+            labels: [B] true values.
+        """
+        filled = cand_values >= 0
+        positive = (cand_values == labels.unsqueeze(1)) & filled
+        negative = filled & ~positive
+        pos_sim = sims.masked_fill(~positive, float("-inf")).amax(dim=1)
+        neg_sim = sims.masked_fill(~negative, float("-inf")).amax(dim=1)
+        has_pos, has_neg = positive.any(dim=1), negative.any(dim=1)
+        pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
+        neg_sim = torch.where(has_neg, neg_sim, torch.zeros_like(neg_sim))
+        per_query = torch.where(has_neg, F.relu(self.alpha - pos_sim + neg_sim),
+                                torch.zeros_like(pos_sim))
+        return per_query.mean()
+
+    # ---------------------------------------------------------------------------------- update
+    @torch.no_grad()
+    def write(self, q: torch.Tensor, labels: torch.Tensor, nearest_slots: torch.Tensor,
+              correct: torch.Tensor) -> torch.Tensor:
+        """One update step: refresh correctly recalled slots, insert the rest into oldest slots.
+
+        A correct query moves its nearest key towards it: key = normalise(key + q) (several
+        queries refreshing one slot add up). Every other query takes a distinct slot among the
+        oldest by age + noise, never one refreshed in this step, with empty slots first. The
+        written slots' ages reset to 0; all others grow by one.
+
+        Args:
+            q: [B, d] normalised queries.
+            labels: [B] values to store.
+            nearest_slots: [B] each query's nearest neighbour slot.
+            correct: [B] bool, the nearest neighbour's value equals the label.
+
+        Returns:
+            [B] int64 the slot each query wrote.
+        """
+        written = nearest_slots.clone()
+        refresh_slots = nearest_slots[correct]
+        if refresh_slots.numel():
+            unique, inverse = refresh_slots.unique(return_inverse=True)
+            summed = self.keys[unique].index_add(0, inverse, q[correct])
+            self.keys[unique] = F.normalize(summed, dim=1)
+        inserting = ~correct
+        num_inserts = int(inserting.sum())
+        if num_inserts:
+            slots = self.oldest_slots(num_inserts, exclude=refresh_slots)
+            self.keys[slots] = q[inserting]
+            self.values[slots] = labels[inserting]
+            written[inserting] = slots
+        self.clock += 1
+        self.write_time[written] = self.clock
+        self._set_recent(labels, written)
+        self.search.on_write(written, self.keys)
+        return written
+
+    def oldest_slots(self, count: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``count`` slots to insert into, oldest first: empty slots, then by age + noise.
+
+        With age_noise 0 ties go to the lowest slot id, so the choice is deterministic.
+
+        Args:
+            count: how many distinct slots.
+            exclude: [E] slot ids that must not be chosen.
+
+        Returns:
+            [count] int64 distinct slot ids.
+        """
+        ages = self.ages
+        empty = self.values < 0
+        if self.age_noise > 0:
+            noise = torch.rand(self.num_slots, generator=self.generator, dtype=torch.float64)
+            score = ages.double() + (2 * noise - 1).to(ages.device) * self.age_noise
+            score += empty.double() * _EMPTY_BONUS
+            lowest = float("-inf")
+        else:  # exact integer score: (age, then lowest slot id) in one int64
+            ids = torch.arange(self.num_slots, device=ages.device)
+            score = (ages + empty.long() * _EMPTY_BONUS) * self.num_slots + (self.num_slots - 1 - ids)
+            lowest = torch.iinfo(torch.int64).min
+        if exclude is not None and exclude.numel():
+            score[exclude] = lowest
+        return score.topk(count).indices
+
+    def _set_recent(self, labels: torch.Tensor, slots: torch.Tensor) -> None:
+        """recent_slots[label] = slot; for a label repeated in the batch the last query wins."""
+        last = torch.full((self.num_values,), -1, dtype=torch.int64, device=labels.device)
+        positions = torch.arange(labels.shape[0], device=labels.device)
+        last.scatter_reduce_(0, labels, positions, reduce="amax")
+        seen = last >= 0
+        self.recent_slots[seen] = slots[last[seen]]
+
+    # ------------------------------------------------------------------------------ management
+    @torch.no_grad()
+    def clear(self) -> None:
+        """Empties every slot (the paper clears the memory at the start of each episode)."""
+        self.keys.zero_()
+        self.values.fill_(-1)
+        self.recent_slots.fill_(-1)
+        self.write_time.zero_()
+        self.clock.zero_()
+        self.search.reset()
+
+    def _check_query(self, q: torch.Tensor) -> None:
+        if not isinstance(q, torch.Tensor):
+            raise InvalidQueryError(f"query must be a torch.Tensor, got {type(q).__name__}")
+        if q.dim() != 2 or q.shape[1] != self.key_dim or q.shape[0] == 0:
+            raise InvalidQueryError(
+                f"query must have shape [B, {self.key_dim}] with B >= 1, got {list(q.shape)}")
+        if q.dtype != self.keys.dtype:
+            raise InvalidQueryError(f"query dtype must be {self.keys.dtype}, got {q.dtype}")
+        if q.device != self.keys.device:
+            raise InvalidQueryError(f"query is on {q.device}, memory on {self.keys.device}")
+        if q.shape[0] > self.num_slots:
+            raise InvalidQueryError(
+                f"batch of {q.shape[0]} queries exceeds the memory's {self.num_slots} slots")
+        if not bool(torch.isfinite(q).all()):
+            raise InvalidQueryError("query holds NaN or Inf")
+
+    def _check_labels(self, labels: torch.Tensor, batch: int) -> None:
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+            raise InvalidLabelError("labels must be a torch.int64 tensor")
+        if labels.shape != (batch,):
+            raise InvalidLabelError(f"labels must have shape [{batch}], got {list(labels.shape)}")
+        if labels.device != self.keys.device:
+            raise InvalidLabelError(f"labels are on {labels.device}, memory on {self.keys.device}")
+        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.num_values):
+            raise InvalidLabelError(
+                f"labels must lie in [0, {self.num_values}), got [{int(labels.min())}, "
+                f"{int(labels.max())}]")
+
+    # ------------------------------------------------------------------------- state (ages)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "ages"] = self.ages.clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        self._check_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if prefix + "ages" in unexpected_keys:
+            unexpected_keys.remove(prefix + "ages")
+        ages = state_dict[prefix + "ages"].to(self.write_time.device)
+        with torch.no_grad():
+            self.clock.fill_(int(ages.max()) if ages.numel() else 0)
+            self.write_time.copy_(self.clock - ages)
+        self.search.reset()
+
+    def _check_state(self, state_dict, prefix) -> None:
+        """Validates a whole state before any of it is loaded, so a bad one changes nothing."""
+        n, d, v = self.num_slots, self.key_dim, self.num_values
+        expected = {"keys": ((n, d), None), "values": ((n,), torch.int64),
+                    "ages": ((n,), torch.int64), "recent_slots": ((v,), torch.int64)}
+        for name, (shape, dtype) in expected.items():
+            tensor = state_dict.get(prefix + name)
+            if not isinstance(tensor, torch.Tensor):
+                raise MemoryStateError(f"memory state lacks {name!r}")
+            if tuple(tensor.shape) != shape or (dtype is not None and tensor.dtype != dtype):
+                raise MemoryStateError(
+                    f"{name!r} must be {dtype or 'float'} {list(shape)}, got {tensor.dtype} "
+                    f"{list(tensor.shape)}")
+        values = state_dict[prefix + "values"]
+        if n and (int(values.min()) < -1 or int(values.max()) >= v):
+            raise MemoryStateError(f"'values' must lie in [-1, {v})")
+        if n and int(state_dict[prefix + "ages"].min()) < 0:
+            raise MemoryStateError("'ages' must be >= 0")
+        if not bool(torch.isfinite(state_dict[prefix + "keys"]).all()):
+            raise MemoryStateError("'keys' hold NaN or Inf")
+        recent = state_dict[prefix + "recent_slots"]
+        if v and (int(recent.min()) < -1 or int(recent.max()) >= n):
+            raise MemoryStateError(f"'recent_slots' must lie in [-1, {n})")
+
+    def extra_repr(self) -> str:
+        return (f"key_dim={self.key_dim}, num_slots={self.num_slots}, "
+                f"num_values={self.num_values}, choose_k={self.choose_k}, alpha={self.alpha}, "
+                f"age_noise={self.age_noise}")
