@@ -129,8 +129,8 @@ def test_bad_batch_size_is_a_config_error(batch_size):
         EpisodeSampler(identified_images(), way=5, presentations=2, seed=0).sample(batch_size)
 
 
-@pytest.mark.parametrize("images", [np.zeros((C, N, H, W), np.float32), np.zeros((C, N, H), np.uint8),
-                                    [[0]]])
+@pytest.mark.parametrize("images", [np.zeros((C, N, H, W), np.float32),
+                                    np.zeros((C, N, H), np.uint8), [[0]]])
 def test_malformed_images_are_a_data_error(images):
     with pytest.raises(DataError):
         EpisodeSampler(images, way=2, presentations=1, seed=0)

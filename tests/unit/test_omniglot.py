@@ -66,8 +66,9 @@ def make_archive(directory: Path, split: str = "background", alphabets=None,
         for c in range(num_characters):
             character_id += 1
             for d in range(drawers):
-                name = f"images_{split}/{alphabet}/character{c + 1:02d}/{character_id:04d}_{d + 1:02d}.png"
-                members[name] = _png(character_id, d)
+                directory_name = f"images_{split}/{alphabet}/character{c + 1:02d}"
+                file_name = f"{character_id:04d}_{d + 1:02d}.png"
+                members[f"{directory_name}/{file_name}"] = _png(character_id, d)
     members.update(replace or {})
     members.update(extra or {})
     names = [name for name in members if name not in drop]
@@ -125,7 +126,8 @@ def test_background_has_four_rotations_per_character_in_sorted_order(tmp_path):
     for c in range(3):
         upright = split.images[4 * c]
         for r in range(1, 4):
-            np.testing.assert_array_equal(split.images[4 * c + r], np.rot90(upright, k=r, axes=(1, 2)))
+            rotated = np.rot90(upright, k=r, axes=(1, 2))  # counter-clockwise, every drawer
+            np.testing.assert_array_equal(split.images[4 * c + r], rotated)
         assert not np.array_equal(split.images[4 * c + 1], upright)
 
 
@@ -205,15 +207,17 @@ def test_unexpected_entry_is_a_structure_error_but_archiver_metadata_is_not(tmp_
                               "__MACOSX/images_background/._Alpha": b"x"})
     assert load(root=data, cache_dir=tmp_path / "cache").num_classes == 12
     make_archive(data, extra={"images_background/Alpha/stray.png": _png(1, 0)})
-    with pytest.raises(CorruptArchiveError, match="unexpected entry 'images_background/Alpha/stray.png'"):
+    with pytest.raises(CorruptArchiveError,
+                       match="unexpected entry 'images_background/Alpha/stray.png'"):
         load(root=data, cache_dir=tmp_path / "cache")
 
 
 def test_archive_of_the_other_split_is_rejected(tmp_path):
     make_archive(tmp_path / "data", split="evaluation")
-    (tmp_path / "data" / "images_evaluation.zip").rename(tmp_path / "data" / "images_background.zip")
+    data = tmp_path / "data"
+    (data / "images_evaluation.zip").rename(data / "images_background.zip")
     with pytest.raises(CorruptArchiveError, match="unexpected entry 'images_evaluation/"):
-        load(root=tmp_path / "data")
+        load(root=data)
 
 
 def test_garbage_file_is_a_corrupt_archive(tmp_path):
@@ -320,7 +324,9 @@ def test_second_load_reads_the_cache_without_decoding(tmp_path, monkeypatch):
 def test_default_cache_dir_is_lifelong_cache_dir(tmp_path):
     make_archive(tmp_path / "data")
     load(root=tmp_path / "data")
-    assert (tmp_path / "default-cache" / "omniglot" / "background_28px.npz").is_file()
+    entry = tmp_path / "default-cache" / "omniglot" / "background_28px.npz"
+    assert entry.is_file()
+    assert entry.stat().st_mode & 0o777 == 0o644  # readable by the user's other processes
 
 
 def test_cache_is_rebuilt_when_the_archive_changes(tmp_path, monkeypatch):
@@ -338,9 +344,10 @@ def test_cache_is_per_image_size_and_split(tmp_path, monkeypatch):
     make_archive(tmp_path / "data")
     make_archive(tmp_path / "data", split="evaluation")
     calls = count_preprocessing(monkeypatch)
-    assert load(root=tmp_path / "data", cache_dir=tmp_path / "cache", image_size=14).images.shape[-1] == 14
-    assert load(root=tmp_path / "data", cache_dir=tmp_path / "cache").images.shape[-1] == 28
-    assert load("evaluation", root=tmp_path / "data", cache_dir=tmp_path / "cache").num_classes == 3
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    assert load(root=root, cache_dir=cache, image_size=14).images.shape[-1] == 14
+    assert load(root=root, cache_dir=cache).images.shape[-1] == 28
+    assert load("evaluation", root=root, cache_dir=cache).num_classes == 3
     assert calls == [3]
 
 
@@ -397,7 +404,8 @@ def served(tmp_path):
                               daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hashlib.md5(path.read_bytes()).hexdigest()
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        yield f"http://127.0.0.1:{server.server_address[1]}", md5
     finally:
         server.shutdown()
         server.server_close()
@@ -419,7 +427,8 @@ def test_download_verifies_md5_and_is_reused(tmp_path, monkeypatch, served):
 
 def test_download_with_wrong_md5_leaves_nothing(tmp_path, monkeypatch, served):
     base, md5 = served
-    monkeypatch.setitem(omniglot.ARCHIVES, "background", (f"{base}/images_background.zip", "0" * 32))
+    url = f"{base}/images_background.zip"
+    monkeypatch.setitem(omniglot.ARCHIVES, "background", (url, "0" * 32))
     with pytest.raises(CorruptArchiveError, match="failed its checksum"):
         load(cache_dir=tmp_path / "cache")
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
@@ -441,12 +450,11 @@ def test_download_http_error_is_a_data_error(tmp_path, monkeypatch, served):
 
 
 def test_official_sources_are_the_published_ones():
+    base = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
     assert omniglot.ARCHIVES["background"] == (
-        "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/images_background.zip",
-        "68d2efa1b9178cc56df9314c21c6e718")
+        f"{base}/images_background.zip", "68d2efa1b9178cc56df9314c21c6e718")
     assert omniglot.ARCHIVES["evaluation"] == (
-        "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/images_evaluation.zip",
-        "6b91aef0f799c5bb55b94e3f2daec811")
+        f"{base}/images_evaluation.zip", "6b91aef0f799c5bb55b94e3f2daec811")
 
 
 # --- real data ----------------------------------------------------------------------------
@@ -454,10 +462,14 @@ def test_official_sources_are_the_published_ones():
 
 @pytest.mark.slow
 def test_real_omniglot_has_the_official_counts(monkeypatch):
-    root = Path(_REAL_DATA_DIR or "/nonexistent") / "omniglot"
-    if not (root / "images_background.zip").is_file() or not (root / "images_evaluation.zip").is_file():
-        pytest.skip(f"real Omniglot not found in {root} (set LIFELONG_DATA_DIR to a directory "
-                    f"holding omniglot/images_background.zip and images_evaluation.zip)")
+    if not _REAL_DATA_DIR:
+        pytest.skip("LIFELONG_DATA_DIR is not set (point it at a directory holding "
+                    "omniglot/images_background.zip and omniglot/images_evaluation.zip)")
+    root = Path(_REAL_DATA_DIR) / "omniglot"
+    names = ("images_background.zip", "images_evaluation.zip")
+    if not all((root / name).is_file() for name in names):
+        pytest.skip(f"real Omniglot not found: {root} lacks images_background.zip or "
+                    f"images_evaluation.zip")
     if _REAL_CACHE_DIR:
         monkeypatch.setenv("LIFELONG_CACHE_DIR", _REAL_CACHE_DIR)
     else:

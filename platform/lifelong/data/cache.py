@@ -78,6 +78,8 @@ def write_cached_arrays(path: Path, arrays: Mapping[str, np.ndarray],
     try:
         with os.fdopen(fd, "wb") as out:
             np.savez_compressed(out, **arrays, **{_META_KEY: np.array(json.dumps(meta))})
+        # mkstemp creates 0600 files; a cache is shared with the user's other processes.
+        os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

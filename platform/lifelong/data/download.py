@@ -52,6 +52,8 @@ def download_verified(url: str, destination: Path, md5: str, *, progress: bool =
             raise CorruptArchiveError(
                 f"download of {url} failed its checksum: md5 {digest}, expected {md5}; "
                 f"the file was removed")
+        # mkstemp creates 0600 files; a cache is shared with the user's other processes.
+        os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, destination)
     finally:
         tmp_path.unlink(missing_ok=True)
