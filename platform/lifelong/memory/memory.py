@@ -148,7 +148,8 @@ class Memory(nn.Module):
             q = q @ self.query_proj
         q = F.normalize(q, dim=1)
         with torch.no_grad():
-            _, slots = self.search.search(q.detach(), self.keys, self.values, self.k)
+            found, slots = self.search.search(q.detach(), self.keys, self.values, self.k)
+            slots = slots.masked_fill(torch.isinf(found), -1)  # fewer than k filled slots
         training = labels is not None
         if training and self.use_recent:
             recent = self.recent_slots[labels].unsqueeze(1)  # [B, 1], -1 if never written

@@ -4,11 +4,7 @@ A search returns, for each query, the ``k`` slots of highest cosine similarity (
 are L2-normalised, so the inner product is the cosine). Empty slots (value -1) never match.
 
 ``ExactSearch`` is the default: a matrix product plus top-k on the keys' own device, in chunks of
-slots so that memory stays bounded at millions of slots. Top-k over a million columns is as
-costly as the product itself if done directly, so each chunk first takes the maximum of every
-group of ``group`` consecutive slots; the true top-k can only lie in the k groups of highest
-maximum (each of the k best slots lifts its own group's maximum to at least the k-th best value),
-so only those k * group candidates go through an exact top-k. The result is exact.
+slots so that memory stays bounded at millions of slots.
 
 ``FaissSearch`` wraps a FAISS index (flat or IVF) kept in sync with every write, for approximate
 search of very large memories.
@@ -20,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
+
+from lifelong.memory.topk_kernel import Heaps
 
 
 class Search(Protocol):
@@ -57,64 +55,82 @@ def _similarities(queries: torch.Tensor, keys: torch.Tensor, out: torch.Tensor) 
     On CPU numpy's BLAS runs this layout markedly faster than torch's matmul here (measured by
     jobs/bench_memory.py); both read the same memory, no copy is made.
     """
-    if keys.device.type == "cpu" and keys.dtype == torch.float32:
+    if keys.device.type == "cpu":
         np.matmul(keys.numpy(), queries.numpy().T, out=out.numpy())
     else:
         torch.mm(keys, queries.t(), out=out)
 
 
+def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
+    """Sorts each row by similarity, best first, equal similarities by slot id.
+
+    top-k leaves the order of exact ties unspecified; a fixed order makes the search
+    reproducible across chunkings and across shards.
+    """
+    slots, perm = slots.sort(dim=1)
+    sims, perm2 = sims.gather(1, perm).sort(dim=1, descending=True, stable=True)
+    return sims, slots.gather(1, perm2)
+
+
 class ExactSearch:
-    """Exact top-k by cosine similarity: chunked matmul, group maxima, exact top-k of the rest.
+    """Exact top-k by cosine similarity, in chunks of slots so memory stays bounded.
+
+    On CPU each chunk's similarity block [C, B] is scanned once by a compiled kernel that keeps
+    a k-element min-heap per query (lifelong.memory.topk_kernel): a vectorised compare against
+    each query's current k-th best discards almost every element, so selection costs one pass
+    over the block instead of a sort. On CUDA each chunk goes through torch.topk.
 
     Args:
-        chunk_bytes: upper bound on the similarity block held at once ([chunk, B] floats).
-        group: slots per group for the group-maximum pre-selection.
+        chunk_bytes: upper bound on the similarity block held at once ([C, B] floats).
     """
 
-    def __init__(self, chunk_bytes: int = 256 * 2**20, group: int = 32):
-        if chunk_bytes <= 0 or group <= 0:
-            raise ValueError("chunk_bytes and group must be positive")
+    def __init__(self, chunk_bytes: int = 256 * 2**20):
+        if chunk_bytes <= 0:
+            raise ValueError("chunk_bytes must be positive")
         self.chunk_bytes = chunk_bytes
-        self.group = group
+        # The block is reused across calls: a fresh allocation of this size costs page faults
+        # comparable to the selection itself.
+        self._block = torch.empty(0)
+
+    def _block_for(self, rows: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        if (self._block.numel() < rows * batch or self._block.device != like.device
+                or self._block.dtype != like.dtype):
+            self._block = torch.empty(rows * batch, dtype=like.dtype, device=like.device)
+        return self._block[: rows * batch].view(rows, batch)
 
     def search(self, queries, keys, values, k):
         batch, num_slots = queries.shape[0], keys.shape[0]
-        per_chunk = max(self.group * k, self.chunk_bytes // (4 * batch))
-        per_chunk -= per_chunk % self.group
+        per_chunk = max(k, min(num_slots, self.chunk_bytes // (4 * batch)))
+        block = self._block_for(per_chunk, batch, keys)
+        if keys.device.type == "cpu":
+            sims, slots = self._search_cpu(queries, keys, values, k, block)
+        else:
+            sims, slots = self._search_torch(queries, keys, values, k, block)
+        return _canonical_order(sims, slots)
+
+    @staticmethod
+    def _search_cpu(queries, keys, values, k, block):
+        heaps = Heaps(queries.shape[0], k)
+        values_np = values.numpy()
+        for start in range(0, keys.shape[0], block.shape[0]):
+            stop = min(start + block.shape[0], keys.shape[0])
+            _similarities(queries, keys[start:stop], block[: stop - start])
+            heaps.push_block(block[: stop - start].numpy(), values_np[start:stop], start)
+        return heaps.result()
+
+    @staticmethod
+    def _search_torch(queries, keys, values, k, block):
         best_sims, best_slots = [], []
-        for start in range(0, num_slots, per_chunk):
-            stop = min(start + per_chunk, num_slots)
-            sims, slots = self._chunk_topk(queries, keys[start:stop], values[start:stop], k)
+        for start in range(0, keys.shape[0], block.shape[0]):
+            stop = min(start + block.shape[0], keys.shape[0])
+            chunk = block[: stop - start]
+            _similarities(queries, keys[start:stop], chunk)
+            chunk[values[start:stop] < 0] = float("-inf")
+            sims, slots = chunk.t().topk(min(k, stop - start), dim=1)
             best_sims.append(sims)
             best_slots.append(slots + start)
-        if len(best_sims) == 1:
-            return best_sims[0], best_slots[0]
-        sims = torch.cat(best_sims, dim=1)
-        top, pos = sims.topk(k, dim=1)
-        return top, torch.cat(best_slots, dim=1).gather(1, pos)
-
-    def _chunk_topk(self, queries, keys, values, k):
-        """Top-min(k, C) of one chunk. Returns sims [B, k'] and chunk-local slots [B, k']."""
-        size, batch = keys.shape[0], queries.shape[0]
-        padded = -(-size // self.group) * self.group
-        block = torch.empty(padded, batch, dtype=keys.dtype, device=keys.device)
-        _similarities(queries, keys, block[:size])
-        block[size:] = float("-inf")
-        empty = values < 0
-        if bool(empty.any()):
-            block[:size][empty] = float("-inf")
-        kk = min(k, size)
-        num_groups = padded // self.group
-        if num_groups <= kk:  # small chunk: no pre-selection needed
-            return block[:size].t().topk(kk, dim=1)
-        group_max = block.view(num_groups, self.group, batch).amax(dim=1)  # [groups, B]
-        top_groups = group_max.t().topk(kk, dim=1).indices  # [B, kk]
-        offsets = torch.arange(self.group, device=keys.device)
-        candidates = (top_groups.unsqueeze(2) * self.group + offsets).reshape(batch, -1)
-        cand_sims = block.t().gather(1, candidates)  # [B, kk * group]
-        sims, pos = cand_sims.topk(kk, dim=1)
-        # Padding rows (-inf) are picked only when fewer than k slots are filled: keep ids valid.
-        return sims, candidates.gather(1, pos).clamp(max=size - 1)
+        sims, pos = torch.cat(best_sims, dim=1).topk(k, dim=1)
+        return sims, torch.cat(best_slots, dim=1).gather(1, pos)
 
     def on_write(self, slots, keys):
         pass  # searches the keys tensor directly: nothing to keep in sync
