@@ -80,14 +80,19 @@ class ExactSearch:
     each query's current k-th best discards almost every element, so selection costs one pass
     over the block instead of a sort. On CUDA each chunk goes through torch.topk.
 
+    Small problems (at most ``small_block`` similarities) go through torch.topk on CPU too: there
+    the kernel's thread start-up costs more than the sort it saves.
+
     Args:
         chunk_bytes: upper bound on the similarity block held at once ([C, B] floats).
+        small_block: B * N at or below which CPU search uses torch.topk.
     """
 
-    def __init__(self, chunk_bytes: int = 256 * 2**20):
-        if chunk_bytes <= 0:
-            raise ValueError("chunk_bytes must be positive")
+    def __init__(self, chunk_bytes: int = 256 * 2**20, small_block: int = 2**16):
+        if chunk_bytes <= 0 or small_block < 0:
+            raise ValueError("chunk_bytes must be positive and small_block >= 0")
         self.chunk_bytes = chunk_bytes
+        self.small_block = small_block
         # The block is reused across calls: a fresh allocation of this size costs page faults
         # comparable to the selection itself.
         self._block = torch.empty(0)
@@ -102,7 +107,7 @@ class ExactSearch:
         batch, num_slots = queries.shape[0], keys.shape[0]
         per_chunk = max(k, min(num_slots, self.chunk_bytes // (4 * batch)))
         block = self._block_for(per_chunk, batch, keys)
-        if keys.device.type == "cpu":
+        if keys.device.type == "cpu" and num_slots * batch > self.small_block:
             sims, slots = self._search_cpu(queries, keys, values, k, block)
         else:
             sims, slots = self._search_torch(queries, keys, values, k, block)
