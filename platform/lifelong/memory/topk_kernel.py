@@ -1,13 +1,15 @@
-"""Streaming top-k over similarity blocks on CPU: one k-element min-heap per query (numba).
+"""Streaming top-k over similarity blocks on CPU (numba).
 
 ``torch.topk`` over a million columns costs as much as the similarity product itself here, and
-sorts most of what it reads. A running top-k needs far less: once a query's heap is full, an
-element enters only if it beats the heap's root (the k-th best so far), which after the first few
-thousand slots almost none do (about k ln(N/k) entries per query over N slots). The kernel checks
-16 queries at a time with one vectorised compare against a contiguous copy of the roots and
-touches the heap only on a hit, so selection is close to one streaming pass over the block.
+sorts most of what it reads. A running top-k needs far less: each query keeps a threshold (its
+k-th best so far), and an element matters only if it beats it, which after the first few thousand
+slots almost none do (about k ln(N/k) per query over N slots). The kernel compares 16 queries at
+once against a contiguous array of thresholds and, on a hit, appends the element to the query's
+candidate buffer. When a buffer fills up (``capacity`` entries) it is cut back to its k best with
+one selection (``np.partition``), which raises the threshold. Appending instead of keeping a heap
+makes a hit cost two stores instead of a sift through the heap.
 
-Rows are split between threads, each with heaps of its own; ``result`` merges them.
+Rows are split between threads, each with buffers of its own; ``result`` merges them.
 """
 
 from __future__ import annotations
@@ -17,54 +19,65 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-_LANES = 16  # queries compared at once: one AVX-512 register of float32
+_LANES = 16  # queries compared at once
 
 
-@njit(inline="always")
-def _replace_root(heap_sims, heap_slots, roots, b, sim, slot, k):
-    """Replaces the root of query b's min-heap with (sim, slot) and restores the heap order."""
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= k:
-            break
-        if child + 1 < k and heap_sims[b, child + 1] < heap_sims[b, child]:
-            child += 1
-        if heap_sims[b, child] >= sim:
-            break
-        heap_sims[b, i] = heap_sims[b, child]
-        heap_slots[b, i] = heap_slots[b, child]
-        i = child
-    heap_sims[b, i] = sim
-    heap_slots[b, i] = slot
-    roots[b] = heap_sims[b, 0]
+@njit(nogil=True, cache=True)
+def _cut_to_k(sims, slots, count, k, scratch_sims, scratch_slots):
+    """Keeps the k best of sims[:count] (ties: earliest entries), returns the k-th best value."""
+    kth = np.partition(sims[:count].copy(), count - k)[count - k]
+    kept = 0
+    for i in range(count):
+        if sims[i] > kth:
+            scratch_sims[kept] = sims[i]
+            scratch_slots[kept] = slots[i]
+            kept += 1
+    for i in range(count):
+        if kept < k and sims[i] == kth:
+            scratch_sims[kept] = sims[i]
+            scratch_slots[kept] = slots[i]
+            kept += 1
+    sims[:k] = scratch_sims[:k]
+    slots[:k] = scratch_slots[:k]
+    return kth
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _push_block(block, values, offset, heap_sims, heap_slots, roots):
-    """Offers every (slot, query) similarity of ``block`` [R, B] to the heaps [T, B, k].
+def _push_block(block, values, offset, cand_sims, cand_slots, counts, thresholds, k):
+    """Offers every (slot, query) similarity of ``block`` [R, B] to the buffers [T, B, cap].
 
-    Rows whose value is negative (empty slots) are skipped; equal similarities keep the slot
-    seen first.
+    Rows whose value is negative (empty slots) are skipped.
     """
-    threads, batch, k = heap_sims.shape
+    threads, batch, capacity = cand_sims.shape
     rows = block.shape[0]
     per_thread = (rows + threads - 1) // threads
     for t in prange(threads):
-        sims_t, slots_t, roots_t = heap_sims[t], heap_slots[t], roots[t]
+        sims_t, slots_t = cand_sims[t], cand_slots[t]
+        counts_t, thr_t = counts[t], thresholds[t]
+        scratch_sims = np.empty(capacity, dtype=np.float32)
+        scratch_slots = np.empty(capacity, dtype=np.int64)
         for r in range(t * per_thread, min(rows, (t + 1) * per_thread)):
             if values[r] < 0:
                 continue
             row = block[r]
             for first in range(0, batch, _LANES):
                 last = min(batch, first + _LANES)
-                hit = False
+                hits = 0
                 for b in range(first, last):
-                    hit |= row[b] > roots_t[b]
-                if hit:
-                    for b in range(first, last):
-                        if row[b] > roots_t[b]:
-                            _replace_root(sims_t, slots_t, roots_t, b, row[b], offset + r, k)
+                    hits += row[b] > thr_t[b]
+                if hits == 0:
+                    continue
+                for b in range(first, last):
+                    if row[b] > thr_t[b]:
+                        n = counts_t[b]
+                        sims_t[b, n] = row[b]
+                        slots_t[b, n] = offset + r
+                        n += 1
+                        if n == capacity:
+                            thr_t[b] = _cut_to_k(sims_t[b], slots_t[b], n, k,
+                                                 scratch_sims, scratch_slots)
+                            n = k
+                        counts_t[b] = n
 
 
 class Heaps:
@@ -73,15 +86,21 @@ class Heaps:
     Args:
         batch: B, the number of queries.
         k: how many best slots to keep per query.
-        threads: heaps per query (one per thread); default numba's thread count.
+        threads: buffers per query (one per thread); default numba's thread count.
+        capacity: buffer entries per query before it is cut back to k (default 4k).
     """
 
-    def __init__(self, batch: int, k: int, threads: int | None = None):
+    def __init__(self, batch: int, k: int, threads: int | None = None,
+                 capacity: int | None = None):
         self.threads = threads or numba.get_num_threads()
         self.k = k
-        self.sims = np.full((self.threads, batch, k), -np.inf, dtype=np.float32)
-        self.slots = np.zeros((self.threads, batch, k), dtype=np.int64)
-        self.roots = np.full((self.threads, batch), -np.inf, dtype=np.float32)
+        capacity = capacity or 4 * k
+        if capacity <= k:
+            raise ValueError("capacity must exceed k")
+        self.sims = np.empty((self.threads, batch, capacity), dtype=np.float32)
+        self.slots = np.empty((self.threads, batch, capacity), dtype=np.int64)
+        self.counts = np.zeros((self.threads, batch), dtype=np.int64)
+        self.thresholds = np.full((self.threads, batch), -np.inf, dtype=np.float32)
 
     def push_block(self, block: np.ndarray, values: np.ndarray, offset: int) -> None:
         """Offers a block of similarities.
@@ -91,12 +110,15 @@ class Heaps:
             values: [R] int64 their values; negative marks an empty slot, which is skipped.
             offset: slot id of the block's first row.
         """
-        _push_block(block, values, offset, self.sims, self.slots, self.roots)
+        _push_block(block, values, offset, self.sims, self.slots, self.counts,
+                    self.thresholds, self.k)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best per query: sims [B, k] (-inf where fewer were offered), slots [B, k]."""
-        batch = self.sims.shape[1]
+        batch, capacity = self.sims.shape[1], self.sims.shape[2]
         sims = torch.from_numpy(self.sims).permute(1, 0, 2).reshape(batch, -1)
         slots = torch.from_numpy(self.slots).permute(1, 0, 2).reshape(batch, -1)
+        filled = torch.arange(capacity) < torch.from_numpy(self.counts).unsqueeze(2)
+        sims = sims.masked_fill(~filled.permute(1, 0, 2).reshape(batch, -1), float("-inf"))
         top, pos = sims.topk(self.k, dim=1)
-        return top, slots.gather(1, pos)
+        return top, torch.where(torch.isinf(top), 0, slots.gather(1, pos))
