@@ -249,15 +249,21 @@ def test_faiss_flat_matches_exact_and_follows_writes():
     assert torch.equal(exact.values, faiss_mem.values)
 
 
-def test_faiss_ivf_recall():
+def test_faiss_ivf_recall_and_writes():
     from lifelong.memory import FaissSearch
     torch.manual_seed(7)
-    keys = F.normalize(torch.randn(4000, 16), dim=1)
-    values = torch.zeros(4000, dtype=torch.int64)
-    ivf = FaissSearch("ivf", nlist=16, nprobe=8, train_size=1000)
-    q = F.normalize(keys[:50] + 0.1 * torch.randn(50, 16), dim=1)
-    _, slots = ivf.search(q, keys, values, 1)
-    assert (slots[:, 0] == torch.arange(50)).float().mean() > 0.9
+    ivf_mem = Memory(key_dim=16, num_slots=4000, num_values=4000, choose_k=1, age_noise=0,
+                     search=FaissSearch("ivf", nlist=16, nprobe=8, train_size=1000))
+    keys = F.normalize(torch.randn(3000, 16), dim=1)
+    for start in range(0, 3000, 100):  # the index switches to a trained IVF on the way
+        ivf_mem.query(keys[start:start + 100], torch.arange(start, start + 100))
+    assert ivf_mem.occupancy() == 3000
+    q = F.normalize(keys[:50] + 0.05 * torch.randn(50, 16), dim=1)
+    out = ivf_mem.query(q)
+    assert (out.slots[:, 0] == torch.arange(50)).float().mean() > 0.9
+    out = ivf_mem.query(q, torch.arange(50))  # refreshes rewrite vectors in the index
+    assert out.correct.float().mean() > 0.9
+    assert (ivf_mem.query(q).slots[:, 0] == torch.arange(50)).float().mean() > 0.9
 
 
 @pytest.mark.parametrize("bad,error", [

@@ -196,7 +196,10 @@ class FaissSearch:
         ids = np.unique(slots.cpu().numpy().astype(np.int64))
         old = ids[self._present[ids]]
         if len(old):
-            self._index.remove_ids(self._faiss.IDSelectorBatch(old))
+            # IDSelectorArray: the only selector an IVF index with a hashtable direct map takes.
+            old = np.ascontiguousarray(old)
+            self._index.remove_ids(self._faiss.IDSelectorArray(len(old),
+                                                               self._faiss.swig_ptr(old)))
         self._index.add_with_ids(keys.detach().cpu().numpy()[ids], ids)
         self._present[ids] = True
         if self.kind == "ivf" and not isinstance(self._index, self._faiss.IndexIVF):
