@@ -112,21 +112,14 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Flattens a config dataclass to ``{"section.field": value}`` (for MLflow params)."""
-    flat: dict[str, Any] = {}
-    for key, value in dataclasses.asdict(config).items():
-        if isinstance(value, dict):
-            for sub, subval in config_to_dict_from_mapping(value, key + ".").items():
-                flat[sub] = subval
-        else:
-            flat[key] = value
-    return flat
+    return _flatten(dataclasses.asdict(config), "")
 
 
-def config_to_dict_from_mapping(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def _flatten(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
-            flat.update(config_to_dict_from_mapping(value, prefix + key + "."))
+            flat.update(_flatten(value, prefix + key + "."))
         else:
             flat[prefix + key] = value
     return flat

@@ -1,0 +1,55 @@
+"""Job configs: YAML plus overrides into frozen dataclasses; unknown keys are all reported."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from lifelong.config import config_to_dict, load_config, parse_overrides
+from lifelong.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = 4
+    rate: float = 0.5
+
+    def __post_init__(self):
+        if self.size <= 0:
+            raise ValueError("size must be positive")
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "job"
+    sizes: tuple[int, ...] = (1, 2)
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_and_overrides_fill_nested_dataclasses(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: a\ninner:\n  size: 8\n")
+    cfg = load_config(Outer, path, ["inner.rate=2", "sizes=[3, 4]"])
+    assert cfg == Outer(name="a", sizes=(3, 4), inner=Inner(size=8, rate=2.0))
+    assert config_to_dict(cfg) == {"name": "a", "sizes": (3, 4), "inner.size": 8,
+                                   "inner.rate": 2.0}
+
+
+def test_every_unknown_key_is_named(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("nmae: a\ninner:\n  sise: 8\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Outer, path, ["inner.rat=1"])
+    assert all(key in str(info.value) for key in ("nmae", "inner.sise", "inner.rat"))
+
+
+def test_invalid_values_and_files_raise_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="size must be positive"):
+        load_config(Outer, None, ["inner.size=0"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Outer, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Outer, bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["no-equals-sign"])
