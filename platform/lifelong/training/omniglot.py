@@ -289,7 +289,7 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
                                                              cfg.grad_clip))
             optimizer.step()
             step += 1
-            stats = {metrics.TRAIN_LOSS: float(loss) / length}
+            stats = {metrics.TRAIN_LOSS: float(loss.detach()) / length}
             for k in (0, 1, 2):
                 if k < cfg.presentations:
                     stats[metrics.shot_metric(metrics.TRAIN, None, k)] = \
