@@ -17,6 +17,7 @@ Measured on the 2-core machine (800 images per batch): the small encoder trains 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,7 +278,9 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
     last: dict[str, float] = {}
     step = 0
     encoder.train()
-    bar = tqdm(total=cfg.steps, desc="train", unit="batch", disable=not progress)
+    # Into a log file (a background or Ray job) the bar is redrawn every 30 s, not 10 times a second.
+    bar = tqdm(total=cfg.steps, desc="train", unit="batch", disable=not progress,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     try:
         while step < cfg.steps and time.perf_counter() - start < max_s:
             elapsed = time.perf_counter() - start
@@ -301,7 +304,8 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
                 ema[key] = value if key not in ema else 0.95 * ema[key] + 0.05 * value
             bar.update()
             bar.set_postfix(loss=f"{ema[metrics.TRAIN_LOSS]:.4f}",
-                            acc1=f"{ema[metrics.shot_metric(metrics.TRAIN, None, 1)]:.3f}")
+                            acc1=f"{ema[metrics.shot_metric(metrics.TRAIN, None, 1)]:.3f}",
+                            refresh=False)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter() - start
                 last = {**ema, metrics.TRAIN_LR: lr, metrics.TRAIN_GRAD_NORM: grad_norm,
