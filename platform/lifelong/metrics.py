@@ -19,6 +19,9 @@ TRAIN_IMAGES_PER_S = "train.images_per_s"
 TRAIN_LR = "train.lr"
 TRAIN_GRAD_NORM = "train.grad_norm"
 TRAIN_ELAPSED_S = "train.elapsed_s"
+# Logged once at the end of training.
+TRAIN_STEPS = "train.steps"
+TRAIN_WALL_S = "train.wall_s"
 
 # Statistics of a one-shot accuracy cell.
 ACC = "acc"

@@ -12,10 +12,11 @@ mlflow = pytest.importorskip("mlflow")
 from lifelong.tracking import TrackedRun, download_encoder, resolve_tracking_uri  # noqa: E402
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return f"sqlite:///{tmp_path / 'mlruns.db'}", tmp_path / "artifacts"
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # One store for the module: creating an MLflow SQLite schema takes seconds.
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlruns.db'}", root / "artifacts"
 
 
 def test_tracking_uri_resolution(monkeypatch):

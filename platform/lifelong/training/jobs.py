@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from lifelong import metrics
 from lifelong.config import config_to_dict
 from lifelong.data import load_omniglot
 from lifelong.errors import ConfigError
@@ -116,7 +117,8 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
               f"({result.images_per_s:.0f} images/s); encoder: {result.checkpoint}", flush=True)
         if run is not None:
             run.log_encoder(result.checkpoint)
-            run.log_metrics({"train.steps": result.steps, "train.wall_s": result.wall_s},
+            run.log_metrics({metrics.TRAIN_STEPS: result.steps,
+                             metrics.TRAIN_WALL_S: result.wall_s},
                             step=result.steps)
         results: list[ShotAccuracy] = []
         table = ""
