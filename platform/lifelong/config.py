@@ -8,6 +8,7 @@ reports every unknown key at once, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
@@ -62,6 +63,23 @@ def _unknown_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> list[
     return unknown
 
 
+def _accepts_float(hint: Any) -> bool:
+    return hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                             and float in typing.get_args(hint))
+
+
+def _as_float(name: str, value: Any) -> Any:
+    """ints become floats; so do strings like "1e-4", which PyYAML (YAML 1.1) reads as str."""
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    return value
+
+
 def _build(cls: type[T], data: Mapping[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -73,8 +91,8 @@ def _build(cls: type[T], data: Mapping[str, Any]) -> T:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{f.name} must be a mapping, got {value!r}")
             value = _build(hints[f.name], value)
-        elif hints[f.name] is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        elif _accepts_float(hints[f.name]) and not isinstance(value, bool):
+            value = _as_float(f.name, value)
         elif typing.get_origin(hints[f.name]) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value

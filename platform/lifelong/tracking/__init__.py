@@ -1,0 +1,12 @@
+"""Experiment tracking (MLflow); mlflow is imported lazily, only inside ``runs``."""
+
+from lifelong.tracking.runs import (
+    DEFAULT_TRACKING_URI,
+    TrackedRun,
+    download_encoder,
+    resolve_tracking_uri,
+    ui_command,
+)
+
+__all__ = ["DEFAULT_TRACKING_URI", "TrackedRun", "download_encoder", "resolve_tracking_uri",
+           "ui_command"]

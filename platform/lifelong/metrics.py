@@ -1,0 +1,51 @@
+"""Every metric name the platform exports, in one place.
+
+MLflow metrics use dotted names: ``<phase>.<name>`` for scalars and
+``<phase>.<way>way.<shot>shot.<stat>`` for one-shot accuracies, where phase is ``train``,
+``val`` (held-out background classes, during training) or ``eval`` (the evaluation characters),
+and stat is ``acc`` (mean accuracy in [0, 1]) or ``ci95`` (half-width of its 95% interval).
+"""
+
+from __future__ import annotations
+
+# Phases (prefixes).
+TRAIN = "train"
+VAL = "val"
+EVAL = "eval"
+
+# Scalars logged by step during training.
+TRAIN_LOSS = "train.loss"
+TRAIN_IMAGES_PER_S = "train.images_per_s"
+TRAIN_LR = "train.lr"
+TRAIN_GRAD_NORM = "train.grad_norm"
+TRAIN_ELAPSED_S = "train.elapsed_s"
+# Logged once at the end of training.
+TRAIN_STEPS = "train.steps"
+TRAIN_WALL_S = "train.wall_s"
+
+# Statistics of a one-shot accuracy cell.
+ACC = "acc"
+CI95 = "ci95"
+
+# Artifacts.
+ACCURACY_TABLE_JSON = "accuracy_table.json"
+ACCURACY_TABLE_MD = "accuracy_table.md"
+ENCODER_ARTIFACT_DIR = "encoder"
+CONFIG_ARTIFACT = "config.yaml"
+
+
+def shot_metric(phase: str, way: int | None, shot: int, stat: str = ACC) -> str:
+    """The name of a k-shot accuracy metric.
+
+    Args:
+        phase: ``TRAIN``, ``VAL`` or ``EVAL``.
+        way: Classes per episode (N), or None where it does not apply (training, where the
+            episodes of a batch share one memory).
+        shot: Earlier presentations of the class (1-shot: the second presentation).
+        stat: ``ACC`` or ``CI95``.
+
+    Returns:
+        e.g. ``"eval.5way.1shot.acc"`` or ``"train.1shot.acc"``.
+    """
+    way_part = f"{way}way." if way is not None else ""
+    return f"{phase}.{way_part}{shot}shot.{stat}"

@@ -1,0 +1,175 @@
+"""MLflow tracking: one run per job, with its config, metrics by step, tables and the encoder.
+
+Every mlflow import of the platform lives in this module. The default store is a local SQLite
+file (``sqlite:///mlruns.db`` in the working directory); ``$MLFLOW_TRACKING_URI`` or an explicit
+URI in the job's config points it anywhere else. Metric names come from ``lifelong.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from lifelong import metrics
+from lifelong.errors import ConfigError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+# MLflow rejects longer param values; longer ones are cut with a marker.
+_MAX_PARAM_CHARS = 6000
+_BATCH = 100  # MLflow's limit on params per log_batch call
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The shell command that opens the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+class TrackedRun:
+    """An MLflow run; use as a context manager (the run ends FINISHED, or FAILED on error).
+
+    Args:
+        experiment: Experiment name (created when missing).
+        tracking_uri: Store URI; see ``resolve_tracking_uri``.
+        run_name: Display name of the run.
+        artifact_location: Artifact root of a newly created experiment (None: MLflow's default).
+        tags: Extra run tags.
+        run_id: Log into this existing run instead of starting one (e.g. an evaluation of a
+            trained encoder joins its training run); experiment and run_name are then ignored.
+    """
+
+    def __init__(self, experiment: str, tracking_uri: str | None = None,
+                 run_name: str | None = None, artifact_location: str | None = None,
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        if run_id is not None:
+            run = self.client.get_run(run_id)
+            self.experiment_id = run.info.experiment_id
+            self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
+            return
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if artifact_location:
+                location = Path(artifact_location).expanduser().resolve().as_uri() \
+                    if "://" not in artifact_location else artifact_location
+            experiment_id = self.client.create_experiment(experiment,
+                                                          artifact_location=location)
+        else:
+            experiment_id = exp.experiment_id
+        self.experiment_id = experiment_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+        self.run_id: str = run.info.run_id
+        self.artifact_uri: str = run.info.artifact_uri
+
+    def __enter__(self) -> "TrackedRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end("FINISHED" if exc_type is None else "FAILED")
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Marks the run terminated."""
+        self.client.set_terminated(self.run_id, status)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
+
+    def log_metrics(self, values: Mapping[str, float], step: int = 0) -> None:
+        """Logs scalar metrics at a step."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in values.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Stores text as an artifact file (e.g. ``"accuracy_table.md"``)."""
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Copies a local file into the run's artifacts."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_encoder(self, checkpoint: str | os.PathLike) -> None:
+        """Stores an encoder checkpoint under the ``encoder/`` artifact directory."""
+        self.log_artifact(checkpoint, metrics.ENCODER_ARTIFACT_DIR)
+
+    def log_accuracy_table(self, results: Iterable[Any], markdown: str) -> dict[str, float]:
+        """Logs every k-shot cell as ``eval.<N>way.<k>shot.acc`` / ``.ci95`` plus JSON and MD.
+
+        Args:
+            results: ``ShotAccuracy`` objects (way, episodes, presentations, mean(k), ci95(k)).
+            markdown: The rendered table (``evaluate.accuracy_table``).
+
+        Returns:
+            The metrics logged.
+        """
+        values: dict[str, float] = {}
+        table: dict[str, Any] = {}
+        for r in results:
+            cells = {}
+            for k in range(r.presentations):
+                acc, ci = r.mean(k), r.ci95(k)
+                values[metrics.shot_metric(metrics.EVAL, r.way, k)] = acc
+                values[metrics.shot_metric(metrics.EVAL, r.way, k, metrics.CI95)] = ci
+                cells[f"{k}shot"] = {"acc": acc, "ci95": ci}
+            table[f"{r.way}way"] = {"episodes": r.episodes, "shots": cells}
+        self.log_metrics(values)
+        self.log_text(json.dumps(table, indent=2), metrics.ACCURACY_TABLE_JSON)
+        self.log_text(markdown + "\n", metrics.ACCURACY_TABLE_MD)
+        return values
+
+
+def _param_str(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= _MAX_PARAM_CHARS else text[:_MAX_PARAM_CHARS - 3] + "..."
+
+
+def download_encoder(run_id: str, tracking_uri: str | None = None,
+                     dst: str | os.PathLike | None = None) -> Path:
+    """Fetches the encoder checkpoint a run logged with ``log_encoder``.
+
+    Args:
+        run_id: The MLflow run id.
+        tracking_uri: Store URI; see ``resolve_tracking_uri``.
+        dst: Local directory for the download (a temporary one by default).
+
+    Returns:
+        The local path of the ``.pt`` file.
+
+    Raises:
+        ConfigError: The run has no encoder artifact.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="lifelong-encoder-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = client.download_artifacts(run_id, metrics.ENCODER_ARTIFACT_DIR, str(dst))
+    except Exception as exc:  # mlflow raises several types for a missing run or artifact
+        raise ConfigError(f"run {run_id} has no '{metrics.ENCODER_ARTIFACT_DIR}/' artifact: "
+                          f"{exc}") from exc
+    files = sorted(Path(local).glob("*.pt"))
+    if not files:
+        raise ConfigError(f"run {run_id} has no encoder checkpoint under "
+                          f"'{metrics.ENCODER_ARTIFACT_DIR}/'")
+    return files[0]

@@ -1,0 +1,343 @@
+"""Episodic training of the Omniglot one-shot model (Kaiser et al. 2017, section 4.1).
+
+A training step takes a batch of B episodes (N-way, each class shown ``presentations`` times).
+The B episodes share one memory, cleared before the batch, with disjoint labels (episode b uses
+b*N .. b*N + N - 1), and the memory has a slot for every image of the batch, so nothing is
+evicted. The loss is the memory loss summed over the L = N * presentations steps.
+
+Deviation from the reference code, for speed on CPUs: the reference runs the encoder and takes
+an optimizer step per time step. Here the whole batch of L * B images is encoded in one forward
+pass, the L memory steps then run one after another on the embeddings (each step sees the memory
+as written by the steps before it, as in the paper), and one backward pass and one Adam step
+follow per episode batch. One large forward pass is several times faster than L small ones.
+Measured on the 2-core machine (800 images per batch): the small encoder trains at about
+800 images/s (paper encoder: about 340), the 50 memory steps add about 0.15 s per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lifelong import metrics
+from lifelong.config import config_to_dict
+from lifelong.data import EpisodeSampler, OmniglotSplit, load_omniglot
+from lifelong.errors import ConfigError
+from lifelong.memory import Memory
+from lifelong.models import ENCODER_NAMES, build_encoder
+from lifelong.training.checkpoint import save_encoder
+from lifelong.training.evaluate import (
+    EvalSettings,
+    MemoryConfig,
+    evaluate_encoder,
+    torch_threads,
+)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder choice. dropout is the drop probability (the paper keeps 0.3: dropout 0.7)."""
+
+    encoder: str = "paper"
+    key_dim: int = 128
+    dropout: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODER_NAMES:
+            raise ConfigError(f"model.encoder must be one of {ENCODER_NAMES}, "
+                              f"got {self.encoder!r}")
+        _positive_int("model.key_dim", self.key_dim)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    Attributes:
+        episodes_per_batch: B episodes per step, sharing one memory with disjoint labels.
+        way: N classes per training episode.
+        presentations: Times each class is shown per episode (L = way * presentations).
+        steps: Upper bound on optimizer steps (episode batches).
+        max_minutes: Upper bound on wall time of the loop (None: no bound); the learning-rate
+            schedule runs on whichever of steps and time is used up faster.
+        lr, adam_eps, grad_clip: Adam and clipping at this global gradient norm.
+        lr_schedule: "constant" or "cosine" (decays to lr * lr_final_fraction).
+        lr_final_fraction: Final learning rate as a fraction of lr under "cosine".
+        validation_characters: Background characters (with their 4 rotations) held out for
+            validation; 0 trains on all of them.
+        val_every: Steps between validations (0: none); val_episodes N-way episodes each for
+            every way in val_ways.
+        checkpoint_every: Steps between checkpoints (0: only at the end).
+        log_every: Steps between metric logs.
+        threads: torch intra-op threads (0: leave torch's default).
+        seed: Seeds torch, the episode sampler and the validation split.
+    """
+
+    episodes_per_batch: int = 16
+    way: int = 5
+    presentations: int = 10
+    steps: int = 100_000
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    adam_eps: float = 1e-4
+    grad_clip: float = 5.0
+    lr_schedule: str = "cosine"
+    lr_final_fraction: float = 0.05
+    validation_characters: int = 50
+    val_every: int = 500
+    val_episodes: int = 200
+    val_ways: tuple[int, ...] = (5, 20)
+    checkpoint_every: int = 500
+    log_every: int = 20
+    threads: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("episodes_per_batch", "way", "presentations", "steps", "val_episodes",
+                     "log_every"):
+            _positive_int(f"train.{name}", getattr(self, name))
+        for name in ("validation_characters", "val_every", "checkpoint_every", "threads", "seed"):
+            _positive_int(f"train.{name}", getattr(self, name), minimum=0)
+        if self.presentations < 2:
+            raise ConfigError("train.presentations must be >= 2 (one-shot needs a second sight)")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes!r}")
+        for name in ("lr", "adam_eps", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', "
+                              f"got {self.lr_schedule!r}")
+        if not 0 <= self.lr_final_fraction <= 1:
+            raise ConfigError("train.lr_final_fraction must lie in [0, 1]")
+        if not self.val_ways or any(isinstance(w, bool) or not isinstance(w, int) or w < 2
+                                    for w in self.val_ways):
+            raise ConfigError(f"train.val_ways must be ints >= 2, got {self.val_ways!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the Omniglot archives and the preprocessed cache are (None: env / defaults)."""
+
+    root: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: tracking_uri None uses $MLFLOW_TRACKING_URI, else ``sqlite:///mlruns.db``."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "omniglot"
+    run_name: str | None = None
+    artifact_location: str | None = None
+
+
+@dataclass(frozen=True)
+class OmniglotTrainJob:
+    """The whole training job's configuration (jobs/configs/train_omniglot.yaml)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(episodes=0))
+    output_dir: str = "runs/omniglot"
+
+
+class StepLogger(Protocol):
+    """Where training metrics go (an MLflow run, or nothing)."""
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    checkpoint: Path
+    steps: int
+    wall_s: float
+    images_per_s: float
+    last_metrics: dict[str, float]
+
+
+def split_validation(split: OmniglotSplit, characters: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Holds out whole characters (all their rotations) of the background split.
+
+    Args:
+        split: The background split, classes "Alphabet/characterNN/rotDDD".
+        characters: How many characters to hold out (0: none).
+        seed: Which ones (a seeded random choice).
+
+    Returns:
+        (training images [C_train, n, H, W], validation images [C_val, n, H, W]); the latter
+        empty when characters is 0.
+    """
+    names = [name.rsplit("/rot", 1)[0] for name in split.class_names]
+    unique = sorted(set(names))
+    if characters >= len(unique):
+        raise ConfigError(f"cannot hold out {characters} of {len(unique)} characters")
+    held = set(np.random.default_rng(seed).permutation(len(unique))[:characters].tolist())
+    held_names = {unique[i] for i in held}
+    is_val = np.array([n in held_names for n in names])
+    return split.images[~is_val], split.images[is_val]
+
+
+def train_step(encoder: torch.nn.Module, memory: Memory, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward pass of one episode batch: encode everything, then L memory steps.
+
+    Args:
+        encoder: [n, 1, H, W] -> [n, key_dim].
+        memory: A Memory with at least L * B slots; cleared here.
+        x: [L, B, 1, H, W] images; y: [L, B] labels (disjoint per episode).
+
+    Returns:
+        (loss: scalar, summed over steps; correct: [L, B] bool predictions before each update)
+    """
+    length, batch = y.shape
+    emb = encoder(x.reshape(length * batch, *x.shape[2:])).reshape(length, batch, -1)
+    memory.clear()
+    losses = []
+    correct = torch.empty(length, batch, dtype=torch.bool)
+    with torch_threads(1):
+        for t in range(length):
+            out = memory.query(emb[t], y[t])
+            losses.append(out.loss)
+            correct[t] = out.correct
+    return torch.stack(losses).sum(), correct
+
+
+def _lr_factor(cfg: TrainConfig, progress: float) -> float:
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * cosine
+
+
+def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
+                   background: OmniglotSplit | None = None,
+                   progress: bool = True) -> TrainResult:
+    """Trains an encoder with the memory loss on Omniglot background episodes.
+
+    Args:
+        job: The configuration.
+        logger: Receives metrics by step (e.g. an MLflow run); None logs nothing.
+        background: The background split (loaded from job.data when None; tests pass
+            synthetic ones).
+        progress: Show a tqdm bar with the loss and running 1-shot accuracy.
+
+    Returns:
+        Where the final checkpoint is and how the run went.
+    """
+    cfg = job.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if background is None:
+        background = load_omniglot("background", root=job.data.root,
+                                   cache_dir=job.data.cache_dir, progress=progress)
+    train_images, val_images = split_validation(background, cfg.validation_characters, cfg.seed)
+    sampler = EpisodeSampler(train_images, cfg.way, cfg.presentations, cfg.seed)
+    encoder = build_encoder(job.model.encoder, job.model.key_dim, job.model.dropout)
+    length, batch = cfg.way * cfg.presentations, cfg.episodes_per_batch
+    memory = job.memory.build(key_dim=job.model.key_dim, num_slots=length * batch,
+                              num_values=cfg.way * batch, seed=cfg.seed)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    out_dir = Path(job.output_dir)
+    checkpoint = out_dir / "encoder.pt"
+    meta = {"config": config_to_dict(job)}
+
+    def save(step: int) -> Path:
+        return save_encoder(checkpoint, encoder, encoder_name=job.model.encoder,
+                            key_dim=job.model.key_dim, dropout=job.model.dropout,
+                            extra={**meta, "step": step})
+
+    max_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+    start = time.perf_counter()
+    ema: dict[str, float] = {}
+    last: dict[str, float] = {}
+    step = 0
+    encoder.train()
+    # Into a log file (a background or Ray job) the bar is redrawn every 30 s, not 10 times a second.
+    bar = tqdm(total=cfg.steps, desc="train", unit="batch", disable=not progress,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    try:
+        while step < cfg.steps and time.perf_counter() - start < max_s:
+            elapsed = time.perf_counter() - start
+            lr = cfg.lr * _lr_factor(cfg, max(step / cfg.steps, elapsed / max_s))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ep = sampler.sample(batch)
+            loss, correct = train_step(encoder, memory, ep.x, ep.y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(encoder.parameters(),
+                                                             cfg.grad_clip))
+            optimizer.step()
+            step += 1
+            stats = {metrics.TRAIN_LOSS: float(loss.detach()) / length}
+            for k in (0, 1, 2):
+                if k < cfg.presentations:
+                    stats[metrics.shot_metric(metrics.TRAIN, None, k)] = \
+                        float(correct[ep.shot == k].float().mean())
+            for key, value in stats.items():  # smoothed for the bar and the logs
+                ema[key] = value if key not in ema else 0.95 * ema[key] + 0.05 * value
+            bar.update()
+            bar.set_postfix(loss=f"{ema[metrics.TRAIN_LOSS]:.4f}",
+                            acc1=f"{ema[metrics.shot_metric(metrics.TRAIN, None, 1)]:.3f}",
+                            refresh=False)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter() - start
+                last = {**ema, metrics.TRAIN_LR: lr, metrics.TRAIN_GRAD_NORM: grad_norm,
+                        metrics.TRAIN_ELAPSED_S: now,
+                        metrics.TRAIN_IMAGES_PER_S: step * length * batch / now}
+                if logger is not None:
+                    logger.log_metrics(last, step)
+            if cfg.val_every and len(val_images) and step % cfg.val_every == 0:
+                val = validate(encoder, val_images, cfg, job.memory)
+                last.update(val)
+                bar.write(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+                if logger is not None:
+                    logger.log_metrics(val, step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save(step)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - start
+    save(step)
+    return TrainResult(checkpoint=checkpoint, steps=step, wall_s=wall,
+                       images_per_s=step * length * batch / max(wall, 1e-9), last_metrics=last)
+
+
+def validate(encoder: torch.nn.Module, images: np.ndarray, cfg: TrainConfig,
+             memory: MemoryConfig) -> dict[str, float]:
+    """1-shot accuracy on held-out background classes, val_episodes per way in val_ways."""
+    out: dict[str, float] = {}
+    for way in cfg.val_ways:
+        if way > images.shape[0]:
+            continue
+        acc = evaluate_encoder(encoder, images, way=way, presentations=2,
+                               episodes=cfg.val_episodes, seed=cfg.seed + 1, memory=memory,
+                               progress=False)
+        out[metrics.shot_metric(metrics.VAL, way, 1)] = acc.mean(1)
+    return out

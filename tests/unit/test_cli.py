@@ -1,0 +1,36 @@
+import pytest
+
+from lifelong import cli
+
+
+def test_usage_and_unknown_command(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "train omniglot" in capsys.readouterr().out
+    assert cli.main(["fly", "omniglot"]) == 2
+
+
+@pytest.mark.parametrize("argv", [["train", "omniglot", "--help"],
+                                  ["evaluate", "omniglot", "--help"], ["demo", "--help"]])
+def test_job_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 0
+    assert "key=value" in capsys.readouterr().out
+
+
+def test_config_errors_print_one_line(capsys, tmp_path):
+    assert cli.main(["train", "omniglot", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert cli.main(["evaluate", "omniglot", "train.lrr=1", "checkpoint=x.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "unknown config keys" in err and "train" in err
+
+
+def test_shipped_configs_load():
+    from lifelong.config import load_config
+    from lifelong.training.jobs import OmniglotEvaluateJob
+    from lifelong.training.omniglot import OmniglotTrainJob
+
+    for name in ("train_omniglot.yaml", "train_omniglot_paper.yaml", "demo.yaml"):
+        load_config(OmniglotTrainJob, cli.CONFIG_DIR / name)
+    load_config(OmniglotEvaluateJob, cli.CONFIG_DIR / "evaluate_omniglot.yaml",
+                ["checkpoint=x.pt"])
