@@ -50,15 +50,14 @@ class Search(Protocol):
 
 
 def _similarities(queries: torch.Tensor, keys: torch.Tensor, out: torch.Tensor) -> None:
-    """out[C, B] = keys[C, d] @ queries[B, d].T, with the fastest kernel for the device.
+    """out[C, B] = keys[C, d] @ queries[B, d].T (torch: one thread pool with the rest)."""
+    torch.mm(keys, queries.t(), out=out)
 
-    On CPU numpy's BLAS runs this layout markedly faster than torch's matmul here (measured by
-    jobs/bench_memory.py); both read the same memory, no copy is made.
-    """
-    if keys.device.type == "cpu":
-        np.matmul(keys.numpy(), queries.numpy().T, out=out.numpy())
-    else:
-        torch.mm(keys, queries.t(), out=out)
+
+def _similarities_numpy(queries: torch.Tensor, keys: torch.Tensor, out: torch.Tensor) -> None:
+    """The same product with numpy's BLAS, which runs this layout markedly faster than torch's
+    for large blocks here (jobs/bench_memory.py measures both); no copy is made."""
+    np.matmul(keys.numpy(), queries.numpy().T, out=out.numpy())
 
 
 def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
@@ -80,15 +79,17 @@ class ExactSearch:
     each query's current k-th best discards almost every element, so selection costs one pass
     over the block instead of a sort. On CUDA each chunk goes through torch.topk.
 
-    Small problems (at most ``small_block`` similarities) go through torch.topk on CPU too: there
-    the kernel's thread start-up costs more than the sort it saves.
+    Problems of at most ``small_block`` similarities (B * N) go through torch.mm + torch.topk on
+    CPU too: there, handing work between torch's, numpy's and numba's thread pools costs more
+    than the sort saves (measured: 10 against 20 ms per step at 65536 slots, batch 16; 124
+    against 180 ms at batch 256; the kernel wins from about a million slots).
 
     Args:
         chunk_bytes: upper bound on the similarity block held at once ([C, B] floats).
         small_block: B * N at or below which CPU search uses torch.topk.
     """
 
-    def __init__(self, chunk_bytes: int = 256 * 2**20, small_block: int = 2**16):
+    def __init__(self, chunk_bytes: int = 256 * 2**20, small_block: int = 2**24):
         if chunk_bytes <= 0 or small_block < 0:
             raise ValueError("chunk_bytes must be positive and small_block >= 0")
         self.chunk_bytes = chunk_bytes
@@ -119,7 +120,7 @@ class ExactSearch:
         values_np = values.numpy()
         for start in range(0, keys.shape[0], block.shape[0]):
             stop = min(start + block.shape[0], keys.shape[0])
-            _similarities(queries, keys[start:stop], block[: stop - start])
+            _similarities_numpy(queries, keys[start:stop], block[: stop - start])
             heaps.push_block(block[: stop - start].numpy(), values_np[start:stop], start)
         return heaps.result()
 
