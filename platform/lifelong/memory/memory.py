@@ -261,20 +261,24 @@ class Memory(nn.Module):
         Returns:
             [count] int64 distinct slot ids.
         """
-        ages = self.ages
-        empty = self.values < 0
-        if self.age_noise > 0:
-            noise = torch.rand(self.num_slots, generator=self.generator, dtype=torch.float64)
-            score = ages.double() + (2 * noise - 1).to(ages.device) * self.age_noise
-            score += empty.double() * _EMPTY_BONUS
-            lowest = float("-inf")
-        else:  # exact integer score: (age, then lowest slot id) in one int64
-            ids = torch.arange(self.num_slots, device=ages.device)
-            score = (ages + empty.long() * _EMPTY_BONUS) * self.num_slots + (self.num_slots - 1 - ids)
-            lowest = torch.iinfo(torch.int64).min
+        score = self.ages + (self.values < 0).long() * _EMPTY_BONUS  # [N] int64
+        lowest = torch.iinfo(torch.int64).min
         if exclude is not None and exclude.numel():
             score[exclude] = lowest
-        return score.topk(count).indices
+        if self.age_noise == 0:  # exact: (age, then lowest slot id) in one int64
+            ids = torch.arange(self.num_slots, device=score.device)
+            composite = score * self.num_slots + (self.num_slots - 1 - ids)
+            if exclude is not None and exclude.numel():
+                composite[exclude] = lowest
+            return composite.topk(count).indices
+        # Noise moves a score by at most age_noise, so only slots within 2 * age_noise of the
+        # count-th oldest can be chosen: draw noise for those alone (same distribution as
+        # drawing it for all N slots, at a fraction of the cost for large memories).
+        threshold = score.topk(count).values[-1]
+        candidates = (score >= threshold - math.ceil(2 * self.age_noise)).nonzero().squeeze(1)
+        noise = torch.rand(candidates.numel(), generator=self.generator, dtype=torch.float64)
+        noisy = score[candidates].double() + (2 * noise - 1).to(score.device) * self.age_noise
+        return candidates[noisy.topk(count).indices]
 
     def _set_recent(self, labels: torch.Tensor, slots: torch.Tensor) -> None:
         """recent_slots[label] = slot; for a label repeated in the batch the last query wins."""
