@@ -74,26 +74,26 @@ def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
 class ExactSearch:
     """Exact top-k by cosine similarity, in chunks of slots so memory stays bounded.
 
-    On CPU each chunk's similarity block [C, B] is scanned once by a compiled kernel that keeps
-    a k-element min-heap per query (lifelong.memory.topk_kernel): a vectorised compare against
-    each query's current k-th best discards almost every element, so selection costs one pass
-    over the block instead of a sort. On CUDA each chunk goes through torch.topk.
+    On CPU each chunk's similarity block [C, B] is scanned once by a compiled kernel
+    (lifelong.memory.topk_kernel): a vectorised compare against each query's current k-th best
+    discards almost every element, so selection costs one pass over the block instead of a sort.
+    On CUDA each chunk goes through torch.topk.
 
-    Problems of at most ``small_block`` similarities (B * N) go through torch.mm + torch.topk on
-    CPU too: there, handing work between torch's, numpy's and numba's thread pools costs more
-    than the sort saves (measured: 10 against 20 ms per step at 65536 slots, batch 16; 124
-    against 180 ms at batch 256; the kernel wins from about a million slots).
+    Memories of at most ``small_memory`` slots go through torch.mm + torch.topk on CPU too:
+    there, handing work between torch's, numpy's and numba's thread pools costs more than the
+    sort saves (measured: 10 against 20 ms per step at 65536 slots, batch 16; 124 against 180 ms
+    at batch 256; at 1048576 slots the kernel wins at both batch sizes).
 
     Args:
         chunk_bytes: upper bound on the similarity block held at once ([C, B] floats).
-        small_block: B * N at or below which CPU search uses torch.topk.
+        small_memory: slot count at or below which CPU search uses torch.topk.
     """
 
-    def __init__(self, chunk_bytes: int = 256 * 2**20, small_block: int = 2**24):
-        if chunk_bytes <= 0 or small_block < 0:
-            raise ValueError("chunk_bytes must be positive and small_block >= 0")
+    def __init__(self, chunk_bytes: int = 256 * 2**20, small_memory: int = 2**18):
+        if chunk_bytes <= 0 or small_memory < 0:
+            raise ValueError("chunk_bytes must be positive and small_memory >= 0")
         self.chunk_bytes = chunk_bytes
-        self.small_block = small_block
+        self.small_memory = small_memory
         # The block is reused across calls: a fresh allocation of this size costs page faults
         # comparable to the selection itself.
         self._block = torch.empty(0)
@@ -108,7 +108,7 @@ class ExactSearch:
         batch, num_slots = queries.shape[0], keys.shape[0]
         per_chunk = max(k, min(num_slots, self.chunk_bytes // (4 * batch)))
         block = self._block_for(per_chunk, batch, keys)
-        if keys.device.type == "cpu" and num_slots * batch > self.small_block:
+        if keys.device.type == "cpu" and num_slots > self.small_memory:
             sims, slots = self._search_cpu(queries, keys, values, k, block)
         else:
             sims, slots = self._search_torch(queries, keys, values, k, block)
