@@ -282,11 +282,10 @@ class Memory(nn.Module):
 
     def _set_recent(self, labels: torch.Tensor, slots: torch.Tensor) -> None:
         """recent_slots[label] = slot; for a label repeated in the batch the last query wins."""
-        last = torch.full((self.num_values,), -1, dtype=torch.int64, device=labels.device)
+        unique, inverse = labels.unique(return_inverse=True)
         positions = torch.arange(labels.shape[0], device=labels.device)
-        last.scatter_reduce_(0, labels, positions, reduce="amax")
-        seen = last >= 0
-        self.recent_slots[seen] = slots[last[seen]]
+        last = torch.zeros_like(unique).scatter_reduce_(0, inverse, positions, reduce="amax")
+        self.recent_slots[unique] = slots[last]
 
     # ------------------------------------------------------------------------------ management
     @torch.no_grad()

@@ -64,8 +64,11 @@ def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
     """Sorts each row by similarity, best first, equal similarities by slot id.
 
     top-k leaves the order of exact ties unspecified; a fixed order makes the search
-    reproducible across chunkings and across shards.
+    reproducible across chunkings and across shards. Rows come in sorted by similarity, so only
+    exact ties need work; without any the input is returned as it is.
     """
+    if not bool((sims[:, 1:] == sims[:, :-1]).any()):
+        return sims, slots
     slots, perm = slots.sort(dim=1)
     sims, perm2 = sims.gather(1, perm).sort(dim=1, descending=True, stable=True)
     return sims, slots.gather(1, perm2)
@@ -135,6 +138,8 @@ class ExactSearch:
             sims, slots = chunk.t().topk(min(k, stop - start), dim=1)
             best_sims.append(sims)
             best_slots.append(slots + start)
+        if len(best_sims) == 1:
+            return best_sims[0], best_slots[0]
         sims, pos = torch.cat(best_sims, dim=1).topk(k, dim=1)
         return sims, torch.cat(best_slots, dim=1).gather(1, pos)
 

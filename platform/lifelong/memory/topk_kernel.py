@@ -42,8 +42,7 @@ def _cut_to_k(sims, slots, count, k, scratch_sims, scratch_slots):
     return kth
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _push_block(block, values, offset, cand_sims, cand_slots, counts, thresholds, k):
+def _push_block_impl(block, values, offset, cand_sims, cand_slots, counts, thresholds, k):
     """Offers every (slot, query) similarity of ``block`` [R, B] to the buffers [T, B, cap].
 
     Rows whose value is negative (empty slots) are skipped.
@@ -80,6 +79,12 @@ def _push_block(block, values, offset, cand_sims, cand_slots, counts, thresholds
                         counts_t[b] = n
 
 
+# Two compilations of one body: across threads, and on the calling thread alone (for small
+# blocks, where waking another thread pool costs more than the scan).
+_push_block = njit(parallel=True, nogil=True, cache=True)(_push_block_impl)
+_push_block_serial = njit(nogil=True, cache=True)(_push_block_impl)
+
+
 class Heaps:
     """Running top-k of B queries, fed block by block.
 
@@ -110,8 +115,8 @@ class Heaps:
             values: [R] int64 their values; negative marks an empty slot, which is skipped.
             offset: slot id of the block's first row.
         """
-        _push_block(block, values, offset, self.sims, self.slots, self.counts,
-                    self.thresholds, self.k)
+        push = _push_block if self.threads > 1 else _push_block_serial
+        push(block, values, offset, self.sims, self.slots, self.counts, self.thresholds, self.k)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best per query: sims [B, k] (-inf where fewer were offered), slots [B, k]."""
