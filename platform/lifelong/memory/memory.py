@@ -69,7 +69,7 @@ class Memory(nn.Module):
             training so a positive is available (the reference code's ``recent_idx``).
         learn_query_proj: pass queries through a learned d x d projection (starts as identity).
         search: the nearest-neighbour backend; exact matmul + top-k by default.
-        generator: random source for the age noise (a private seeded one by default).
+        seed: seeds the private random generator of the age noise.
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lifelong.memory.topk_kernel import Heaps
+from lifelong.memory.topk_kernel import RunningTopK
 
 
 class Search(Protocol):
@@ -119,13 +119,13 @@ class ExactSearch:
 
     @staticmethod
     def _search_cpu(queries, keys, values, k, block):
-        heaps = Heaps(queries.shape[0], k)
+        topk = RunningTopK(queries.shape[0], k)
         values_np = values.numpy()
         for start in range(0, keys.shape[0], block.shape[0]):
             stop = min(start + block.shape[0], keys.shape[0])
             _similarities_numpy(queries, keys[start:stop], block[: stop - start])
-            heaps.push_block(block[: stop - start].numpy(), values_np[start:stop], start)
-        return heaps.result()
+            topk.push_block(block[: stop - start].numpy(), values_np[start:stop], start)
+        return topk.result()
 
     @staticmethod
     def _search_torch(queries, keys, values, k, block):

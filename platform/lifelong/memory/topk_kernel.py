@@ -85,7 +85,7 @@ _push_block = njit(parallel=True, nogil=True, cache=True)(_push_block_impl)
 _push_block_serial = njit(nogil=True, cache=True)(_push_block_impl)
 
 
-class Heaps:
+class RunningTopK:
     """Running top-k of B queries, fed block by block.
 
     Args:
