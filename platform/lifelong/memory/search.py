@@ -88,11 +88,13 @@ class ExactSearch:
     at batch 256; at 1048576 slots the kernel wins at both batch sizes).
 
     Args:
-        chunk_bytes: upper bound on the similarity block held at once ([C, B] floats).
+        chunk_bytes: upper bound on the similarity block held at once ([C, B] floats). Fewer,
+            larger blocks mean fewer hand-overs between the BLAS and kernel thread pools: at
+            1M slots, batch 256, a step took 660-680 ms with 1 GiB against 790 with 256 MiB.
         small_memory: slot count at or below which CPU search uses torch.topk.
     """
 
-    def __init__(self, chunk_bytes: int = 256 * 2**20, small_memory: int = 2**18):
+    def __init__(self, chunk_bytes: int = 2**30, small_memory: int = 2**18):
         if chunk_bytes <= 0 or small_memory < 0:
             raise ValueError("chunk_bytes must be positive and small_memory >= 0")
         self.chunk_bytes = chunk_bytes
