@@ -13,11 +13,21 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
+import numpy as np
 import yaml
 
 from lifelong.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Raises ConfigError unless ``value`` is an int (numpy ints too) >= ``minimum``.
+
+    bool is an int subclass, but ``way=True`` is a bug, not 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

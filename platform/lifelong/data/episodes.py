@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lifelong.config import check_int
 from lifelong.errors import ConfigError, DataError
 
 
@@ -73,9 +74,9 @@ class EpisodeSampler:
             raise DataError(f"images must be a uint8 numpy array [C, n, H, W], got "
                             f"{type(images).__name__} {getattr(images, 'dtype', None)} "
                             f"{getattr(images, 'shape', None)}")
-        _check_int("way", way, minimum=1)
-        _check_int("presentations", presentations, minimum=1)
-        _check_int("seed", seed, minimum=0)
+        check_int("way", way)
+        check_int("presentations", presentations)
+        check_int("seed", seed, minimum=0)
         num_classes, per_class = images.shape[:2]
         if way > num_classes:
             raise ConfigError(f"way={way} exceeds the {num_classes} classes available")
@@ -94,7 +95,7 @@ class EpisodeSampler:
 
     def sample_indices(self, batch_size: int) -> EpisodeIndices:
         """Draws a batch of episodes as indices (see `EpisodeIndices`); advances the generator."""
-        _check_int("batch_size", batch_size, minimum=1)
+        check_int("batch_size", batch_size)
         num_classes, per_class = self.images.shape[:2]
         way, presentations, rng = self.way, self.presentations, self._rng
         # Argsort of uniform noise = a random permutation per row; its first k entries are k
@@ -123,9 +124,3 @@ class EpisodeSampler:
         pixels = self.images[idx.classes, idx.drawers]  # [L, B, H, W] uint8, a fresh copy
         x = torch.from_numpy(pixels).unsqueeze(2).to(torch.float32).div_(255.0)
         return Episode(x=x, y=torch.from_numpy(idx.y), shot=torch.from_numpy(idx.shot))
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    # bool is an int subclass, but way=True is a bug, not 1.
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")

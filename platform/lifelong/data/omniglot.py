@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from lifelong.data.cache import default_cache_dir, read_cached_arrays, write_cached_arrays
 from lifelong.data.download import download_verified
+from lifelong.config import check_int
 from lifelong.errors import ConfigError, CorruptArchiveError, DataError
 
 SPLITS = ("background", "evaluation")
@@ -71,8 +72,7 @@ class OmniglotLayout:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"OmniglotLayout.{name} must be a positive int, got {value!r}")
+            check_int(f"OmniglotLayout.{name}", value)
 
 
 OFFICIAL_LAYOUTS = {
@@ -143,8 +143,7 @@ def load_omniglot(split: str, root: str | os.PathLike | None = None,
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown Omniglot split {split!r}; expected one of {SPLITS}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ConfigError(f"image_size must be a positive int, got {image_size!r}")
+    check_int("image_size", image_size)
     layout = OFFICIAL_LAYOUTS[split] if layout is None else layout
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     archive = _locate_archive(split, root, cache_root, download, progress)

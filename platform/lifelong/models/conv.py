@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lifelong.config import check_int
 from lifelong.errors import ConfigError
 
 
@@ -117,8 +118,7 @@ def build_encoder(name: str, key_dim: int = 128, dropout: float = 0.7) -> nn.Mod
     """
     if name not in _ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; expected one of {ENCODER_NAMES}")
-    if isinstance(key_dim, bool) or not isinstance(key_dim, int) or key_dim < 1:
-        raise ConfigError(f"key_dim must be a positive int, got {key_dim!r}")
+    check_int("key_dim", key_dim)
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
     return _ENCODERS[name](key_dim, dropout)

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lifelong.data import EpisodeSampler
+from lifelong.config import check_int
 from lifelong.errors import ConfigError
 from lifelong.memory import Memory
 
@@ -34,9 +35,7 @@ class MemoryConfig:
     use_recent: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.choose_k, bool) or not isinstance(self.choose_k, int) \
-                or self.choose_k < 1:
-            raise ConfigError(f"memory.choose_k must be a positive int, got {self.choose_k!r}")
+        check_int("memory.choose_k", self.choose_k)
         if not self.alpha > 0:
             raise ConfigError(f"memory.alpha must be > 0, got {self.alpha!r}")
         if not self.age_noise >= 0:
@@ -73,10 +72,7 @@ class EvalSettings:
             raise ConfigError(f"evaluation.ways must be ints >= 2, got {self.ways!r}")
         for name, minimum in (("presentations", 2), ("episodes", 0), ("seed", 0),
                               ("episodes_per_chunk", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"evaluation.{name} must be an int >= {minimum}, "
-                                  f"got {value!r}")
+            check_int(f"evaluation.{name}", getattr(self, name), minimum)
 
 
 @dataclass(frozen=True)

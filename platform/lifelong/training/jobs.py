@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lifelong import metrics
-from lifelong.config import config_to_dict
+from lifelong.config import check_int, config_to_dict
 from lifelong.data import load_omniglot
 from lifelong.errors import ConfigError
 from lifelong.training.checkpoint import load_encoder
@@ -57,9 +57,7 @@ class OmniglotEvaluateJob:
             raise ConfigError("give exactly one of checkpoint=PATH and run_id=ID")
         if self.evaluation.episodes < 1:
             raise ConfigError("evaluation.episodes must be >= 1")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) \
-                or self.threads < 0:
-            raise ConfigError(f"threads must be an int >= 0, got {self.threads!r}")
+        check_int("threads", self.threads, minimum=0)
 
 
 @dataclass

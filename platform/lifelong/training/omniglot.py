@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from lifelong import metrics
-from lifelong.config import config_to_dict
+from lifelong.config import check_int, config_to_dict
 from lifelong.data import EpisodeSampler, OmniglotSplit, load_omniglot
 from lifelong.errors import ConfigError
 from lifelong.memory import Memory
@@ -40,11 +40,6 @@ from lifelong.training.evaluate import (
     evaluate_encoder,
     torch_threads,
 )
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,7 @@ class ModelConfig:
         if self.encoder not in ENCODER_NAMES:
             raise ConfigError(f"model.encoder must be one of {ENCODER_NAMES}, "
                               f"got {self.encoder!r}")
-        _positive_int("model.key_dim", self.key_dim)
+        check_int("model.key_dim", self.key_dim)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout!r}")
 
@@ -110,9 +105,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("episodes_per_batch", "way", "presentations", "steps", "val_episodes",
                      "log_every"):
-            _positive_int(f"train.{name}", getattr(self, name))
+            check_int(f"train.{name}", getattr(self, name))
         for name in ("validation_characters", "val_every", "checkpoint_every", "threads", "seed"):
-            _positive_int(f"train.{name}", getattr(self, name), minimum=0)
+            check_int(f"train.{name}", getattr(self, name), minimum=0)
         if self.presentations < 2:
             raise ConfigError("train.presentations must be >= 2 (one-shot needs a second sight)")
         if self.max_minutes is not None and not self.max_minutes > 0:
