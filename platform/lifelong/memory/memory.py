@@ -154,9 +154,10 @@ class Memory(nn.Module):
         if training and self.use_recent:
             recent = self.recent_slots[labels].unsqueeze(1)  # [B, 1], -1 if never written
             slots = torch.cat([slots, recent], dim=1)
-        cand_values = self.values[slots.clamp(min=0)].masked_fill(slots < 0, -1)
+        valid = slots.clamp(min=0)
+        cand_values = self.values[valid].masked_fill(slots < 0, -1)
         empty = cand_values < 0
-        sims = torch.einsum("bd,bkd->bk", q, self.keys[slots.clamp(min=0)])
+        sims = torch.einsum("bd,bkd->bk", q, self.keys[valid])
         sims = sims.masked_fill(empty, float("-inf"))
         k = self.k  # the recent slot (column k) is a loss candidate only, never a prediction
         values, nearest = self._predict(sims[:, :k], cand_values[:, :k])

@@ -208,10 +208,11 @@ class FaissSearch:
             old = np.ascontiguousarray(old)
             self._index.remove_ids(self._faiss.IDSelectorArray(len(old),
                                                                self._faiss.swig_ptr(old)))
-        self._index.add_with_ids(keys.detach().cpu().numpy()[ids], ids)
+        rows = keys[torch.from_numpy(ids).to(keys.device)]  # only the written rows leave a GPU
+        self._index.add_with_ids(rows.detach().cpu().numpy(), ids)
         self._present[ids] = True
         if self.kind == "ivf" and not isinstance(self._index, self._faiss.IndexIVF):
-            if int(self._present.sum()) >= self.train_size:
+            if self._index.ntotal >= self.train_size:
                 self._index = None  # enough keys now: rebuild as a trained IVF index
 
     def search(self, queries, keys, values, k):
