@@ -216,17 +216,18 @@ def test_age_noise_picks_among_oldest_only():
     assert max(chosen.tolist()) <= 12  # noise of +-2 moves the choice by at most 2 ages
 
 
-@pytest.mark.parametrize("chunk_bytes,small_memory", [
-    (2**20, 0), (4096, 0), (512, 0),  # compiled heap kernel, one or many chunks
-    (2**20, 2**30), (4096, 2**30),    # torch.topk path
+@pytest.mark.parametrize("block_bytes,threads,serial_elements", [
+    (2**20, 2, 0), (4096, 2, 0), (512, 3, 0),  # worker threads, one or many blocks each
+    (2**20, None, 2**30), (4096, None, 2**30),  # the calling thread alone
 ])
-def test_exact_search_matches_full_sort(chunk_bytes, small_memory):
+def test_exact_search_matches_full_sort(block_bytes, threads, serial_elements):
     torch.manual_seed(5)
     keys = F.normalize(torch.randn(3001, 32), dim=1)
     values = torch.randint(0, 5, (3001,))
     values[::7] = -1
     q = F.normalize(torch.randn(9, 32), dim=1)
-    sims, slots = ExactSearch(chunk_bytes, small_memory).search(q, keys, values, 50)
+    sims, slots = ExactSearch(block_bytes, threads, serial_elements).search(
+        q, keys, values, 50)
     full = (q @ keys.T).masked_fill(values < 0, float("-inf"))
     expected_sims, expected_slots = full.topk(50, dim=1)
     assert torch.equal(slots, expected_slots)

@@ -34,11 +34,12 @@ class MemoryOutput:
 
     Attributes:
         values: [B] int64 predicted value (nearest non-empty neighbour; -1 if memory is empty).
-        similarities: [B, k] cosine similarity to the k neighbours (with gradient), -inf for
-            empty candidates.
-        softmax: [B, k] softmax over the k similarities with temperature ``memory.temperature``.
+        similarities: [B, k] cosine similarity to the k neighbours, best first, -inf for empty
+            candidates. Constants: the loss carries the gradient (for a gradient through these,
+            see ``Memory.similarities``).
         slots: [B, k] int64 slot ids of the k neighbours.
         neighbour_values: [B, k] int64 values of the k neighbours (-1 for empty).
+        temperature: the softmax temperature of the memory.
         loss: scalar margin loss (mean over the batch), or None without labels.
         correct: [B] bool, prediction == label (None without labels).
         written_slots: [B] int64 slot each query refreshed or was inserted into (None if the
@@ -47,12 +48,21 @@ class MemoryOutput:
 
     values: torch.Tensor
     similarities: torch.Tensor
-    softmax: torch.Tensor
     slots: torch.Tensor
     neighbour_values: torch.Tensor
+    temperature: float
     loss: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     written_slots: torch.Tensor | None = None
+
+    @property
+    def softmax(self) -> torch.Tensor:
+        """[B, k] softmax of similarities * temperature over the non-empty neighbours (an
+        all-empty row gives zeros); computed when asked for."""
+        empty = torch.isinf(self.similarities)
+        logits = (self.similarities * self.temperature).masked_fill(
+            empty.all(1, keepdim=True), 0.0)
+        return torch.softmax(logits, dim=1).masked_fill(empty, 0.0)
 
 
 class Memory(nn.Module):
@@ -144,69 +154,86 @@ class Memory(nn.Module):
         self._check_query(q)
         if labels is not None:
             self._check_labels(labels, q.shape[0])
-        if self.query_proj is not None:
-            q = q @ self.query_proj
-        q = F.normalize(q, dim=1)
+        q = self._normalise(q)
+        k = self.k
         with torch.no_grad():
-            found, slots = self.search.search(q.detach(), self.keys, self.values, self.k)
-            slots = slots.masked_fill(torch.isinf(found), -1)  # fewer than k filled slots
-        training = labels is not None
-        if training and self.use_recent:
-            recent = self.recent_slots[labels].unsqueeze(1)  # [B, 1], -1 if never written
+            sims, slots = self.search.search(q.detach(), self.keys, self.values, k)
+            empty = torch.isinf(sims)  # fewer than k filled slots
+            slots = slots.masked_fill(empty, -1)
+            cand_values = self.values[slots.clamp(min=0)].masked_fill(empty, -1)
+            nearest = sims.argmax(dim=1)
+            values = cand_values.gather(1, nearest.unsqueeze(1)).squeeze(1)
+        out = MemoryOutput(values=values, similarities=sims, slots=slots,
+                           neighbour_values=cand_values, temperature=self.temperature)
+        if labels is None:
+            return out
+        if self.use_recent:  # the recent slot is a loss candidate only, never a prediction
+            with torch.no_grad():
+                recent = self.recent_slots[labels].unsqueeze(1)  # [B, 1], -1 if never written
+                recent_values = self.values[recent.clamp(min=0)].masked_fill(recent < 0, -1)
+                recent_sims = (q.detach().unsqueeze(1) * self.keys[recent.clamp(min=0)]).sum(2)
+                recent_sims = recent_sims.masked_fill(recent_values < 0, float("-inf"))
+            sims = torch.cat([sims, recent_sims], dim=1)
             slots = torch.cat([slots, recent], dim=1)
-        valid = slots.clamp(min=0)
-        cand_values = self.values[valid].masked_fill(slots < 0, -1)
-        empty = cand_values < 0
-        sims = torch.einsum("bd,bkd->bk", q, self.keys[valid])
-        sims = sims.masked_fill(empty, float("-inf"))
-        k = self.k  # the recent slot (column k) is a loss candidate only, never a prediction
-        values, nearest = self._predict(sims[:, :k], cand_values[:, :k])
-        out = MemoryOutput(values=values, similarities=sims[:, :k],
-                           softmax=self._softmax(sims[:, :k]), slots=slots[:, :k],
-                           neighbour_values=cand_values[:, :k])
-        if training:
-            out.loss = self.margin_loss(sims, cand_values, labels)
-            out.correct = values == labels
-            if update:
-                n1_slots = slots[:, :k].gather(1, nearest.unsqueeze(1)).squeeze(1)
-                out.written_slots = self.write(q.detach(), labels, n1_slots, out.correct)
+            cand_values = torch.cat([cand_values, recent_values], dim=1)
+        out.loss = self.margin_loss(q, sims, slots, cand_values, labels)
+        out.correct = values == labels
+        if update:
+            n1_slots = out.slots.gather(1, nearest.unsqueeze(1)).squeeze(1)
+            out.written_slots = self.write(q.detach(), labels, n1_slots, out.correct)
         return out
 
-    @staticmethod
-    def _predict(sims: torch.Tensor, cand_values: torch.Tensor):
-        """Nearest non-empty neighbour. Returns values [B] (-1 if none) and positions [B]."""
-        nearest = sims.detach().argmax(dim=1)
-        values = cand_values.gather(1, nearest.unsqueeze(1)).squeeze(1)
-        return values, nearest
+    def similarities(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities of queries to chosen slots, with gradient to the queries.
 
-    def _softmax(self, sims: torch.Tensor) -> torch.Tensor:
-        """Softmax over non-empty neighbours; an all-empty row gives all zeros."""
-        empty = torch.isinf(sims)
-        logits = (sims * self.temperature).masked_fill(empty.all(1, keepdim=True), 0.0)
-        return torch.softmax(logits, dim=1).masked_fill(empty, 0.0)
+        Use it before the memory is updated (``query(..., update=False)``) to backpropagate
+        through a function of the neighbours' similarities, e.g. a mixture of ``softmax``.
 
-    def margin_loss(self, sims: torch.Tensor, cand_values: torch.Tensor,
-                    labels: torch.Tensor) -> torch.Tensor:
+        Args:
+            q: [B, key_dim] queries as given to ``query``.
+            slots: [B, c] int64 slot ids (e.g. ``MemoryOutput.slots``); -1 gives -inf.
+
+        Returns:
+            [B, c] similarities.
+        """
+        self._check_query(q)
+        sims = torch.einsum("bd,bcd->bc", self._normalise(q), self.keys[slots.clamp(min=0)])
+        return sims.masked_fill((slots < 0) | (self.values[slots.clamp(min=0)] < 0),
+                                float("-inf"))
+
+    def _normalise(self, q: torch.Tensor) -> torch.Tensor:
+        if self.query_proj is not None:
+            q = q @ self.query_proj
+        return F.normalize(q, dim=1)
+
+    def margin_loss(self, q: torch.Tensor, sims: torch.Tensor, slots: torch.Tensor,
+                    cand_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """max(0, alpha - q.K[p] + q.K[b]), averaged over the batch.
 
         p is the most similar candidate whose value equals the label, b the most similar whose
-        value differs (masked with -inf, never by multiplying with 0). A query with no positive
-        candidate counts q.K[p] as 0, as the reference code does; one with no negative
-        candidate has nothing to rank and adds 0.
+        value differs. A query with no positive candidate counts q.K[p] as 0, as the reference
+        code does; one with no negative candidate has nothing to rank and adds 0. p and b are
+        chosen on the search's similarities; q.K[p] and q.K[b] are then recomputed from the two
+        keys with gradient, so the loss costs two dot products per query, not k.
 
         Args:
-            sims: [B, c] similarities with gradient, -inf for empty candidates.
+            q: [B, d] normalised queries (with gradient).
+            sims: [B, c] candidate similarities (constants), -inf for empty candidates.
+            slots: [B, c] candidate slot ids.
             cand_values: [B, c] candidate values, -1 for empty.
             labels: [B] true values.
         """
-        filled = cand_values >= 0
-        positive = (cand_values == labels.unsqueeze(1)) & filled
-        negative = filled & ~positive
-        pos_sim = sims.masked_fill(~positive, float("-inf")).amax(dim=1)
-        neg_sim = sims.masked_fill(~negative, float("-inf")).amax(dim=1)
-        has_pos, has_neg = positive.any(dim=1), negative.any(dim=1)
+        with torch.no_grad():
+            filled = cand_values >= 0
+            positive = (cand_values == labels.unsqueeze(1)) & filled
+            negative = filled & ~positive
+            has_pos, has_neg = positive.any(dim=1), negative.any(dim=1)
+            best_pos = sims.masked_fill(~positive, float("-inf")).argmax(dim=1, keepdim=True)
+            best_neg = sims.masked_fill(~negative, float("-inf")).argmax(dim=1, keepdim=True)
+            pair = torch.cat([slots.gather(1, best_pos), slots.gather(1, best_neg)], dim=1)
+            pair_keys = self.keys[pair.clamp(min=0)]  # [B, 2, d], copied before any update
+        pos_sim, neg_sim = torch.einsum("bd,bpd->pb", q, pair_keys)
         pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
-        neg_sim = torch.where(has_neg, neg_sim, torch.zeros_like(neg_sim))
         per_query = torch.where(has_neg, F.relu(self.alpha - pos_sim + neg_sim),
                                 torch.zeros_like(pos_sim))
         return per_query.mean()

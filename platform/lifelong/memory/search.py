@@ -3,7 +3,7 @@
 A search returns, for each query, the ``k`` slots of highest cosine similarity (keys and queries
 are L2-normalised, so the inner product is the cosine). Empty slots (value -1) never match.
 
-``ExactSearch`` is the default: a matrix product plus top-k on the keys' own device, in chunks of
+``ExactSearch`` is the default: a matrix product plus top-k on the keys' own device, in blocks of
 slots so that memory stays bounded at millions of slots.
 
 ``FaissSearch`` wraps a FAISS index (flat or IVF) kept in sync with every write, for approximate
@@ -12,6 +12,8 @@ search of very large memories.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -49,17 +51,6 @@ class Search(Protocol):
         ...
 
 
-def _similarities(queries: torch.Tensor, keys: torch.Tensor, out: torch.Tensor) -> None:
-    """out[C, B] = keys[C, d] @ queries[B, d].T (torch: one thread pool with the rest)."""
-    torch.mm(keys, queries.t(), out=out)
-
-
-def _similarities_numpy(queries: torch.Tensor, keys: torch.Tensor, out: torch.Tensor) -> None:
-    """The same product with numpy's BLAS, which runs this layout markedly faster than torch's
-    for large blocks here (jobs/bench_memory.py measures both); no copy is made."""
-    np.matmul(keys.numpy(), queries.numpy().T, out=out.numpy())
-
-
 def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
     """Sorts each row by similarity, best first, equal similarities by slot id.
 
@@ -74,34 +65,70 @@ def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
     return sims, slots.gather(1, perm2)
 
 
+_workers: dict[int, ThreadPoolExecutor] = {}
+_worker_state = threading.local()  # each worker thread's reusable similarity block
+_blas = None  # threadpoolctl controller of numpy's BLAS, made on first use
+
+
+def _worker_pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _workers:
+        _workers[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lifelong-search")
+    return _workers[threads]
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs single-threaded (each search worker is a thread)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def _scan_range(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, start: int,
+                stop: int, rows: int, topk: RunningTopK, part: int) -> None:
+    """Feeds slots start .. stop - 1 to ``topk``'s ``part``, ``rows`` slots per product.
+
+    The block [rows, B] stays in this core's cache between the product and the scan.
+    """
+    block = getattr(_worker_state, "block", None)
+    if block is None or block.size < rows * queries.shape[0]:
+        block = _worker_state.block = np.empty(rows * queries.shape[0], dtype=np.float32)
+    for first in range(start, stop, rows):
+        last = min(stop, first + rows)
+        out = block[: (last - first) * queries.shape[0]].reshape(last - first, -1)
+        np.matmul(keys[first:last], queries.T, out=out)
+        topk.push_block(out, values[first:last], first, part)
+
+
 class ExactSearch:
-    """Exact top-k by cosine similarity, in chunks of slots so memory stays bounded.
+    """Exact top-k by cosine similarity, in blocks of slots so memory stays bounded.
 
-    On CPU each chunk's similarity block [C, B] is scanned once by a compiled kernel
-    (lifelong.memory.topk_kernel): a vectorised compare against each query's current k-th best
-    discards almost every element, so selection costs one pass over the block instead of a sort.
-    On CUDA each chunk goes through torch.topk.
-
-    Memories of at most ``small_memory`` slots go through torch.mm + torch.topk on CPU too:
-    there, handing work between torch's, numpy's and numba's thread pools costs more than the
-    sort saves (measured: 10 against 20 ms per step at 65536 slots, batch 16; 124 against 180 ms
-    at batch 256; at 1048576 slots the kernel wins at both batch sizes).
+    On CPU the slots are split into ``threads`` contiguous ranges, one per worker thread. A
+    worker multiplies a block of keys with the queries (numpy's BLAS, one thread per worker) and
+    scans the block with the running top-k kernel (lifelong.memory.topk_kernel) while it is still
+    in the core's cache: a vectorised compare against each query's k-th best so far discards
+    almost every element, so selection costs one pass over cached data instead of a sort, and no
+    work is handed between thread pools (which spin and steal each other's cores). Searches of at
+    most ``serial_elements`` similarities run on the calling thread: torch.mm, then the kernel.
+    On CUDA each block goes through torch.topk.
 
     Args:
-        chunk_bytes: upper bound on the similarity block held at once ([C, B] floats). Fewer,
-            larger blocks mean fewer hand-overs between the BLAS and kernel thread pools: at
-            1M slots, batch 256, a step took 660-680 ms with 1 GiB against 790 with 256 MiB.
-        small_memory: slot count at or below which CPU search uses torch.topk.
+        block_bytes: size of one similarity block [rows, B] per worker; the default 4 MiB stays
+            within the L2 + L3 share of a core and keeps BLAS blocks large.
+        threads: CPU worker threads (default: torch's intra-op thread count).
+        serial_elements: N * B at or below which a CPU search runs on the calling thread.
     """
 
-    def __init__(self, chunk_bytes: int = 2**30, small_memory: int = 2**18):
-        if chunk_bytes <= 0 or small_memory < 0:
-            raise ValueError("chunk_bytes must be positive and small_memory >= 0")
-        self.chunk_bytes = chunk_bytes
-        self.small_memory = small_memory
-        # The block is reused across calls: a fresh allocation of this size costs page faults
-        # comparable to the selection itself.
-        self._block = torch.empty(0)
+    def __init__(self, block_bytes: int = 2**22, threads: int | None = None,
+                 serial_elements: int = 2**20):
+        if block_bytes <= 0 or serial_elements < 0 or (threads is not None and threads < 1):
+            raise ValueError("block_bytes must be positive, threads >= 1, serial_elements >= 0")
+        self.block_bytes = block_bytes
+        self.threads = threads
+        self.serial_elements = serial_elements
+        self._block = torch.empty(0)  # the calling thread's block (torch path), reused
 
     def _block_for(self, rows: int, batch: int, like: torch.Tensor) -> torch.Tensor:
         if (self._block.numel() < rows * batch or self._block.device != like.device
@@ -111,31 +138,44 @@ class ExactSearch:
 
     def search(self, queries, keys, values, k):
         batch, num_slots = queries.shape[0], keys.shape[0]
-        per_chunk = max(k, min(num_slots, self.chunk_bytes // (4 * batch)))
-        block = self._block_for(per_chunk, batch, keys)
-        if keys.device.type == "cpu" and num_slots > self.small_memory:
-            sims, slots = self._search_cpu(queries, keys, values, k, block)
-        else:
-            sims, slots = self._search_torch(queries, keys, values, k, block)
-        return _canonical_order(sims, slots)
+        rows = max(1, min(num_slots, self.block_bytes // (4 * batch)))
+        if keys.device.type != "cpu":
+            return _canonical_order(*self._search_torch(queries, keys, values, k, max(rows, k)))
+        if num_slots * batch <= self.serial_elements:
+            return self._search_serial(queries, keys, values, k, rows)
+        return self._search_threads(queries, keys, values, k, rows)
 
-    @staticmethod
-    def _search_cpu(queries, keys, values, k, block):
+    def _search_serial(self, queries, keys, values, k, rows):
         topk = RunningTopK(queries.shape[0], k)
         values_np = values.numpy()
-        for start in range(0, keys.shape[0], block.shape[0]):
-            stop = min(start + block.shape[0], keys.shape[0])
-            _similarities_numpy(queries, keys[start:stop], block[: stop - start])
-            topk.push_block(block[: stop - start].numpy(), values_np[start:stop], start)
+        for start in range(0, keys.shape[0], rows):
+            stop = min(start + rows, keys.shape[0])
+            block = self._block_for(stop - start, queries.shape[0], keys)
+            torch.mm(keys[start:stop], queries.t(), out=block)
+            topk.push_block(block.numpy(), values_np[start:stop], start)
         return topk.result()
 
-    @staticmethod
-    def _search_torch(queries, keys, values, k, block):
+    def _search_threads(self, queries, keys, values, k, rows):
+        threads = self.threads or torch.get_num_threads()
+        num_slots = keys.shape[0]
+        per_part = -(-num_slots // threads)
+        topk = RunningTopK(queries.shape[0], k, parts=threads)
+        q, keys_np, values_np = queries.contiguous().numpy(), keys.numpy(), values.numpy()
+        pool = _worker_pool(threads)
+        with _one_blas_thread():
+            futures = [pool.submit(_scan_range, q, keys_np, values_np, start,
+                                   min(num_slots, start + per_part), rows, topk, part)
+                       for part, start in enumerate(range(0, num_slots, per_part))]
+            for future in futures:
+                future.result()
+        return topk.result()
+
+    def _search_torch(self, queries, keys, values, k, rows):
         best_sims, best_slots = [], []
-        for start in range(0, keys.shape[0], block.shape[0]):
-            stop = min(start + block.shape[0], keys.shape[0])
-            chunk = block[: stop - start]
-            _similarities(queries, keys[start:stop], chunk)
+        for start in range(0, keys.shape[0], rows):
+            stop = min(start + rows, keys.shape[0])
+            chunk = self._block_for(stop - start, queries.shape[0], keys)
+            torch.mm(keys[start:stop], queries.t(), out=chunk)
             chunk[values[start:stop] < 0] = float("-inf")
             sims, slots = chunk.t().topk(min(k, stop - start), dim=1)
             best_sims.append(sims)

@@ -3,86 +3,164 @@
 ``torch.topk`` over a million columns costs as much as the similarity product itself here, and
 sorts most of what it reads. A running top-k needs far less: each query keeps a threshold (its
 k-th best so far), and an element matters only if it beats it, which after the first few thousand
-slots almost none do (about k ln(N/k) per query over N slots). The kernel compares 16 queries at
-once against a contiguous array of thresholds and, on a hit, appends the element to the query's
-candidate buffer. When a buffer fills up (``capacity`` entries) it is cut back to its k best with
-one selection (``np.partition``), which raises the threshold. Appending instead of keeping a heap
-makes a hit cost two stores instead of a sift through the heap.
+slots almost none do (about k ln(N/k) per query over N slots).
 
-Rows are split between threads, each with buffers of its own; ``result`` merges them.
+* Threshold from the first block: the block's rows are grouped into at least k tiles; the k-th
+  largest of a query's tile maxima is a lower bound of its k-th best similarity (k tiles hold an
+  element at least that large), and only slightly below it, so the first block already yields
+  few more than k candidates per query instead of thousands.
+* Scan: the kernel reads a block [R, B] (slots x queries, the layout the BLAS product writes
+  fastest) in tiles of ``_TILE`` rows, takes the column-wise maximum of the tile (element-wise
+  maxima of whole rows, which vectorise) and compares it with the thresholds; only a column
+  whose maximum beats its threshold is read again, and its hits are appended to the query's
+  candidate buffer. A full buffer (``capacity`` entries) is cut back to its k best, which raises
+  the threshold.
+* Order: candidates are ranked by one 64-bit key per entry, the similarity's bits (descending)
+  above the slot id (ascending), so equal similarities go to the lowest slot id in every cut and
+  in the final sort, whatever the blocks and threads were.
+
+A ``RunningTopK`` has several ``parts``, each with buffers of its own, so that threads can feed
+disjoint slot ranges at once without sharing anything; ``result`` merges them.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
-_LANES = 16  # queries compared at once
+_TILE = 16  # rows whose column maxima are compared with the thresholds at once
+_LOW_BITS = np.uint64(32)
+_SLOT_MASK = np.uint64(0xFFFFFFFF)
 
 
 @njit(nogil=True, cache=True)
-def _cut_to_k(sims, slots, count, k, scratch_sims, scratch_slots):
-    """Keeps the k best of sims[:count] (ties: earliest entries), returns the k-th best value."""
-    kth = np.partition(sims[:count].copy(), count - k)[count - k]
+def _rank_keys(sims, slots, count, out):
+    """out[i] = a uint64 that sorts ascending as (sims[i] descending, slots[i] ascending)."""
+    bits = sims[:count].view(np.int32)
+    for i in range(count):
+        b = np.int64(bits[i])
+        if b < 0:  # negative floats: flip the magnitude bits so that integer order = float order
+            b ^= 0x7FFFFFFF
+        out[i] = (np.uint64(2**31 - 1 - b) << _LOW_BITS) | np.uint64(slots[i])
+
+
+@njit(nogil=True, cache=True)
+def _cut_to_k(sims, slots, count, k, keys, scratch_sims, scratch_slots):
+    """Keeps the k best of the first ``count`` entries, in their order; returns the k-th best."""
+    _rank_keys(sims, slots, count, keys)
+    kth_key = np.partition(keys[:count], k - 1)[k - 1]  # a sorted copy: keys stay in order
     kept = 0
+    kth = sims[0]
     for i in range(count):
-        if sims[i] > kth:
+        if keys[i] <= kth_key:
             scratch_sims[kept] = sims[i]
             scratch_slots[kept] = slots[i]
-            kept += 1
-    for i in range(count):
-        if kept < k and sims[i] == kth:
-            scratch_sims[kept] = sims[i]
-            scratch_slots[kept] = slots[i]
+            if keys[i] == kth_key:
+                kth = sims[i]
             kept += 1
     sims[:k] = scratch_sims[:k]
     slots[:k] = scratch_slots[:k]
     return kth
 
 
-def _push_block_impl(block, values, offset, cand_sims, cand_slots, counts, thresholds, k):
-    """Offers every (slot, query) similarity of ``block`` [R, B] to the buffers [T, B, cap].
-
-    Rows whose value is negative (empty slots) are skipped.
-    """
-    threads, batch, capacity = cand_sims.shape
-    rows = block.shape[0]
-    per_thread = (rows + threads - 1) // threads
-    for t in prange(threads):
-        sims_t, slots_t = cand_sims[t], cand_slots[t]
-        counts_t, thr_t = counts[t], thresholds[t]
-        scratch_sims = np.empty(capacity, dtype=np.float32)
-        scratch_slots = np.empty(capacity, dtype=np.int64)
-        for r in range(t * per_thread, min(rows, (t + 1) * per_thread)):
+@njit(nogil=True, cache=True)
+def _tile_maxima(block, values, group):
+    """[R // group, B] column-wise maxima of each ``group`` rows, empty slots left out."""
+    rows, batch = block.shape
+    tiles = -(-rows // group)
+    maxima = np.full((tiles, batch), -np.inf, dtype=np.float32)
+    for t in range(tiles):
+        for r in range(t * group, min(rows, (t + 1) * group)):
             if values[r] < 0:
                 continue
-            row = block[r]
-            for first in range(0, batch, _LANES):
-                last = min(batch, first + _LANES)
-                hits = 0
-                for b in range(first, last):
-                    hits += row[b] > thr_t[b]
-                if hits == 0:
-                    continue
-                for b in range(first, last):
-                    if row[b] > thr_t[b]:
-                        n = counts_t[b]
-                        sims_t[b, n] = row[b]
-                        slots_t[b, n] = offset + r
-                        n += 1
-                        if n == capacity:
-                            thr_t[b] = _cut_to_k(sims_t[b], slots_t[b], n, k,
-                                                 scratch_sims, scratch_slots)
-                            n = k
-                        counts_t[b] = n
+            for b in range(batch):
+                sim = block[r, b]
+                maxima[t, b] = sim if sim > maxima[t, b] else maxima[t, b]  # vectorises
+    return maxima
 
 
-# Two compilations of one body: across threads, and on the calling thread alone (for small
-# blocks, where waking another thread pool costs more than the scan).
-_push_block = njit(parallel=True, nogil=True, cache=True)(_push_block_impl)
-_push_block_serial = njit(nogil=True, cache=True)(_push_block_impl)
+@njit(nogil=True, cache=True)
+def _bound_thresholds(maxima, k, thresholds):
+    """Sets each query's threshold just below the k-th largest of its tile maxima [T >= k, B]."""
+    tiles, batch = maxima.shape
+    column = np.empty(tiles, dtype=np.float32)
+    for b in range(batch):
+        for t in range(tiles):
+            column[t] = maxima[t, b]
+        bound = np.partition(column, tiles - k)[tiles - k]
+        thresholds[b] = np.nextafter(bound, np.float32(-np.inf))  # strict > keeps x == bound
+
+
+@njit(nogil=True, cache=True)
+def _push_block(block, values, offset, sims, slots, counts, thresholds, k):
+    """Offers every (slot, query) similarity of ``block`` [R, B] to the buffers [B, capacity].
+
+    Slots whose value is negative (empty) never enter a buffer. Runs on the calling thread and
+    releases the GIL. Within a query, hits arrive in slot order.
+    """
+    rows, batch = block.shape
+    capacity = sims.shape[1]
+    maxima = _tile_maxima(block, values, _TILE)
+    if rows >= k and counts.max() == 0 and thresholds.max() == -np.inf:
+        if maxima.shape[0] >= 2 * k:
+            _bound_thresholds(maxima, k, thresholds)
+        else:  # smaller tiles: the bound is tight only with at least 2k of them
+            _bound_thresholds(_tile_maxima(block, values, max(1, rows // (2 * k))), k,
+                              thresholds)
+    keys = np.empty(capacity, dtype=np.uint64)
+    scratch_sims = np.empty(capacity, dtype=np.float32)
+    scratch_slots = np.empty(capacity, dtype=np.int64)
+    for t in range(maxima.shape[0]):
+        for b in range(batch):
+            if not maxima[t, b] > thresholds[b]:
+                continue
+            for r in range(t * _TILE, min(rows, (t + 1) * _TILE)):
+                sim = block[r, b]
+                if sim > thresholds[b] and values[r] >= 0:
+                    n = counts[b]
+                    sims[b, n] = sim
+                    slots[b, n] = offset + r
+                    n += 1
+                    if n == capacity:
+                        thresholds[b] = _cut_to_k(sims[b], slots[b], n, k, keys,
+                                                  scratch_sims, scratch_slots)
+                        n = k
+                    counts[b] = n
+
+
+@njit(nogil=True, cache=True)
+def _merge_ranked(sims, slots, counts, k, out_keys):
+    """Merges the parts' buffers [P, B, cap] into each query's k best, as rank keys [B, k]
+    (unsorted; the maximum uint64 pads a query with fewer than k entries)."""
+    parts, batch, capacity = sims.shape
+    merged_sims = np.empty(parts * capacity, dtype=np.float32)
+    merged_slots = np.empty(parts * capacity, dtype=np.int64)
+    keys = np.empty(parts * capacity, dtype=np.uint64)
+    scratch_sims = np.empty(parts * capacity, dtype=np.float32)
+    scratch_slots = np.empty(parts * capacity, dtype=np.int64)
+    for b in range(batch):
+        n = 0
+        for p in range(parts):
+            c = counts[p, b]
+            merged_sims[n:n + c] = sims[p, b, :c]
+            merged_slots[n:n + c] = slots[p, b, :c]
+            n += c
+        if n > k:
+            _cut_to_k(merged_sims, merged_slots, n, k, keys, scratch_sims, scratch_slots)
+            n = k
+        _rank_keys(merged_sims, merged_slots, n, out_keys[b])
+        out_keys[b, n:] = np.iinfo(np.uint64).max
+
+
+def _decode(ranked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverts _rank_keys: [B, k] uint64 -> similarities float32 (-inf for padding), slots."""
+    slots = (ranked & _SLOT_MASK).astype(np.int64)
+    bits = np.int64(2**31 - 1) - (ranked >> _LOW_BITS).astype(np.int64)
+    bits = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits).astype(np.int32)
+    padding = ranked == np.iinfo(np.uint64).max
+    sims = np.where(padding, np.float32(-np.inf), bits.view(np.float32))
+    return sims, np.where(padding, 0, slots)
 
 
 class RunningTopK:
@@ -91,39 +169,43 @@ class RunningTopK:
     Args:
         batch: B, the number of queries.
         k: how many best slots to keep per query.
-        threads: buffers per query (one per thread); default numba's thread count.
+        parts: independent sets of buffers; threads that feed disjoint slot ranges at once each
+            use their own part.
         capacity: buffer entries per query before it is cut back to k (default 4k).
     """
 
-    def __init__(self, batch: int, k: int, threads: int | None = None,
-                 capacity: int | None = None):
-        self.threads = threads or numba.get_num_threads()
+    def __init__(self, batch: int, k: int, parts: int = 1, capacity: int | None = None):
         self.k = k
         capacity = capacity or 4 * k
-        if capacity <= k:
-            raise ValueError("capacity must exceed k")
-        self.sims = np.empty((self.threads, batch, capacity), dtype=np.float32)
-        self.slots = np.empty((self.threads, batch, capacity), dtype=np.int64)
-        self.counts = np.zeros((self.threads, batch), dtype=np.int64)
-        self.thresholds = np.full((self.threads, batch), -np.inf, dtype=np.float32)
+        if capacity <= k or parts < 1:
+            raise ValueError("capacity must exceed k and parts be >= 1")
+        self.sims = np.empty((parts, batch, capacity), dtype=np.float32)
+        self.slots = np.empty((parts, batch, capacity), dtype=np.int64)
+        self.counts = np.zeros((parts, batch), dtype=np.int64)
+        self.thresholds = np.full((parts, batch), -np.inf, dtype=np.float32)
 
-    def push_block(self, block: np.ndarray, values: np.ndarray, offset: int) -> None:
+    def push_block(self, block: np.ndarray, values: np.ndarray, offset: int,
+                   part: int = 0) -> None:
         """Offers a block of similarities.
 
         Args:
             block: [R, B] float32 similarities of slots offset .. offset + R - 1.
             values: [R] int64 their values; negative marks an empty slot, which is skipped.
             offset: slot id of the block's first row.
+            part: which buffers to feed (one thread per part at a time).
         """
-        push = _push_block if self.threads > 1 else _push_block_serial
-        push(block, values, offset, self.sims, self.slots, self.counts, self.thresholds, self.k)
+        _push_block(block, values, offset, self.sims[part], self.slots[part],
+                    self.counts[part], self.thresholds[part], self.k)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k best per query: sims [B, k] (-inf where fewer were offered), slots [B, k]."""
-        batch, capacity = self.sims.shape[1], self.sims.shape[2]
-        sims = torch.from_numpy(self.sims).permute(1, 0, 2).reshape(batch, -1)
-        slots = torch.from_numpy(self.slots).permute(1, 0, 2).reshape(batch, -1)
-        filled = torch.arange(capacity) < torch.from_numpy(self.counts).unsqueeze(2)
-        sims = sims.masked_fill(~filled.permute(1, 0, 2).reshape(batch, -1), float("-inf"))
-        top, pos = sims.topk(self.k, dim=1)
-        return top, torch.where(torch.isinf(top), 0, slots.gather(1, pos))
+        """The k best per query, best first, equal similarities by slot id.
+
+        Returns:
+            sims: [B, k] float32, -inf where fewer than k non-empty slots were offered.
+            slots: [B, k] int64 (0 for -inf entries).
+        """
+        ranked = np.empty((self.sims.shape[1], self.k), dtype=np.uint64)
+        _merge_ranked(self.sims, self.slots, self.counts, self.k, ranked)
+        ranked.sort(axis=1)  # numpy's vectorised sort; numba's is slow in a loop here
+        sims, slots = _decode(ranked)
+        return torch.from_numpy(sims), torch.from_numpy(slots)
