@@ -31,3 +31,26 @@ class DataError(LifelongError):
 
 class CorruptArchiveError(DataError):
     """A data archive is corrupt, truncated or fails its checksum."""
+
+
+class MemoryNameError(LifelongError, ValueError):
+    """A memory name is invalid (e.g. it would escape the storage location)."""
+
+
+class MemoryNotFoundError(LifelongError, KeyError):
+    """No memory of that name exists at the storage location."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MemoryExistsError(LifelongError, ValueError):
+    """A memory of that name already exists."""
+
+
+class CorruptStateError(LifelongError):
+    """A snapshot or update log file of a memory shard is corrupt; the shard refuses to start."""
+
+
+class ShardUnavailableError(LifelongError):
+    """A memory shard did not answer in time."""

@@ -122,6 +122,26 @@ def test_positive_and_negative_choice_and_loss_value():
     assert not mem.keys.requires_grad  # keys are constants: only the query gets gradient
 
 
+def test_grad_similarities_are_the_searched_ones_with_gradient_from_before_the_update():
+    torch.manual_seed(11)
+    mem = Memory(key_dim=8, num_slots=32, num_values=5, choose_k=6, age_noise=0)
+    mem.query(torch.randn(20, 8), torch.randint(0, 5, (20,)))
+    keys_before = mem.keys.clone()
+    q = torch.randn(3, 8, requires_grad=True)
+    out = mem.query(q, torch.tensor([0, 1, 2]), grad_similarities=True)  # updates the memory
+    plain = Memory(key_dim=8, num_slots=32, num_values=5, choose_k=6, age_noise=0)
+    assert out.similarities.requires_grad
+    assert not plain.query(torch.randn(2, 8)).similarities.requires_grad
+    weights = torch.randn(3, 6)
+    (out.softmax * weights).sum().backward()
+    q_ref = q.detach().clone().requires_grad_(True)
+    sims_ref = F.normalize(q_ref, dim=1) @ keys_before.T  # [3, 32], keys as searched
+    expected = sims_ref.gather(1, out.slots)
+    torch.testing.assert_close(out.similarities.detach(), expected.detach())
+    (torch.softmax(expected * mem.temperature, dim=1) * weights).sum().backward()
+    torch.testing.assert_close(q.grad, q_ref.grad)
+
+
 def test_only_query_and_projection_receive_gradient():
     mem = Memory(key_dim=8, num_slots=16, num_values=4, choose_k=4, learn_query_proj=True)
     mem.query(torch.randn(4, 8), torch.arange(4))

@@ -35,8 +35,7 @@ class MemoryOutput:
     Attributes:
         values: [B] int64 predicted value (nearest non-empty neighbour; -1 if memory is empty).
         similarities: [B, k] cosine similarity to the k neighbours, best first, -inf for empty
-            candidates. Constants: the loss carries the gradient (for a gradient through these,
-            see ``Memory.similarities``).
+            candidates. Constants unless the query asked for ``grad_similarities``.
         slots: [B, k] int64 slot ids of the k neighbours.
         neighbour_values: [B, k] int64 values of the k neighbours (-1 for empty).
         temperature: the softmax temperature of the memory.
@@ -140,13 +139,16 @@ class Memory(nn.Module):
 
     # ---------------------------------------------------------------------------------- lookup
     def query(self, q: torch.Tensor, labels: torch.Tensor | None = None,
-              update: bool = True) -> MemoryOutput:
+              update: bool = True, grad_similarities: bool = False) -> MemoryOutput:
         """Looks up a batch of queries; with labels, computes the loss and updates the memory.
 
         Args:
             q: [B, key_dim] float queries (the network's activations), finite.
             labels: [B] int64 true values in [0, num_values), or None for prediction only.
             update: write the batch into memory (only when labels are given).
+            grad_similarities: give ``similarities`` (and ``softmax``) a gradient to q, for
+                models that mix the memory's answer into their own output. Costs a gather of
+                B x k keys; the loss has its gradient either way.
 
         Returns:
             A MemoryOutput; the prediction is made before the update.
@@ -165,6 +167,8 @@ class Memory(nn.Module):
             values = cand_values.gather(1, nearest.unsqueeze(1)).squeeze(1)
         out = MemoryOutput(values=values, similarities=sims, slots=slots,
                            neighbour_values=cand_values, temperature=self.temperature)
+        if grad_similarities:  # before any update: the keys as they were searched
+            out.similarities = self._candidate_similarities(q, slots)
         if labels is None:
             return out
         if self.use_recent:  # the recent slot is a loss candidate only, never a prediction
@@ -186,8 +190,8 @@ class Memory(nn.Module):
     def similarities(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Cosine similarities of queries to chosen slots, with gradient to the queries.
 
-        Use it before the memory is updated (``query(..., update=False)``) to backpropagate
-        through a function of the neighbours' similarities, e.g. a mixture of ``softmax``.
+        ``query(..., grad_similarities=True)`` does this for the neighbours it found, before it
+        updates the memory.
 
         Args:
             q: [B, key_dim] queries as given to ``query``.
@@ -197,9 +201,12 @@ class Memory(nn.Module):
             [B, c] similarities.
         """
         self._check_query(q)
-        sims = torch.einsum("bd,bcd->bc", self._normalise(q), self.keys[slots.clamp(min=0)])
-        return sims.masked_fill((slots < 0) | (self.values[slots.clamp(min=0)] < 0),
-                                float("-inf"))
+        return self._candidate_similarities(self._normalise(q), slots)
+
+    def _candidate_similarities(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        valid = slots.clamp(min=0)
+        sims = torch.einsum("bd,bcd->bc", q, self.keys[valid])
+        return sims.masked_fill((slots < 0) | (self.values[valid] < 0), float("-inf"))
 
     def _normalise(self, q: torch.Tensor) -> torch.Tensor:
         if self.query_proj is not None:
@@ -260,22 +267,50 @@ class Memory(nn.Module):
         """
         written = nearest_slots.clone()
         refresh_slots = nearest_slots[correct]
-        if refresh_slots.numel():
-            unique, inverse = refresh_slots.unique(return_inverse=True)
-            summed = self.keys[unique].index_add(0, inverse, q[correct])
-            self.keys[unique] = F.normalize(summed, dim=1)
+        self._refresh(refresh_slots, q[correct])
         inserting = ~correct
         num_inserts = int(inserting.sum())
         if num_inserts:
             slots = self.oldest_slots(num_inserts, exclude=refresh_slots)
-            self.keys[slots] = q[inserting]
-            self.values[slots] = labels[inserting]
+            self._insert(slots, q[inserting], labels[inserting])
             written[inserting] = slots
+        self._tick(written)
+        self._set_recent(labels, written)
+        return written
+
+    # The three parts of a write, shared with the shards of lifelong.distributed.
+    def _refresh(self, slots: torch.Tensor, q: torch.Tensor) -> None:
+        """keys[s] = normalise(keys[s] + sum of the q rows refreshing s). slots: [R], q: [R, d]."""
+        if slots.numel():
+            unique, inverse = slots.unique(return_inverse=True)
+            summed = self.keys[unique].index_add(0, inverse, q)
+            self.keys[unique] = F.normalize(summed, dim=1)
+
+    def _insert(self, slots: torch.Tensor, q: torch.Tensor, labels: torch.Tensor) -> None:
+        """Overwrites distinct slots [I] with keys q [I, d] and values labels [I]."""
+        self.keys[slots] = q
+        self.values[slots] = labels
+
+    def _tick(self, written: torch.Tensor) -> None:
+        """Ends an update step: every age grows by one, the written slots' [W] ages become 0."""
         self.clock += 1
         self.write_time[written] = self.clock
-        self._set_recent(labels, written)
         self.search.on_write(written, self.keys)
-        return written
+
+    def _insert_scores(self) -> torch.Tensor:
+        """[N] int64: empty slots first (a bonus beyond any age), then by age."""
+        return self.ages + (self.values < 0).long() * _EMPTY_BONUS
+
+    def oldest_candidates(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``count`` first slots of the noiseless insert order, with their scores.
+
+        Returns:
+            scores: [count] int64, descending; slots: [count] int64, ties by lowest slot id.
+        """
+        score = self._insert_scores()
+        ids = torch.arange(self.num_slots, device=score.device)
+        slots = (score * self.num_slots + (self.num_slots - 1 - ids)).topk(count).indices
+        return score[slots], slots
 
     def oldest_slots(self, count: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """The ``count`` slots to insert into, oldest first: empty slots, then by age + noise.
@@ -289,7 +324,7 @@ class Memory(nn.Module):
         Returns:
             [count] int64 distinct slot ids.
         """
-        score = self.ages + (self.values < 0).long() * _EMPTY_BONUS  # [N] int64
+        score = self._insert_scores()  # [N] int64
         lowest = torch.iinfo(torch.int64).min
         if exclude is not None and exclude.numel():
             score[exclude] = lowest

@@ -1,0 +1,225 @@
+"""``ShardedMemory``: the interface of ``lifelong.memory.Memory`` over S shards.
+
+A query goes to every shard at once; the client merges the S local top-k lists into the global
+top-k (ordered by similarity, then slot id, exactly as the local search orders them), predicts,
+computes the margin loss from the two keys it needs (returned by the shards with their answers),
+and routes the update: refreshes to the shard owning the slot, inserts by count to the shards
+whose insert candidates come first, each shard choosing its own oldest slots when it applies
+them. With age noise 0 and the exact search this reproduces ``Memory`` step for step.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lifelong.distributed.shard import MemoryShard, ShardAnswer, ShardWrite
+from lifelong.distributed.spec import MemorySpec
+from lifelong.errors import InvalidLabelError, InvalidQueryError
+from lifelong.memory import MemoryOutput
+
+
+class ShardGroup(Protocol):
+    """Calls a method on every shard at once and returns their answers, in shard order."""
+
+    def call(self, method: str, args: Sequence[tuple]) -> list[Any]: ...
+
+
+class LocalShards:
+    """Shards in this process (tests, single-process use)."""
+
+    def __init__(self, shards: Sequence[MemoryShard]):
+        self.shards = list(shards)
+
+    def call(self, method, args):
+        return [getattr(shard, method)(*a) for shard, a in zip(self.shards, args)]
+
+
+_STAMP = 2**20  # a recent-slot stamp is clock * _STAMP + position in its batch (B < 2**20)
+
+
+def _rank_order(sims: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Per row, the order (similarity descending, slot ascending); -inf entries last."""
+    return np.lexsort((slots, -sims.astype(np.float64)), axis=-1)
+
+
+class ShardedMemory:
+    """A memory spread over S shards, used like ``lifelong.memory.Memory``.
+
+    Args:
+        spec: the memory's spec.
+        shards: how to reach the shards (``LocalShards`` or Ray actors, see ``attach``).
+        writer: this client's writer id (default: a fresh random one).
+    """
+
+    def __init__(self, spec: MemorySpec, shards: ShardGroup, writer: str | None = None):
+        self.spec = spec
+        self.shards = shards
+        self.writer = writer or uuid.uuid4().hex
+        self.seq = 0
+        self.offsets = np.asarray(spec.shard_offsets() + [spec.num_slots])
+
+    @classmethod
+    def local(cls, spec: MemorySpec, durable: bool = False) -> "ShardedMemory":
+        """All shards in this process."""
+        return cls(spec, LocalShards([MemoryShard(spec, i, durable=durable)
+                                      for i in range(spec.shards)]))
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def k(self) -> int:
+        return min(self.spec.choose_k, self.spec.num_slots)
+
+    @property
+    def temperature(self) -> float:
+        return max(1.0, float(np.log(0.2 * self.k)) / self.spec.alpha)
+
+    def owner(self, slots: np.ndarray) -> np.ndarray:
+        """Shard index of each global slot id."""
+        return np.searchsorted(self.offsets, slots, side="right") - 1
+
+    # ---------------------------------------------------------------------------------- query
+    def query(self, q: torch.Tensor, labels: torch.Tensor | None = None,
+              update: bool = True) -> MemoryOutput:
+        """As ``Memory.query``: q [B, key_dim] float32, labels [B] int64 or None."""
+        self._check(q, labels)
+        qn = F.normalize(q, dim=1)
+        q_np = np.ascontiguousarray(qn.detach().cpu().numpy())
+        y_np = labels.cpu().numpy() if labels is not None else None
+        answers: list[ShardAnswer] = self.shards.call(
+            "search", [(q_np, y_np, self.k)] * self.spec.shards)
+        sims, slots, values = self._merge(answers)
+        out = MemoryOutput(values=torch.from_numpy(values[:, 0].copy()),
+                           similarities=torch.from_numpy(sims), slots=torch.from_numpy(slots),
+                           neighbour_values=torch.from_numpy(values),
+                           temperature=self.temperature)
+        if labels is None:
+            return out
+        out.loss = self._loss(qn, answers, sims, slots, values, y_np)
+        out.correct = out.values == labels.cpu()
+        if update:
+            out.written_slots = self._write(q_np, y_np, slots[:, 0], out.correct.numpy(),
+                                            answers)
+        return out
+
+    def _merge(self, answers: list[ShardAnswer]):
+        sims = np.concatenate([a.sims for a in answers], axis=1)
+        slots = np.concatenate([a.slots for a in answers], axis=1)
+        values = np.concatenate([a.values for a in answers], axis=1)
+        order = _rank_order(sims, slots)[:, : self.k]
+        take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+        sims, slots, values = take(sims), take(slots), take(values)
+        empty = np.isinf(sims)
+        return sims, np.where(empty, -1, slots), np.where(empty, -1, values)
+
+    def _loss(self, qn, answers, sims, slots, values, labels) -> torch.Tensor:
+        """The margin loss of ``Memory.margin_loss`` over the global top-k plus the recent slot."""
+        batch, d = qn.shape
+        filled = values >= 0
+        positive = filled & (values == labels[:, None])
+        negative = filled & ~positive
+        rows = np.arange(batch)
+        pair_keys = np.zeros((batch, 2, d), dtype=np.float32)
+        pair_sims = np.full((batch, 2), -np.inf)
+        for j, (mask, kind) in enumerate(((positive, "pos"), (negative, "neg"))):
+            has = mask.any(axis=1)
+            first = mask.argmax(axis=1)
+            slot = slots[rows, first]
+            for b in np.flatnonzero(has):
+                shard = answers[self.owner(slot[b:b + 1])[0]]
+                assert getattr(shard, f"{kind}_slot")[b] == slot[b], "shard best != global best"
+                pair_keys[b, j] = getattr(shard, f"{kind}_key")[b]
+                pair_sims[b, j] = sims[b, first[b]]
+        # The most recent slot of the label (latest stamp over the shards) joins as a candidate
+        # after the top-k: it wins a pair only with a strictly higher similarity.
+        stamps = np.stack([a.recent_stamp for a in answers])            # [S, B, 2]
+        present = np.stack([a.recent_slot for a in answers]) >= 0       # [S, B]
+        key = np.where(present, stamps[..., 0] * _STAMP + stamps[..., 1], -1)
+        latest = key.argmax(axis=0)
+        for b in np.flatnonzero(present[latest, rows]):
+            a = answers[latest[b]]
+            if a.recent_value[b] < 0:
+                continue
+            j = 0 if a.recent_value[b] == labels[b] else 1
+            if a.recent_sim[b] > pair_sims[b, j]:
+                pair_sims[b, j] = a.recent_sim[b]
+                pair_keys[b, j] = a.recent_key[b]
+        has_pos = torch.from_numpy(np.isfinite(pair_sims[:, 0]))
+        has_neg = torch.from_numpy(np.isfinite(pair_sims[:, 1]))
+        pos_sim, neg_sim = torch.einsum("bd,bpd->pb", qn, torch.from_numpy(pair_keys))
+        pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
+        per_query = torch.where(has_neg, F.relu(self.spec.alpha - pos_sim + neg_sim),
+                                torch.zeros_like(pos_sim))
+        return per_query.mean()
+
+    # --------------------------------------------------------------------------------- update
+    def _write(self, q, labels, nearest, correct, answers) -> torch.Tensor:
+        """Routes one update batch to the shards; returns the global slot each query wrote."""
+        batch = len(labels)
+        written = nearest.copy()
+        refresh = np.flatnonzero(correct)
+        inserting = np.flatnonzero(~correct)
+        # The global insert order: the shards' candidates merged, minus slots refreshed now.
+        scores = np.concatenate([a.oldest_scores for a in answers])
+        cands = np.concatenate([a.oldest_slots for a in answers])
+        keep = ~np.isin(cands, nearest[refresh])
+        scores, cands = scores[keep], cands[keep]
+        order = np.lexsort((cands, -scores))[: len(inserting)]
+        target = self.owner(cands[order])  # shard of each insert, in insert order
+        refresh_owner = self.owner(nearest[refresh])
+        self.seq += 1
+        writes = []
+        for s in range(self.spec.shards):
+            r = refresh[refresh_owner == s]
+            i = inserting[target == s]
+            writes.append((ShardWrite(
+                writer=self.writer, seq=self.seq, refresh_slots=nearest[r], refresh_q=q[r],
+                refresh_labels=labels[r], refresh_positions=r, insert_q=q[i],
+                insert_labels=labels[i], insert_positions=i),))
+        inserted = self.shards.call("apply", writes)
+        for s, slots in enumerate(inserted):
+            written[inserting[target == s]] = slots
+        return torch.from_numpy(written)
+
+    # ---------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """keys [N, d], values [N], ages [N], recent_slots [V], as ``Memory.state_dict()``."""
+        states = self.shards.call("state", [()] * self.spec.shards)
+        cat = lambda name: np.concatenate([s[name] for s in states])  # noqa: E731
+        stamp = np.stack([s["recent_clock"] * _STAMP + s["recent_position"] for s in states])
+        present = np.stack([s["recent_slots"] for s in states]) >= 0
+        latest = np.where(present, stamp, -1).argmax(axis=0)
+        recent = np.stack([s["recent_slots"] for s in states])[latest,
+                                                               np.arange(stamp.shape[1])]
+        return {"keys": torch.from_numpy(cat("keys")), "values": torch.from_numpy(cat("values")),
+                "ages": torch.from_numpy(cat("ages")), "recent_slots": torch.from_numpy(recent)}
+
+    def status(self) -> list[dict]:
+        """Per shard: occupancy, oldest age, queries, inserts, refreshes, ..."""
+        return self.shards.call("status", [()] * self.spec.shards)
+
+    def occupancy(self) -> int:
+        return sum(s["occupied"] for s in self.status())
+
+    def _check(self, q: torch.Tensor, labels: torch.Tensor | None) -> None:
+        d = self.spec.key_dim
+        if not isinstance(q, torch.Tensor) or q.dim() != 2 or q.shape[1] != d or q.shape[0] == 0:
+            raise InvalidQueryError(f"query must have shape [B, {d}] with B >= 1, got "
+                                    f"{list(getattr(q, 'shape', []))}")
+        if q.dtype != torch.float32:
+            raise InvalidQueryError(f"query dtype must be torch.float32, got {q.dtype}")
+        if q.shape[0] > self.spec.num_slots:
+            raise InvalidQueryError(f"batch of {q.shape[0]} exceeds the memory's slots")
+        if not bool(torch.isfinite(q).all()):
+            raise InvalidQueryError("query holds NaN or Inf")
+        if labels is None:
+            return
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 \
+                or labels.shape != (q.shape[0],):
+            raise InvalidLabelError(f"labels must be int64 of shape [{q.shape[0]}]")
+        if int(labels.min()) < 0 or int(labels.max()) >= self.spec.num_values:
+            raise InvalidLabelError(f"labels must lie in [0, {self.spec.num_values})")

@@ -1,0 +1,296 @@
+"""One shard of a sharded memory: a contiguous range of slots, its search, writes and durability.
+
+Pure PyTorch + numpy (no Ray): ``lifelong.distributed.actor`` runs it inside a Ray actor, and
+tests drive it directly. Slot ids crossing the shard's boundary are global (offset + local).
+
+A query gets the shard's local top-k, and with labels the keys the loss may need: the best
+positive and best negative of the local top-k (the global best ones are among them), the slot
+most recently written for each label here, and the shard's first insert candidates. An update
+(``ShardWrite``) refreshes the slots it names and inserts into this shard's oldest slots, chosen
+here when the update is applied, so concurrent writers never take the same slot. Every update
+is logged (``storage.ShardStore``) before it is acknowledged, and a batch a writer retries (same
+writer id and sequence number) is applied once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lifelong.distributed.spec import MemorySpec
+from lifelong.distributed.storage import ShardStore, Snapshot, Update
+from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
+from lifelong.memory import Memory
+
+
+@dataclass
+class ShardAnswer:
+    """A shard's answer to a query batch of B (numpy, so it crosses processes cheaply).
+
+    sims/slots/values: [B, k'] local top-k (k' = min(k, shard size)), best first, -inf / -1 / -1
+    where fewer slots are filled. With labels: pos_*/neg_* the best positive / negative of that
+    list (slot -1 if none) with their keys [B, d]; recent_* the slot last written here for the
+    label (-1 if none), its stamp (clock, position in batch), similarity, value and key; and
+    oldest_scores/oldest_slots [c] the shard's first insert candidates.
+    """
+
+    sims: np.ndarray
+    slots: np.ndarray
+    values: np.ndarray
+    pos_slot: np.ndarray | None = None
+    pos_key: np.ndarray | None = None
+    neg_slot: np.ndarray | None = None
+    neg_key: np.ndarray | None = None
+    recent_slot: np.ndarray | None = None
+    recent_stamp: np.ndarray | None = None
+    recent_sim: np.ndarray | None = None
+    recent_value: np.ndarray | None = None
+    recent_key: np.ndarray | None = None
+    oldest_scores: np.ndarray | None = None
+    oldest_slots: np.ndarray | None = None
+
+
+@dataclass
+class ShardWrite:
+    """This shard's part of one update batch.
+
+    Attributes:
+        writer, seq: who sends it and its batch number (a retry repeats both).
+        refresh_slots: [R] global slots to refresh (one entry per correct query, repeats add up).
+        refresh_q: [R, d] the queries refreshing them; refresh_labels / refresh_positions: [R].
+        insert_q: [I, d] queries to insert here, insert_labels [I], insert_positions [I].
+    """
+
+    writer: str
+    seq: int
+    refresh_slots: np.ndarray
+    refresh_q: np.ndarray
+    refresh_labels: np.ndarray
+    refresh_positions: np.ndarray
+    insert_q: np.ndarray
+    insert_labels: np.ndarray
+    insert_positions: np.ndarray
+
+
+@dataclass
+class ShardStats:
+    queries: int = 0
+    inserts: int = 0
+    refreshes: int = 0
+    updates: int = 0
+    replayed: int = 0
+    duplicates: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class MemoryShard:
+    """Slots offset .. offset + size - 1 of the memory ``spec``, shard number ``index``.
+
+    Args:
+        spec: the memory.
+        index: which shard.
+        device: where the slots live ("cpu" or "cuda").
+        durable: load from and log to the memory's storage location (False: in memory only).
+    """
+
+    def __init__(self, spec: MemorySpec, index: int, device: str = "cpu", durable: bool = True):
+        self.spec, self.index = spec, index
+        self.offset = spec.shard_offsets()[index]
+        self.size = spec.shard_sizes()[index]
+        self.device = torch.device(device)
+        self.memory = Memory(key_dim=spec.key_dim, num_slots=self.size, num_values=1,
+                             choose_k=spec.choose_k, alpha=spec.alpha, age_noise=spec.age_noise,
+                             use_recent=False, seed=spec.seed + index).to(self.device)
+        v = spec.num_values
+        self.recent_slots = np.full(v, -1, dtype=np.int64)
+        self.recent_clock = np.zeros(v, dtype=np.int64)
+        self.recent_position = np.zeros(v, dtype=np.int64)
+        self.writers: dict[str, list] = {}  # writer -> [last seq, global inserted slots]
+        self.stats = ShardStats()
+        self.since_snapshot = 0
+        self.store = ShardStore(f"{spec.storage.rstrip('/')}/{spec.name}", index) if durable \
+            else None
+        if self.store is not None:
+            self._restore()
+
+    # -------------------------------------------------------------------------------- query
+    def search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
+        """The local answer to B normalised queries q [B, d] (labels [B] or None)."""
+        self._check(q, labels)
+        mem = self.memory
+        qt = torch.from_numpy(q).to(self.device)
+        with torch.no_grad():
+            sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, self.size))
+            empty = torch.isinf(sims)
+            values = mem.values[slots].masked_fill(empty, -1)
+            slots = (slots + self.offset).masked_fill(empty, -1)
+        self.stats.queries += q.shape[0]
+        answer = ShardAnswer(sims=sims.cpu().numpy(), slots=slots.cpu().numpy(),
+                             values=values.cpu().numpy())
+        if labels is None:
+            return answer
+        with torch.no_grad():
+            y = torch.from_numpy(labels).to(self.device).unsqueeze(1)
+            positive = (values == y) & ~empty
+            negative = ~empty & (values != y)
+            for kind, mask in (("pos", positive), ("neg", negative)):
+                first = mask.to(torch.int8).argmax(dim=1, keepdim=True)  # first True
+                local = (slots.gather(1, first).squeeze(1) - self.offset).clamp(min=0)
+                slot = torch.where(mask.any(dim=1), local + self.offset, -1)
+                setattr(answer, f"{kind}_slot", slot.cpu().numpy())
+                setattr(answer, f"{kind}_key", mem.keys[local].cpu().numpy())
+            recent = self.recent_slots[labels]
+            local = torch.from_numpy(recent.clip(min=0)).to(self.device)
+            keys = mem.keys[local]
+            answer.recent_slot = np.where(recent >= 0, recent + self.offset, -1)
+            answer.recent_stamp = np.stack([self.recent_clock[labels],
+                                            self.recent_position[labels]], axis=1)
+            answer.recent_value = np.where(recent >= 0, mem.values[local].cpu().numpy(), -1)
+            answer.recent_sim = (qt * keys).sum(1).cpu().numpy()
+            answer.recent_key = keys.cpu().numpy()
+            scores, oldest = mem.oldest_candidates(min(2 * q.shape[0], self.size))
+            answer.oldest_scores = scores.cpu().numpy()
+            answer.oldest_slots = (oldest + self.offset).cpu().numpy()
+        return answer
+
+    def _check(self, q: np.ndarray, labels: np.ndarray | None) -> None:
+        d = self.spec.key_dim
+        if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 2 \
+                or q.shape[1] != d or q.shape[0] == 0:
+            raise InvalidQueryError(f"shard query must be float32 [B, {d}], got "
+                                    f"{getattr(q, 'dtype', type(q))} {getattr(q, 'shape', '')}")
+        if not np.isfinite(q).all():
+            raise InvalidQueryError("query holds NaN or Inf")
+        if labels is not None and (labels.shape != (q.shape[0],) or labels.dtype != np.int64 or
+                                   labels.min() < 0 or labels.max() >= self.spec.num_values):
+            raise InvalidLabelError(f"labels must be int64 [{q.shape[0]}] in "
+                                    f"[0, {self.spec.num_values})")
+
+    # ------------------------------------------------------------------------------- update
+    def apply(self, write: ShardWrite) -> np.ndarray:
+        """Applies this shard's part of an update batch once; returns the global slots of its
+        inserts, in order (the same answer again for a retried batch)."""
+        last = self.writers.get(write.writer)
+        if last is not None and write.seq <= last[0]:
+            self.stats.duplicates += 1
+            if write.seq == last[0]:
+                return np.asarray(last[1], dtype=np.int64)
+            raise MemoryStateError(f"writer {write.writer} sent batch {write.seq} after "
+                                   f"{last[0]}: batches must arrive in order")
+        update = self._plan(write)
+        if self.store is not None:
+            self.store.append(update)  # durable before acknowledged
+        self._apply_update(update)
+        self.stats.updates += 1
+        self.stats.inserts += len(write.insert_labels)
+        self.stats.refreshes += len(write.refresh_labels)
+        self.since_snapshot += 1
+        if self.store is not None and self.since_snapshot >= self.spec.snapshot_every:
+            self.snapshot()
+        return update.inserted + self.offset
+
+    def _plan(self, write: ShardWrite) -> Update:
+        """The update's effect, computed without changing any state."""
+        mem, dev = self.memory, self.device
+        refresh_local = torch.from_numpy(write.refresh_slots - self.offset).to(dev)
+        if ((refresh_local < 0) | (refresh_local >= self.size)).any():
+            raise MemoryStateError("refresh slots outside this shard")
+        with torch.no_grad():
+            unique, inverse = refresh_local.unique(return_inverse=True)
+            summed = mem.keys[unique].index_add(0, inverse, torch.from_numpy(write.refresh_q)
+                                                .to(dev))
+            refreshed_keys = F.normalize(summed, dim=1)
+            count = len(write.insert_labels)
+            inserted = mem.oldest_slots(count, exclude=unique) if count else \
+                torch.zeros(0, dtype=torch.int64, device=dev)
+        slots = torch.cat([unique, inserted]).cpu().numpy()
+        keys = np.concatenate([refreshed_keys.cpu().numpy(), write.insert_q])
+        values = np.concatenate([mem.values[unique].cpu().numpy(), write.insert_labels])
+        refresh_slots = refresh_local.cpu().numpy()
+        return Update(writer=write.writer, seq=write.seq, clock=int(mem.clock) + 1,
+                      slots=slots, keys=keys.astype(np.float32), values=values,
+                      recent_labels=np.concatenate([write.refresh_labels, write.insert_labels]),
+                      recent_slots=np.concatenate([refresh_slots, inserted.cpu().numpy()]),
+                      recent_positions=np.concatenate([write.refresh_positions,
+                                                       write.insert_positions]),
+                      inserted=inserted.cpu().numpy())
+
+    def _apply_update(self, update: Update) -> None:
+        mem, dev = self.memory, self.device
+        slots = torch.from_numpy(update.slots).to(dev)
+        with torch.no_grad():
+            mem._insert(slots, torch.from_numpy(update.keys).to(dev),
+                        torch.from_numpy(update.values).to(dev))
+            mem.clock.fill_(update.clock - 1)
+            mem._tick(slots)
+        for label, slot, pos in zip(update.recent_labels.tolist(), update.recent_slots.tolist(),
+                                    update.recent_positions.tolist()):
+            if (update.clock, pos) >= (self.recent_clock[label], self.recent_position[label]):
+                self.recent_slots[label] = slot
+                self.recent_clock[label], self.recent_position[label] = update.clock, pos
+        self.writers[update.writer] = [update.seq, (update.inserted + self.offset).tolist()]
+
+    # --------------------------------------------------------------------------- durability
+    def _restore(self) -> None:
+        snapshot, updates = self.store.load()
+        if snapshot is not None:
+            self._load_snapshot(snapshot)
+        for update in updates:
+            self._apply_update(update)
+        self.stats.replayed = len(updates)
+        self.since_snapshot = len(updates)
+
+    def _load_snapshot(self, snap: Snapshot) -> None:
+        mem, dev = self.memory, self.device
+        if snap.keys.shape != (self.size, self.spec.key_dim) or \
+                snap.recent_slots.shape != (self.spec.num_values,):
+            raise MemoryStateError(f"snapshot of shard {self.index} does not fit the spec")
+        with torch.no_grad():
+            mem.keys.copy_(torch.from_numpy(snap.keys))
+            mem.values.copy_(torch.from_numpy(snap.values))
+            mem.write_time.copy_(torch.from_numpy(snap.write_time))
+            mem.clock.fill_(snap.clock)
+        mem.search.reset()
+        self.recent_slots, self.recent_clock = snap.recent_slots, snap.recent_clock
+        self.recent_position = snap.recent_position
+        self.writers = snap.writers
+        del dev
+
+    def snapshot(self) -> int:
+        """Writes the full state as a new generation; returns it."""
+        mem = self.memory
+        self.store.write_snapshot(Snapshot(
+            keys=mem.keys.cpu().numpy(), values=mem.values.cpu().numpy(),
+            write_time=mem.write_time.cpu().numpy(), clock=int(mem.clock),
+            recent_slots=self.recent_slots, recent_clock=self.recent_clock,
+            recent_position=self.recent_position, writers=self.writers))
+        self.since_snapshot = 0
+        return self.store.generation
+
+    # -------------------------------------------------------------------------------- state
+    def state(self) -> dict[str, np.ndarray]:
+        """keys [n, d], values [n], ages [n], recent_slots (global) / recent_clock /
+        recent_position [V]."""
+        mem = self.memory
+        return {"keys": mem.keys.cpu().numpy(), "values": mem.values.cpu().numpy(),
+                "ages": mem.ages.cpu().numpy(),
+                "recent_slots": np.where(self.recent_slots >= 0,
+                                         self.recent_slots + self.offset, -1),
+                "recent_clock": self.recent_clock.copy(),
+                "recent_position": self.recent_position.copy()}
+
+    def status(self) -> dict:
+        """Occupancy, oldest age and traffic counters."""
+        mem = self.memory
+        filled = mem.values >= 0
+        ages = mem.ages[filled]
+        return {"shard": self.index, "slots": self.size, "offset": self.offset,
+                "occupied": int(filled.sum()), "oldest_age": int(ages.max()) if ages.numel()
+                else 0, "clock": int(mem.clock), "device": str(self.device),
+                "queries": self.stats.queries, "inserts": self.stats.inserts,
+                "refreshes": self.stats.refreshes, "updates": self.stats.updates,
+                "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
+                "generation": self.store.generation if self.store else None}

@@ -1,0 +1,99 @@
+"""ShardedMemory against Memory: with age noise 0 and the exact search, step for step equal."""
+
+import numpy as np
+import pytest
+import torch
+
+from lifelong.distributed import MemorySpec, ShardedMemory
+from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryNameError
+from lifelong.memory import Memory
+
+
+def scripted_batches(steps=25, batch=8, d=16, values=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(values, d, generator=gen)
+    for _ in range(steps):
+        labels = torch.randint(0, values, (batch,), generator=gen)
+        q = centres[labels] + 0.7 * torch.randn(batch, d, generator=gen)
+        yield q, labels
+
+
+def run_pair(sharded, local, steps=25, batch=8, use_labels_every=1):
+    for step, (q, labels) in enumerate(scripted_batches(steps, batch)):
+        q1 = q.clone().requires_grad_(True)
+        q2 = q.clone().requires_grad_(True)
+        with_labels = step % use_labels_every == 0
+        a = local.query(q1, labels if with_labels else None)
+        b = sharded.query(q2, labels if with_labels else None)
+        assert torch.equal(a.values, b.values), f"prediction differs at step {step}"
+        assert torch.equal(a.slots, b.slots)
+        torch.testing.assert_close(a.similarities, b.similarities)
+        if with_labels:
+            torch.testing.assert_close(a.loss, b.loss)
+            a.loss.backward()
+            b.loss.backward()
+            torch.testing.assert_close(q1.grad, q2.grad)
+            assert torch.equal(a.written_slots, b.written_slots)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_sharded_memory_equals_memory_step_for_step(shards):
+    spec = MemorySpec(name="parity", key_dim=16, num_slots=61, num_values=12, shards=shards,
+                      choose_k=7, age_noise=0.0, storage="unused")
+    sharded = ShardedMemory.local(spec)
+    local = Memory(key_dim=16, num_slots=61, num_values=12, choose_k=7, age_noise=0.0)
+    run_pair(sharded, local, steps=30, batch=8, use_labels_every=1)
+    a, b = local.state_dict(), sharded.state_dict()
+    torch.testing.assert_close(a["keys"], b["keys"])
+    for name in ("values", "ages", "recent_slots"):
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_bad_queries_change_nothing():
+    spec = MemorySpec(name="bad", key_dim=4, num_slots=10, num_values=3, shards=2,
+                      storage="unused")
+    mem = ShardedMemory.local(spec)
+    mem.query(torch.randn(2, 4), torch.tensor([0, 1]))
+    before = mem.state_dict()
+    for q, y, err in [(torch.randn(2, 5), None, InvalidQueryError),
+                      (torch.randn(2, 4).double(), None, InvalidQueryError),
+                      (torch.tensor([[float("nan"), 0, 0, 0]]), None, InvalidQueryError),
+                      (torch.randn(2, 4), torch.tensor([0, 3]), InvalidLabelError),
+                      (torch.randn(2, 4), torch.tensor([0.0, 1.0]), InvalidLabelError)]:
+        with pytest.raises(err):
+            mem.query(q, y)
+    after = mem.state_dict()
+    for name in before:
+        assert torch.equal(before[name], after[name])
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden", "x" * 65, "a..b", None])
+def test_names_that_escape_the_storage_location_are_refused(name):
+    with pytest.raises(MemoryNameError):
+        MemorySpec(name=name, key_dim=4, num_slots=10, num_values=3, storage="/tmp")
+
+
+def test_unlabelled_queries_in_between_change_nothing_but_the_answer():
+    spec = MemorySpec(name="mixed", key_dim=16, num_slots=40, num_values=12, shards=2,
+                      choose_k=5, age_noise=0.0, storage="unused")
+    sharded = ShardedMemory.local(spec)
+    local = Memory(key_dim=16, num_slots=40, num_values=12, choose_k=5, age_noise=0.0)
+    run_pair(sharded, local, steps=20, batch=6, use_labels_every=2)
+    a, b = local.state_dict(), sharded.state_dict()
+    for name in ("values", "ages", "recent_slots"):
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_concurrent_style_writers_never_share_a_slot_with_noise():
+    spec = MemorySpec(name="noisy", key_dim=8, num_slots=64, num_values=50, shards=3,
+                      choose_k=4, age_noise=8.0, storage="unused")
+    mem = ShardedMemory.local(spec)
+    other = ShardedMemory(spec, mem.shards)  # a second writer on the same shards
+    gen = torch.Generator().manual_seed(3)
+    for step in range(20):
+        for client in (mem, other):
+            q = torch.randn(8, 8, generator=gen)
+            out = client.query(q, torch.randint(0, 50, (8,), generator=gen))
+            inserted = out.written_slots[~out.correct].tolist()
+            assert len(set(inserted)) == len(inserted)
+    assert mem.occupancy() == 64
