@@ -96,6 +96,7 @@ commands:
   train omniglot      episodic training of the Omniglot one-shot encoder
   evaluate omniglot   N-way k-shot evaluation of a trained encoder (--checkpoint or --run-id)
   demo                quick train + evaluation, logged to MLflow
+  memory ...          named memories on a Ray cluster: create | list | status | snapshot | delete
 
 Run `lifelong COMMAND --help` for a command's options."""
 
@@ -116,6 +117,10 @@ def job_main(name: str, argv: Sequence[str], prog: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatches ``lifelong <verb> [<task>] ...`` to the jobs."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["memory"]:
+        from lifelong.distributed.commands import main as memory_main
+
+        return memory_main(argv[1:])
     if argv[:1] == ["demo"]:
         return job_main("demo", argv[1:], prog="lifelong demo")
     if tuple(argv[:2]) in (("train", "omniglot"), ("evaluate", "omniglot")):

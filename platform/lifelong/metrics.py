@@ -49,3 +49,23 @@ def shot_metric(phase: str, way: int | None, shot: int, stat: str = ACC) -> str:
     """
     way_part = f"{way}way." if way is not None else ""
     return f"{phase}.{way_part}{shot}shot.{stat}"
+
+
+# Ray metrics of the memory shards (ray.util.metrics; tags: memory, shard). Ray exports them to
+# Prometheus with the prefix "ray_"; dashboards/lifelong-memory.json queries exactly these.
+MEMORY_TAG_KEYS = ("memory", "shard")
+MEMORY_QUERY_LATENCY_S = "lifelong_memory_query_latency_s"  # histogram, one search on a shard
+MEMORY_QUERY_LATENCY_BOUNDARIES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                                   0.5, 1.0, 2.0]
+MEMORY_QUERIES = "lifelong_memory_queries"        # counter, queries answered
+MEMORY_INSERTS = "lifelong_memory_inserts"        # counter, keys inserted into oldest slots
+MEMORY_REFRESHES = "lifelong_memory_refreshes"    # counter, keys refreshed by a correct lookup
+MEMORY_OCCUPANCY = "lifelong_memory_occupancy"    # gauge, filled slots
+MEMORY_OLDEST_AGE = "lifelong_memory_oldest_age"  # gauge, age of the oldest filled slot
+
+
+def prometheus_name(name: str, kind: str) -> str:
+    """The series Ray exports for a metric: prefix ``ray_``; counters end in ``_total``,
+    histograms are queried through ``_bucket``."""
+    suffix = {"counter": "_total", "histogram": "_bucket", "gauge": ""}[kind]
+    return f"ray_{name}{suffix}"

@@ -97,3 +97,19 @@ def test_concurrent_style_writers_never_share_a_slot_with_noise():
             inserted = out.written_slots[~out.correct].tolist()
             assert len(set(inserted)) == len(inserted)
     assert mem.occupancy() == 64
+
+
+def test_loaded_state_then_equal_steps():
+    torch.manual_seed(2)
+    local = Memory(key_dim=16, num_slots=61, num_values=12, choose_k=7, age_noise=0.0)
+    for q, y in scripted_batches(steps=10, batch=8, seed=9):
+        local.query(q, y)
+    spec = MemorySpec(name="loaded", key_dim=16, num_slots=61, num_values=12, shards=2,
+                      choose_k=7, age_noise=0.0, storage="unused")
+    sharded = ShardedMemory.local(spec)
+    sharded.load_state_dict(local.state_dict())
+    local.recent_slots.fill_(-1)  # loading starts the recent-slot table afresh
+    run_pair(sharded, local, steps=10, batch=8)
+    a, b = local.state_dict(), sharded.state_dict()
+    for name in ("values", "ages"):
+        assert torch.equal(a[name], b[name]), name

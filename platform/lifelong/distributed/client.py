@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lifelong.distributed.shard import MemoryShard, ShardAnswer, ShardWrite
 from lifelong.distributed.spec import MemorySpec
-from lifelong.errors import InvalidLabelError, InvalidQueryError
+from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
 from lifelong.memory import MemoryOutput
 
 
@@ -129,25 +129,26 @@ class ShardedMemory:
             has = mask.any(axis=1)
             first = mask.argmax(axis=1)
             slot = slots[rows, first]
-            for b in np.flatnonzero(has):
-                shard = answers[self.owner(slot[b:b + 1])[0]]
-                assert getattr(shard, f"{kind}_slot")[b] == slot[b], "shard best != global best"
-                pair_keys[b, j] = getattr(shard, f"{kind}_key")[b]
-                pair_sims[b, j] = sims[b, first[b]]
+            owner = self.owner(np.where(has, slot, 0))
+            shard_slots = np.stack([getattr(a, f"{kind}_slot") for a in answers])  # [S, B]
+            shard_keys = np.stack([getattr(a, f"{kind}_key") for a in answers])    # [S, B, d]
+            if not np.array_equal(shard_slots[owner, rows][has], slot[has]):
+                raise RuntimeError("a shard's best candidate is not the global best")
+            pair_keys[has, j] = shard_keys[owner, rows][has]
+            pair_sims[has, j] = sims[rows, first][has]
         # The most recent slot of the label (latest stamp over the shards) joins as a candidate
-        # after the top-k: it wins a pair only with a strictly higher similarity.
+        # after the top-k: it takes a pair's place only with a strictly higher similarity.
         stamps = np.stack([a.recent_stamp for a in answers])            # [S, B, 2]
         present = np.stack([a.recent_slot for a in answers]) >= 0       # [S, B]
-        key = np.where(present, stamps[..., 0] * _STAMP + stamps[..., 1], -1)
-        latest = key.argmax(axis=0)
-        for b in np.flatnonzero(present[latest, rows]):
-            a = answers[latest[b]]
-            if a.recent_value[b] < 0:
-                continue
-            j = 0 if a.recent_value[b] == labels[b] else 1
-            if a.recent_sim[b] > pair_sims[b, j]:
-                pair_sims[b, j] = a.recent_sim[b]
-                pair_keys[b, j] = a.recent_key[b]
+        latest = np.where(present, stamps[..., 0] * _STAMP + stamps[..., 1], -1).argmax(axis=0)
+        value = np.stack([a.recent_value for a in answers])[latest, rows]
+        sim = np.stack([a.recent_sim for a in answers])[latest, rows]
+        key = np.stack([a.recent_key for a in answers])[latest, rows]
+        usable = present[latest, rows] & (value >= 0)
+        j = np.where(value == labels, 0, 1)
+        better = usable & (sim > pair_sims[rows, j])
+        pair_sims[rows[better], j[better]] = sim[better]
+        pair_keys[rows[better], j[better]] = key[better]
         has_pos = torch.from_numpy(np.isfinite(pair_sims[:, 0]))
         has_neg = torch.from_numpy(np.isfinite(pair_sims[:, 1]))
         pos_sim, neg_sim = torch.einsum("bd,bpd->pb", qn, torch.from_numpy(pair_keys))
@@ -197,6 +198,20 @@ class ShardedMemory:
                                                                np.arange(stamp.shape[1])]
         return {"keys": torch.from_numpy(cat("keys")), "values": torch.from_numpy(cat("values")),
                 "ages": torch.from_numpy(cat("ages")), "recent_slots": torch.from_numpy(recent)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads keys [N, d], values [N] and ages [N] (e.g. a local Memory's state) into the
+        shards, each snapshotting it at once; recent slots start empty."""
+        n = self.spec.num_slots
+        keys, values, ages = (state[name].detach().cpu().numpy() for name in
+                              ("keys", "values", "ages"))
+        if keys.shape != (n, self.spec.key_dim) or values.shape != (n,) or ages.shape != (n,):
+            raise MemoryStateError(f"state must hold keys [{n}, {self.spec.key_dim}], "
+                                   f"values [{n}] and ages [{n}]")
+        bounds, clock = list(self.offsets), int(ages.max())
+        self.shards.call("load_state", [
+            (np.ascontiguousarray(keys[a:b], dtype=np.float32), values[a:b], ages[a:b], clock)
+            for a, b in zip(bounds[:-1], bounds[1:])])
 
     def status(self) -> list[dict]:
         """Per shard: occupancy, oldest age, queries, inserts, refreshes, ..."""

@@ -249,15 +249,35 @@ class MemoryShard:
                 snap.recent_slots.shape != (self.spec.num_values,):
             raise MemoryStateError(f"snapshot of shard {self.index} does not fit the spec")
         with torch.no_grad():
-            mem.keys.copy_(torch.from_numpy(snap.keys))
-            mem.values.copy_(torch.from_numpy(snap.values))
-            mem.write_time.copy_(torch.from_numpy(snap.write_time))
+            mem.keys.copy_(torch.from_numpy(snap.keys).to(dev))
+            mem.values.copy_(torch.from_numpy(snap.values).to(dev))
+            mem.write_time.copy_(torch.from_numpy(snap.write_time).to(dev))
             mem.clock.fill_(snap.clock)
         mem.search.reset()
         self.recent_slots, self.recent_clock = snap.recent_slots, snap.recent_clock
         self.recent_position = snap.recent_position
         self.writers = snap.writers
-        del dev
+
+    def load_state(self, keys: np.ndarray, values: np.ndarray, ages: np.ndarray,
+                   clock: int) -> int:
+        """Replaces the shard's slots (keys [n, d] float32, values [n], ages [n] int64; clock
+        >= every age, the same on all shards so that their write times compare) and, if
+        durable, snapshots at once; the recent-slot table and writer history are cleared."""
+        n, d = self.size, self.spec.key_dim
+        if keys.shape != (n, d) or keys.dtype != np.float32 or values.shape != (n,) or \
+                ages.shape != (n,):
+            raise MemoryStateError(f"shard {self.index} state must be keys float32 [{n}, {d}], "
+                                   f"values [{n}], ages [{n}]")
+        if not np.isfinite(keys).all() or values.min() < -1 or \
+                values.max() >= self.spec.num_values or ages.min() < 0 or ages.max() > clock:
+            raise MemoryStateError("keys must be finite, values in [-1, num_values), ages >= 0")
+        clock = int(clock)
+        self._load_snapshot(Snapshot(
+            keys=keys, values=values.astype(np.int64), write_time=clock - ages.astype(np.int64),
+            clock=clock, recent_slots=np.full(self.spec.num_values, -1, dtype=np.int64),
+            recent_clock=np.zeros(self.spec.num_values, dtype=np.int64),
+            recent_position=np.zeros(self.spec.num_values, dtype=np.int64), writers={}))
+        return self.snapshot() if self.store is not None else 0
 
     def snapshot(self) -> int:
         """Writes the full state as a new generation; returns it."""

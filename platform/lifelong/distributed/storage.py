@@ -110,7 +110,7 @@ class Update:
         keys = key.values.to_numpy(zero_copy_only=False).reshape(-1, d)[:rows]
         col = lambda name, n: batch.column(name).to_numpy()[:n].astype(np.int64)  # noqa: E731
         return cls(writer=meta["writer"], seq=meta["seq"], clock=meta["clock"],
-                   slots=col("slot", rows), keys=np.ascontiguousarray(keys, dtype=np.float32),
+                   slots=col("slot", rows), keys=np.array(keys, dtype=np.float32),
                    values=col("value", rows), recent_labels=col("recent_label", recent),
                    recent_slots=col("recent_slot", recent),
                    recent_positions=col("recent_position", recent),
@@ -189,7 +189,7 @@ class ShardStore:
             key = table.column("key").combine_chunks()
             keys = key.values.to_numpy(zero_copy_only=False).reshape(-1, key.type.list_size)
             return Snapshot(
-                keys=np.ascontiguousarray(keys, dtype=np.float32),
+                keys=np.array(keys, dtype=np.float32),
                 values=table.column("value").to_numpy().astype(np.int64),
                 write_time=table.column("write_time").to_numpy().astype(np.int64),
                 clock=int(meta["clock"]),
@@ -235,7 +235,10 @@ class ShardStore:
             self._log.flush()
             os.fsync(self._log.fileno())
         else:
-            path = f"{self.dir}/log-{self.generation:08d}/{self._frames:012d}.bin"
+            folder = f"{self.dir}/log-{self.generation:08d}"
+            if self._frames == 0:
+                self.fs.create_dir(folder, recursive=True)
+            path = f"{folder}/{self._frames:012d}.bin"
             with self.fs.open_output_stream(path) as fh:
                 fh.write(frame)
             self._frames += 1

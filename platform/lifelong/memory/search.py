@@ -161,8 +161,11 @@ class ExactSearch:
         per_part = -(-num_slots // threads)
         topk = RunningTopK(queries.shape[0], k, parts=threads)
         q, keys_np, values_np = queries.contiguous().numpy(), keys.numpy(), values.numpy()
-        pool = _worker_pool(threads)
         with _one_blas_thread():
+            if threads == 1:  # no hand-over to a worker thread
+                _scan_range(q, keys_np, values_np, 0, num_slots, rows, topk, 0)
+                return topk.result()
+            pool = _worker_pool(threads)
             futures = [pool.submit(_scan_range, q, keys_np, values_np, start,
                                    min(num_slots, start + per_part), rows, topk, part)
                        for part, start in enumerate(range(0, num_slots, per_part))]

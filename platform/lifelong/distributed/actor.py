@@ -1,0 +1,115 @@
+"""The Ray actor that holds one memory shard, and the shard group the client calls through."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import ray
+import torch
+from ray.util import metrics as ray_metrics
+
+from lifelong import metrics
+from lifelong.distributed.shard import MemoryShard
+from lifelong.distributed.spec import MemorySpec
+from lifelong.errors import ShardUnavailableError
+
+NAMESPACE = "lifelong"
+
+
+def actor_name(memory: str, index: int) -> str:
+    return f"memory:{memory}:shard-{index:03d}"
+
+
+class _ShardMetrics:
+    def __init__(self, memory: str, index: int):
+        tags = {"memory": memory, "shard": str(index)}
+        keys = metrics.MEMORY_TAG_KEYS
+        self.latency = ray_metrics.Histogram(
+            metrics.MEMORY_QUERY_LATENCY_S, "seconds per search on one shard",
+            boundaries=metrics.MEMORY_QUERY_LATENCY_BOUNDARIES, tag_keys=keys)
+        self.queries = ray_metrics.Counter(metrics.MEMORY_QUERIES, "queries answered",
+                                           tag_keys=keys)
+        self.inserts = ray_metrics.Counter(metrics.MEMORY_INSERTS, "keys inserted", tag_keys=keys)
+        self.refreshes = ray_metrics.Counter(metrics.MEMORY_REFRESHES, "keys refreshed",
+                                             tag_keys=keys)
+        self.occupancy = ray_metrics.Gauge(metrics.MEMORY_OCCUPANCY, "filled slots",
+                                           tag_keys=keys)
+        self.oldest_age = ray_metrics.Gauge(metrics.MEMORY_OLDEST_AGE,
+                                            "age of the oldest filled slot", tag_keys=keys)
+        for m in (self.latency, self.queries, self.inserts, self.refreshes, self.occupancy,
+                  self.oldest_age):
+            m.set_default_tags(tags)
+
+
+class ShardActor:
+    """A MemoryShard in a Ray actor: restarted by Ray after a crash, it rebuilds itself from
+    its snapshot and log (the constructor does), and a retried update is applied once."""
+
+    def __init__(self, spec_json: str, index: int):
+        spec = MemorySpec.from_json(spec_json)
+        device = spec.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(spec.num_cpus) or 1))
+        self.shard = MemoryShard(spec, index, device=device)
+        self.metrics = _ShardMetrics(spec.name, index)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        status = self.shard.status()
+        self.metrics.occupancy.set(status["occupied"])
+        self.metrics.oldest_age.set(status["oldest_age"])
+
+    def search(self, q, labels, k):
+        start = time.perf_counter()
+        answer = self.shard.search(q, labels, k)
+        self.metrics.latency.observe(time.perf_counter() - start)
+        self.metrics.queries.inc(q.shape[0])
+        return answer
+
+    def apply(self, write):
+        inserted = self.shard.apply(write)
+        if len(write.insert_labels):
+            self.metrics.inserts.inc(len(write.insert_labels))
+        if len(write.refresh_labels):
+            self.metrics.refreshes.inc(len(write.refresh_labels))
+        self._gauges()
+        return inserted
+
+    def state(self):
+        return self.shard.state()
+
+    def status(self) -> dict:
+        status = self.shard.status()
+        status["node"] = ray.get_runtime_context().get_node_id()
+        status["pid"] = __import__("os").getpid()
+        return status
+
+    def snapshot(self) -> int:
+        return self.shard.snapshot()
+
+    def load_state(self, keys, values, ages, clock) -> int:
+        generation = self.shard.load_state(keys, values, ages, clock)
+        self._gauges()
+        return generation
+
+    def ping(self) -> bool:
+        return True
+
+
+class RayShards:
+    """The shard actors of one memory; ``call`` runs a method on all of them at once."""
+
+    def __init__(self, handles: Sequence[Any], timeout_s: float = 120.0):
+        self.handles = list(handles)
+        self.timeout_s = timeout_s
+
+    def call(self, method, args):
+        refs = [getattr(h, method).remote(*a) for h, a in zip(self.handles, args)]
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ShardUnavailableError(
+                f"memory shards did not answer {method} within {self.timeout_s} s") from None

@@ -1,0 +1,137 @@
+"""Named memories that outlive jobs: create once, attach by name from any job, delete when done.
+
+A memory lives in ``<storage>/<name>/`` (``memory.json`` plus one folder per shard) and, while the
+cluster runs, in S detached shard actors named ``memory:<name>:shard-<i>`` in the Ray namespace
+``lifelong``. ``attach`` finds the actors, or starts them from storage after a cluster restart,
+so the memory comes back with the same contents.
+
+The default storage location is ``$LIFELONG_MEMORY_STORAGE``, else ``~/.lifelong/memories``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs as pafs
+import ray
+
+from lifelong.distributed.actor import NAMESPACE, RayShards, ShardActor, actor_name
+from lifelong.distributed.client import ShardedMemory
+from lifelong.distributed.spec import MemorySpec, check_name
+from lifelong.distributed.storage import filesystem
+from lifelong.errors import (ConfigError, MemoryExistsError, MemoryNotFoundError,
+                             ShardUnavailableError)
+
+MANIFEST = "memory.json"
+
+
+def default_storage() -> str:
+    return os.environ.get("LIFELONG_MEMORY_STORAGE",
+                          os.path.join(os.path.expanduser("~"), ".lifelong", "memories"))
+
+
+def _manifest_path(storage: str, name: str) -> tuple[pafs.FileSystem, str]:
+    fs, base = filesystem(storage)
+    return fs, f"{base.rstrip('/')}/{check_name(name)}/{MANIFEST}"
+
+
+def _ensure_ray(address: str | None) -> None:
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+
+
+def _cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _start_shard(spec: MemorySpec, index: int):
+    num_gpus = spec.num_gpus if spec.num_gpus is not None else (1 if _cluster_has_gpus() else 0)
+    if spec.device == "cuda" and not num_gpus:
+        raise ConfigError("memory.device is cuda but the shards request no GPU")
+    return ray.remote(ShardActor).options(
+        name=actor_name(spec.name, index), namespace=NAMESPACE, lifetime="detached",
+        max_restarts=-1, max_task_retries=-1, num_cpus=spec.num_cpus, num_gpus=num_gpus,
+        get_if_exists=True,  # two clients starting the same memory get the same actors
+        scheduling_strategy="SPREAD" if spec.placement == "spread" else "DEFAULT",
+    ).remote(spec.to_json(), index)
+
+
+def _handles(spec: MemorySpec, start: bool) -> list:
+    handles = []
+    for i in range(spec.shards):
+        try:
+            handles.append(ray.get_actor(actor_name(spec.name, i), namespace=NAMESPACE))
+        except ValueError:
+            if not start:
+                raise MemoryNotFoundError(f"memory {spec.name!r} has no running shard {i}")
+            handles.append(_start_shard(spec, i))
+    return handles
+
+
+def read_spec(name: str, storage: str | None = None) -> MemorySpec:
+    """The spec of the memory ``name`` at ``storage``."""
+    storage = storage or default_storage()
+    fs, path = _manifest_path(storage, name)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise MemoryNotFoundError(f"no memory named {name!r} in {storage}")
+    with fs.open_input_stream(path) as fh:
+        return MemorySpec.from_json(fh.read().decode())
+
+
+def create_memory(spec: MemorySpec, address: str | None = None,
+                  timeout_s: float = 300.0) -> ShardedMemory:
+    """Creates the named memory (its manifest, then its shards) and returns a client."""
+    fs, path = _manifest_path(spec.storage, spec.name)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        raise MemoryExistsError(f"memory {spec.name!r} already exists in {spec.storage}")
+    _ensure_ray(address)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as fh:
+        fh.write(spec.to_json().encode())
+    return _client(spec, _handles(spec, start=True), timeout_s)
+
+
+def attach(name: str, storage: str | None = None, address: str | None = None,
+           timeout_s: float = 300.0) -> ShardedMemory:
+    """A client of the named memory; starts its shards from storage if they are not running."""
+    spec = read_spec(name, storage)
+    _ensure_ray(address)
+    return _client(spec, _handles(spec, start=True), timeout_s)
+
+
+def _client(spec: MemorySpec, handles: list, timeout_s: float) -> ShardedMemory:
+    shards = RayShards(handles, timeout_s=timeout_s)
+    try:
+        shards.call("ping", [()] * spec.shards)  # constructed: restored from storage
+    except ShardUnavailableError:
+        raise ShardUnavailableError(f"the shards of {spec.name!r} did not start within "
+                                    f"{timeout_s} s (not enough CPUs/GPUs for "
+                                    f"{spec.shards} x num_cpus={spec.num_cpus}?)") from None
+    return ShardedMemory(spec, shards)
+
+
+def list_memories(storage: str | None = None) -> list[str]:
+    """Names of the memories at ``storage``."""
+    fs, base = filesystem(storage or default_storage())
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and
+                  fs.get_file_info(f"{i.path}/{MANIFEST}").type == pafs.FileType.File)
+
+
+def detach_shards(name: str, storage: str | None = None) -> None:
+    """Stops the shard actors (their state stays in storage; ``attach`` restarts them)."""
+    spec = read_spec(name, storage)
+    for i in range(spec.shards):
+        try:
+            ray.kill(ray.get_actor(actor_name(name, i), namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass
+
+
+def delete_memory(name: str, storage: str | None = None, address: str | None = None) -> None:
+    """Stops the shards and deletes the memory's files."""
+    spec = read_spec(name, storage)
+    _ensure_ray(address)
+    detach_shards(name, storage)
+    fs, base = filesystem(spec.storage)
+    fs.delete_dir(f"{base.rstrip('/')}/{name}")
