@@ -13,7 +13,7 @@ LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export LIFELONG_DATA_DIR
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench bench-sharded clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test-slow: install
 
 bench: install
 	$(PY) jobs/bench_memory.py
+
+bench-sharded: install
+	$(PY) jobs/bench_sharded.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

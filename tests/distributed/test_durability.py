@@ -118,3 +118,16 @@ def test_corrupt_snapshot_refuses_to_start_and_names_the_file(tmp_path):
     snap.write_bytes(bytes(data))
     with pytest.raises(CorruptStateError, match=snap.name):
         MemoryShard(spec, 0)
+
+
+def test_leftovers_of_a_crash_during_a_snapshot_are_dropped(tmp_path):
+    spec = spec_at(tmp_path, snapshot_every=4)
+    mem = ShardedMemory.local(spec, durable=True)
+    feed(mem, 6)  # one snapshot (generation 1) and two logged updates per shard
+    shard_dir = tmp_path / "durable" / "shard-000"
+    (shard_dir / "snapshot-00000002.parquet.tmp").write_bytes(b"partial")
+    (shard_dir / "snapshot-00000000.parquet").write_bytes(b"superseded")
+    again = reopened(spec)
+    assert_same_state(mem, again)
+    assert sorted(p.name for p in shard_dir.iterdir()) == ["log-00000001.bin",
+                                                           "snapshot-00000001.parquet"]

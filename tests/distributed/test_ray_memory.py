@@ -104,3 +104,28 @@ def test_metrics_the_dashboard_queries_are_exported(ray_local, tmp_path):
         missing = wanted - exported
         time.sleep(2)
     assert not missing, f"panels query metrics that are not exported: {sorted(missing)}"
+
+
+def test_memory_command_line(ray_local, tmp_path, capsys):
+    from lifelong.cli import main
+
+    base = ["memory", "--storage", str(tmp_path)]
+    assert main(base + ["create", "cli-mem", "--slots", "100", "--key-dim", "8", "--values",
+                        "10", "--shards", "2", "--num-cpus", "0.5"]) == 0
+    assert "0 of 100 slots filled" in capsys.readouterr().out
+    attach("cli-mem", str(tmp_path)).query(torch.randn(3, 8), torch.tensor([1, 2, 3]))
+    assert main(base + ["list"]) == 0
+    assert capsys.readouterr().out.split() == ["cli-mem"]
+    assert main(base + ["status", "cli-mem", "--json"]) == 0
+    import json
+
+    status = json.loads(capsys.readouterr().out)
+    assert [s["shard"] for s in status] == [0, 1]
+    assert sum(s["occupied"] for s in status) == 3 and sum(s["inserts"] for s in status) == 3
+    assert main(base + ["snapshot", "cli-mem"]) == 0
+    assert "generations [1, 1]" in capsys.readouterr().out
+    assert main(base + ["status", "no-such"]) == 2
+    assert "MemoryNotFoundError" in capsys.readouterr().err
+    assert main(base + ["delete", "cli-mem", "--yes"]) == 0
+    assert main(base + ["list"]) == 0
+    assert capsys.readouterr().out.split() == ["deleted", "cli-mem"]

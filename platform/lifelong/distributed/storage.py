@@ -178,7 +178,21 @@ class ShardStore:
         gens = self._generations()
         self.generation = gens[-1] if gens else 0
         snapshot = self._read_snapshot(self.generation) if gens else None
-        return snapshot, list(self._read_log(self.generation))
+        updates = list(self._read_log(self.generation))
+        self._drop_leftovers()
+        return snapshot, updates
+
+    def _drop_leftovers(self) -> None:
+        """Deletes what a crash during a snapshot may leave: a partial temporary file and the
+        superseded generation (its snapshot and log are older than the current snapshot)."""
+        for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
+            name = info.base_name
+            if name.endswith(".tmp"):
+                self.fs.delete_file(info.path)
+            elif name.startswith(("snapshot-", "log-")):
+                gen = int(name.split("-")[1].split(".")[0])
+                if gen < self.generation:
+                    self._delete_generation(gen)
 
     def _read_snapshot(self, gen: int) -> Snapshot:
         path = f"{self.dir}/snapshot-{gen:08d}.parquet"

@@ -80,34 +80,25 @@ def _tile_maxima(block, values, group):
     return maxima
 
 
-@njit(nogil=True, cache=True)
-def _bound_thresholds(maxima, k, thresholds):
-    """Sets each query's threshold just below the k-th largest of its tile maxima [T >= k, B]."""
-    tiles, batch = maxima.shape
-    column = np.empty(tiles, dtype=np.float32)
-    for b in range(batch):
-        for t in range(tiles):
-            column[t] = maxima[t, b]
-        bound = np.partition(column, tiles - k)[tiles - k]
-        thresholds[b] = np.nextafter(bound, np.float32(-np.inf))  # strict > keeps x == bound
+def _bound_thresholds(maxima: np.ndarray, k: int) -> np.ndarray:
+    """[B] thresholds just below the k-th largest of each query's tile maxima [T >= k, B]
+    (strict > then keeps an element equal to the bound). numpy's partition: numba's is slow
+    when called once per query in a loop."""
+    tiles = maxima.shape[0]
+    bound = np.partition(maxima.T, tiles - k, axis=1)[:, tiles - k]
+    return np.nextafter(bound, np.float32(-np.inf)).astype(np.float32)
 
 
 @njit(nogil=True, cache=True)
-def _push_block(block, values, offset, sims, slots, counts, thresholds, k):
+def _push_block(block, values, offset, maxima, sims, slots, counts, thresholds, k):
     """Offers every (slot, query) similarity of ``block`` [R, B] to the buffers [B, capacity].
 
-    Slots whose value is negative (empty) never enter a buffer. Runs on the calling thread and
-    releases the GIL. Within a query, hits arrive in slot order.
+    maxima: [ceil(R / _TILE), B] the block's tile maxima (``_tile_maxima``). Slots whose value
+    is negative (empty) never enter a buffer. Runs on the calling thread and releases the GIL.
+    Within a query, hits arrive in slot order.
     """
     rows, batch = block.shape
     capacity = sims.shape[1]
-    maxima = _tile_maxima(block, values, _TILE)
-    if rows >= k and counts.max() == 0 and thresholds.max() == -np.inf:
-        if maxima.shape[0] >= 2 * k:
-            _bound_thresholds(maxima, k, thresholds)
-        else:  # smaller tiles: the bound is tight only with at least 2k of them
-            _bound_thresholds(_tile_maxima(block, values, max(1, rows // (2 * k))), k,
-                              thresholds)
     keys = np.empty(capacity, dtype=np.uint64)
     scratch_sims = np.empty(capacity, dtype=np.float32)
     scratch_slots = np.empty(capacity, dtype=np.int64)
@@ -194,8 +185,17 @@ class RunningTopK:
             offset: slot id of the block's first row.
             part: which buffers to feed (one thread per part at a time).
         """
-        _push_block(block, values, offset, self.sims[part], self.slots[part],
-                    self.counts[part], self.thresholds[part], self.k)
+        k, rows = self.k, block.shape[0]
+        maxima = _tile_maxima(block, values, _TILE)
+        thresholds = self.thresholds[part]
+        if rows >= k and not self.counts[part].any() and np.isneginf(thresholds).all():
+            # The first block: start from the tile-maxima bound instead of -inf. With fewer
+            # than 2k tiles of _TILE rows the bound is loose: use smaller tiles for it.
+            bound_from = maxima if maxima.shape[0] >= 2 * k else \
+                _tile_maxima(block, values, max(1, rows // (2 * k)))
+            thresholds[:] = _bound_thresholds(bound_from, k)
+        _push_block(block, values, offset, maxima, self.sims[part], self.slots[part],
+                    self.counts[part], thresholds, k)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best per query, best first, equal similarities by slot id.
