@@ -61,25 +61,35 @@ def run_with_fault(cluster_fault, tmp_path, cluster):
     started.wait(60)
     while len(acknowledged) < 10:
         time.sleep(0.05)
-    cluster_fault(mem)
+    at_fault = len(acknowledged)
+    fault_check = cluster_fault(mem)
     for t in threads:
         t.join(300)
     assert not errors, errors
     assert len(acknowledged) == 2 * BATCHES
+    assert at_fault < 2 * BATCHES - 5  # the fault came in the middle of the stream
     check_exactly_once(mem, acknowledged)
+    fault_check(mem.status()[0])  # shard 0 really was restarted
     answer = mem.query(torch.randn(3, D))  # still answering
     assert answer.values.shape == (3,)
     ray.shutdown()
 
 
 @pytest.fixture
-def cluster(tmp_path_factory):
+def cluster(monkeypatch):
+    import shutil
+    import tempfile
+
     import ray
     from ray.cluster_utils import Cluster
 
+    # Every node and the cluster's address file under a temp dir of our own (short: Ray's
+    # socket paths live there), never the machine's shared /tmp/ray.
+    temp = tempfile.mkdtemp(prefix="lifelong-ray-")
+    os.makedirs(os.path.join(temp, "ray"))
+    monkeypatch.setenv("RAY_TMPDIR", temp)
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "_temp_dir": str(tmp_path_factory.mktemp("ray")),
-        "include_dashboard": False})
+        "num_cpus": 0, "include_dashboard": False})
     for _ in range(3):  # two for the shards, one spare to restart on
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -87,12 +97,14 @@ def cluster(tmp_path_factory):
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_killed_shard_process_loses_nothing(cluster, tmp_path):
     def kill_shard(mem):
         pid = mem.status()[0]["pid"]
         os.kill(pid, signal.SIGKILL)
+        return lambda status: status["pid"] != pid or pytest.fail("shard 0 was not restarted")
 
     run_with_fault(kill_shard, tmp_path, cluster)
 
@@ -102,5 +114,6 @@ def test_removed_node_loses_nothing(cluster, tmp_path):
         node_id = mem.status()[0]["node"]  # shard 0 takes the inserts (lowest empty slots)
         node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
         cluster.remove_node(node, allow_graceful=False)
+        return lambda status: status["node"] != node_id or pytest.fail("shard 0 did not move")
 
     run_with_fault(remove_node, tmp_path, cluster)

@@ -86,8 +86,9 @@ def test_metrics_the_dashboard_queries_are_exported(ray_local, tmp_path):
     from pathlib import Path
 
     mem = create_memory(small_spec(tmp_path, name="metered"))
-    for _ in range(3):
-        mem.query(torch.randn(4, 16), torch.randint(0, 12, (4,)))
+    q = torch.randn(4, 16)
+    for _ in range(3):  # inserts, then refreshes of the same keys
+        mem.query(q, torch.arange(4))
     dashboard = json.loads((Path(__file__).parents[2] / "dashboards" /
                             "lifelong-memory.json").read_text())
     wanted = set()
@@ -99,6 +100,7 @@ def test_metrics_the_dashboard_queries_are_exported(ray_local, tmp_path):
     url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
     deadline, missing = time.time() + 60, wanted
     while time.time() < deadline and missing:
+        mem.query(q, torch.arange(4))  # traffic goes on while the exporter catches up
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         exported = set(re.findall(r"^(ray_lifelong_[a-z_]+)", text, re.MULTILINE))
         missing = wanted - exported
