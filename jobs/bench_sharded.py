@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from bench_memory import BenchConfig, best_time, make_memory, memory_step
 from lifelong.config import load_config
-from lifelong.distributed import MemorySpec, create_memory
+from lifelong.distributed import MemorySpec, create_memory, delete_memory
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,22 @@ def exact_match(local, sharded, q: torch.Tensor) -> bool:
     return bool(torch.equal(a.slots, b.slots) and torch.equal(a.values, b.values))
 
 
-def time_pair(local, sharded, batch: int, cfg: BenchShardedConfig) -> dict:
+def inputs(batch: int, cfg: BenchShardedConfig, num_values: int):
     gen = torch.Generator().manual_seed(batch)
-    q = torch.randn(batch, cfg.key_dim, generator=gen)
-    labels = torch.randint(0, local.num_values, (batch,), generator=gen)
-    exact = exact_match(local, sharded, q)
+    return (torch.randn(batch, cfg.key_dim, generator=gen),
+            torch.randint(0, num_values, (batch,), generator=gen))
+
+
+def time_pairs(local, sharded, cfg: BenchShardedConfig) -> list[dict]:
+    """Exactness for every batch size first (the timed steps write, with age noise, into the two
+    memories differently), then the timings."""
+    exact = {b: exact_match(local, sharded, inputs(b, cfg, local.num_values)[0])
+             for b in cfg.batches}
+    return [time_pair(local, sharded, b, cfg, exact[b]) for b in cfg.batches]
+
+
+def time_pair(local, sharded, batch: int, cfg: BenchShardedConfig, exact: bool) -> dict:
+    q, labels = inputs(batch, cfg, local.num_values)
     local_s = best_time(lambda: memory_step(local, q, labels), cfg.repeats)
     sharded_s = best_time(lambda: memory_step(sharded, q, labels), cfg.repeats)
     return {"slots": local.num_slots, "batch": batch, "local_ms": local_s * 1e3,
@@ -84,6 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = load_config(BenchShardedConfig, args.config, args.overrides)
     storage = tempfile.mkdtemp(prefix="bench-sharded-")
+    # The cluster's files (and its address file) under a temp dir of its own, not /tmp/ray.
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="bench-ray-")
+    os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False})
     for _ in range(cfg.shards):
@@ -97,19 +113,21 @@ def main(argv: list[str] | None = None) -> dict:
         tiny_sharded = sharded_like(tiny, "overhead", cfg, storage)
         handles = tiny_sharded.shards
         round_trip = best_time(lambda: handles.call("ping", [()] * cfg.shards), 20)
-        for batch in cfg.batches:
-            r = time_pair(tiny, tiny_sharded, batch, cfg)
-            overhead[batch] = {"local_ms": r["local_ms"], "sharded_ms": r["sharded_ms"],
+        for r in time_pairs(tiny, tiny_sharded, cfg):
+            overhead[r["batch"]] = {"local_ms": r["local_ms"], "sharded_ms": r["sharded_ms"],
                                "added_ms": r["sharded_ms"] - r["local_ms"],
                                "round_trip_ms": round_trip * 1e3}
+        delete_memory("overhead", storage)  # frees the nodes' CPUs for the next memory
         for n in tqdm(cfg.slots, desc="bench_sharded"):
             local = make_memory(n, bench_cfg)
             sharded = sharded_like(local, f"bench-{n}", cfg, storage)
-            rows += [time_pair(local, sharded, b, cfg) for b in cfg.batches]
+            rows += time_pairs(local, sharded, cfg)
+            delete_memory(f"bench-{n}", storage)
             del local, sharded
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)
     print_table(rows, overhead, cfg)
     result = {"config": asdict(cfg), "cases": rows, "ray_overhead": overhead}
     with open(cfg.out, "w") as fh:

@@ -42,9 +42,11 @@ class LocalShards:
 _STAMP = 2**20  # a recent-slot stamp is clock * _STAMP + position in its batch (B < 2**20)
 
 
-def _rank_order(sims: np.ndarray, slots: np.ndarray) -> np.ndarray:
-    """Per row, the order (similarity descending, slot ascending); -inf entries last."""
-    return np.lexsort((slots, -sims.astype(np.float64)), axis=-1)
+def _rank_order(sims: np.ndarray) -> np.ndarray:
+    """Per row of the shards' lists side by side [B, S * k], the order (similarity descending,
+    slot ascending), -inf last. Each list is already in that order and shard s holds lower slot
+    ids than shard s + 1, so a stable sort by similarity alone keeps ties by slot id."""
+    return np.argsort(-sims, axis=1, kind="stable")
 
 
 class ShardedMemory:
@@ -108,9 +110,10 @@ class ShardedMemory:
 
     def _merge(self, answers: list[ShardAnswer]):
         sims = np.concatenate([a.sims for a in answers], axis=1)
-        slots = np.concatenate([a.slots for a in answers], axis=1)
-        values = np.concatenate([a.values for a in answers], axis=1)
-        order = _rank_order(sims, slots)[:, : self.k]
+        slots = np.concatenate([np.where(a.slots >= 0, a.slots.astype(np.int64) + a.offset, -1)
+                                for a in answers], axis=1)
+        values = np.concatenate([a.values for a in answers], axis=1).astype(np.int64)
+        order = _rank_order(sims)[:, : self.k]
         take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
         sims, slots, values = take(sims), take(slots), take(values)
         empty = np.isinf(sims)

@@ -31,7 +31,9 @@ class ShardAnswer:
     """A shard's answer to a query batch of B (numpy, so it crosses processes cheaply).
 
     sims/slots/values: [B, k'] local top-k (k' = min(k, shard size)), best first, -inf / -1 / -1
-    where fewer slots are filled. With labels: pos_*/neg_* the best positive / negative of that
+    where fewer slots are filled; slots are local ids (add ``offset``) and slots and values are
+    int32, which keeps a batch-16 answer under Ray's 100 KiB limit for replies sent inline
+    (larger ones go through the object store: several ms more per call, measured). With labels: pos_*/neg_* the best positive / negative of that
     list (slot -1 if none) with their keys [B, d]; recent_* the slot last written here for the
     label (-1 if none), its stamp (clock, position in batch), similarity, value and key; and
     oldest_scores/oldest_slots [c] the shard's first insert candidates.
@@ -40,6 +42,7 @@ class ShardAnswer:
     sims: np.ndarray
     slots: np.ndarray
     values: np.ndarray
+    offset: int = 0
     pos_slot: np.ndarray | None = None
     pos_key: np.ndarray | None = None
     neg_slot: np.ndarray | None = None
@@ -126,10 +129,12 @@ class MemoryShard:
             sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, self.size))
             empty = torch.isinf(sims)
             values = mem.values[slots].masked_fill(empty, -1)
+            local_slots = slots.masked_fill(empty, -1)
             slots = (slots + self.offset).masked_fill(empty, -1)
         self.stats.queries += q.shape[0]
-        answer = ShardAnswer(sims=sims.cpu().numpy(), slots=slots.cpu().numpy(),
-                             values=values.cpu().numpy())
+        answer = ShardAnswer(sims=sims.cpu().numpy(),
+                             slots=local_slots.to(torch.int32).cpu().numpy(),
+                             values=values.to(torch.int32).cpu().numpy(), offset=self.offset)
         if labels is None:
             return answer
         with torch.no_grad():

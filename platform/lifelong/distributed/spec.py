@@ -65,6 +65,9 @@ class MemorySpec:
                      "snapshot_every"):
             check_int(f"memory.{name}", getattr(self, name))
         check_int("memory.seed", self.seed, minimum=0)
+        if self.num_slots >= 2**31 or self.num_values >= 2**31:
+            raise ConfigError("memory.num_slots and memory.num_values must be < 2**31 "
+                              "(shards answer with 32-bit slot ids and values)")
         if self.shards > self.num_slots:
             raise ConfigError(f"memory.shards ({self.shards}) exceeds num_slots "
                               f"({self.num_slots})")
