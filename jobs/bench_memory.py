@@ -18,7 +18,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lifelong.config import load_config
+from lifelong.config import config_from_args
 from lifelong.memory import Memory
 
 # The paper's own TensorFlow code on this 2-core machine (figures given in issue 2, ms per step).
@@ -151,12 +150,7 @@ def print_table(rows: list[dict], bandwidth: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (see jobs/configs/bench_memory.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=3")
-    args = parser.parse_args(argv)
-    cfg = load_config(BenchConfig, args.config, args.overrides)
+    cfg = config_from_args(BenchConfig, __doc__, argv, "jobs/configs/bench_memory.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bandwidth = read_bandwidth(cfg.repeats)

@@ -14,7 +14,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from ray.cluster_utils import Cluster
 from tqdm import tqdm
 
 from bench_memory import BenchConfig, best_time, make_memory, memory_step
-from lifelong.config import load_config
+from lifelong.config import config_from_args
 from lifelong.distributed import MemorySpec, create_memory, delete_memory
 
 
@@ -90,12 +89,7 @@ def time_pair(local, sharded, batch: int, cfg: BenchShardedConfig, exact: bool) 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (see jobs/configs/bench_sharded.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=3")
-    args = parser.parse_args(argv)
-    cfg = load_config(BenchShardedConfig, args.config, args.overrides)
+    cfg = config_from_args(BenchShardedConfig, __doc__, argv, "jobs/configs/bench_sharded.yaml")
     storage = tempfile.mkdtemp(prefix="bench-sharded-")
     # The cluster's files (and its address file) under a temp dir of its own, not /tmp/ray.
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="bench-ray-")

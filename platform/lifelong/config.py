@@ -151,3 +151,24 @@ def _flatten(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
+
+
+def config_from_args(cls: type[T], description: str, argv: Sequence[str] | None,
+                     example_config: str) -> T:
+    """A job's config from its command line: ``--config PATH.yaml`` plus ``key=value``
+    overrides (what every job in jobs/ takes).
+
+    Args:
+        cls: The job's config dataclass.
+        description: The ``--help`` text (the job's docstring).
+        argv: The arguments (None: sys.argv[1:]).
+        example_config: The YAML to mention in ``--help``, e.g. jobs/configs/bench_memory.yaml.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=f"YAML config (see {example_config})")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=3")
+    args = parser.parse_args(argv)
+    return load_config(cls, args.config, args.overrides)
