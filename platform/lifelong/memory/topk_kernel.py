@@ -121,26 +121,16 @@ def _push_block(block, values, offset, maxima, sims, slots, counts, thresholds, 
 
 
 @njit(nogil=True, cache=True)
-def _merge_ranked(sims, slots, counts, k, out_keys):
-    """Merges the parts' buffers [P, B, cap] into each query's k best, as rank keys [B, k]
-    (unsorted; the maximum uint64 pads a query with fewer than k entries)."""
+def _rank_all(sims, slots, counts, out_keys):
+    """Rank keys of every buffered entry [P, B, cap] side by side: out_keys [B, W] (W at least
+    each query's entry count; the maximum uint64 pads)."""
     parts, batch, capacity = sims.shape
-    merged_sims = np.empty(parts * capacity, dtype=np.float32)
-    merged_slots = np.empty(parts * capacity, dtype=np.int64)
-    keys = np.empty(parts * capacity, dtype=np.uint64)
-    scratch_sims = np.empty(parts * capacity, dtype=np.float32)
-    scratch_slots = np.empty(parts * capacity, dtype=np.int64)
     for b in range(batch):
         n = 0
         for p in range(parts):
             c = counts[p, b]
-            merged_sims[n:n + c] = sims[p, b, :c]
-            merged_slots[n:n + c] = slots[p, b, :c]
+            _rank_keys(sims[p, b], slots[p, b], c, out_keys[b, n:n + c])
             n += c
-        if n > k:
-            _cut_to_k(merged_sims, merged_slots, n, k, keys, scratch_sims, scratch_slots)
-            n = k
-        _rank_keys(merged_sims, merged_slots, n, out_keys[b])
         out_keys[b, n:] = np.iinfo(np.uint64).max
 
 
@@ -204,8 +194,11 @@ class RunningTopK:
             sims: [B, k] float32, -inf where fewer than k non-empty slots were offered.
             slots: [B, k] int64 (0 for -inf entries).
         """
-        ranked = np.empty((self.sims.shape[1], self.k), dtype=np.uint64)
-        _merge_ranked(self.sims, self.slots, self.counts, self.k, ranked)
-        ranked.sort(axis=1)  # numpy's vectorised sort; numba's is slow in a loop here
+        width = max(self.k, int(self.counts.sum(axis=0).max()))
+        ranked = np.empty((self.sims.shape[1], width), dtype=np.uint64)
+        _rank_all(self.sims, self.slots, self.counts, ranked)
+        if width > self.k:  # numpy's partition and sort: numba's are slow in a loop here
+            ranked = np.partition(ranked, self.k - 1, axis=1)[:, : self.k]
+        ranked.sort(axis=1)
         sims, slots = _decode(ranked)
         return torch.from_numpy(sims), torch.from_numpy(slots)
