@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from lifelong import metrics
 from lifelong.distributed import MemorySpec, attach, create_memory, delete_memory, list_memories
 from lifelong.errors import (InvalidQueryError, MemoryExistsError, MemoryNameError,
                              MemoryNotFoundError)

@@ -1,6 +1,5 @@
 """ShardedMemory against Memory: with age noise 0 and the exact search, step for step equal."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Sequence
 
@@ -84,7 +85,7 @@ class ShardActor:
     def status(self) -> dict:
         status = self.shard.status()
         status["node"] = ray.get_runtime_context().get_node_id()
-        status["pid"] = __import__("os").getpid()
+        status["pid"] = os.getpid()
         return status
 
     def snapshot(self) -> int:

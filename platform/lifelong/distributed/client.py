@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 from lifelong.distributed.shard import MemoryShard, ShardAnswer, ShardWrite
 from lifelong.distributed.spec import MemorySpec
-from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
+from lifelong.errors import MemoryStateError
 from lifelong.memory import MemoryOutput
+from lifelong.memory.checks import check_labels, check_query
+from lifelong.memory.memory import margin_from_pair, softmax_temperature
 
 
 class ShardGroup(Protocol):
@@ -40,6 +42,13 @@ class LocalShards:
 
 
 _STAMP = 2**20  # a recent-slot stamp is clock * _STAMP + position in its batch (B < 2**20)
+
+
+def _latest(slots: np.ndarray, clocks: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """For each column of the shards' recent-slot tables [S, n], the shard whose entry was
+    written last (by clock, then position in its batch); entries with slot -1 never win."""
+    stamp = np.where(slots >= 0, clocks * _STAMP + positions, -1)
+    return stamp.argmax(axis=0)
 
 
 def _rank_order(sims: np.ndarray) -> np.ndarray:
@@ -78,7 +87,7 @@ class ShardedMemory:
 
     @property
     def temperature(self) -> float:
-        return max(1.0, float(np.log(0.2 * self.k)) / self.spec.alpha)
+        return softmax_temperature(self.k, self.spec.alpha)
 
     def owner(self, slots: np.ndarray) -> np.ndarray:
         """Shard index of each global slot id."""
@@ -142,28 +151,23 @@ class ShardedMemory:
         # The most recent slot of the label (latest stamp over the shards) joins as a candidate
         # after the top-k: it takes a pair's place only with a strictly higher similarity.
         stamps = np.stack([a.recent_stamp for a in answers])            # [S, B, 2]
-        present = np.stack([a.recent_slot for a in answers]) >= 0       # [S, B]
-        latest = np.where(present, stamps[..., 0] * _STAMP + stamps[..., 1], -1).argmax(axis=0)
+        recent = np.stack([a.recent_slot for a in answers])             # [S, B]
+        latest = _latest(recent, stamps[..., 0], stamps[..., 1])
         value = np.stack([a.recent_value for a in answers])[latest, rows]
         sim = np.stack([a.recent_sim for a in answers])[latest, rows]
         key = np.stack([a.recent_key for a in answers])[latest, rows]
-        usable = present[latest, rows] & (value >= 0)
+        usable = (recent[latest, rows] >= 0) & (value >= 0)
         j = np.where(value == labels, 0, 1)
         better = usable & (sim > pair_sims[rows, j])
         pair_sims[rows[better], j[better]] = sim[better]
         pair_keys[rows[better], j[better]] = key[better]
-        has_pos = torch.from_numpy(np.isfinite(pair_sims[:, 0]))
-        has_neg = torch.from_numpy(np.isfinite(pair_sims[:, 1]))
-        pos_sim, neg_sim = torch.einsum("bd,bpd->pb", qn, torch.from_numpy(pair_keys))
-        pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
-        per_query = torch.where(has_neg, F.relu(self.spec.alpha - pos_sim + neg_sim),
-                                torch.zeros_like(pos_sim))
-        return per_query.mean()
+        return margin_from_pair(qn, torch.from_numpy(pair_keys),
+                                torch.from_numpy(np.isfinite(pair_sims[:, 0])),
+                                torch.from_numpy(np.isfinite(pair_sims[:, 1])), self.spec.alpha)
 
     # --------------------------------------------------------------------------------- update
     def _write(self, q, labels, nearest, correct, answers) -> torch.Tensor:
         """Routes one update batch to the shards; returns the global slot each query wrote."""
-        batch = len(labels)
         written = nearest.copy()
         refresh = np.flatnonzero(correct)
         inserting = np.flatnonzero(~correct)
@@ -194,11 +198,10 @@ class ShardedMemory:
         """keys [N, d], values [N], ages [N], recent_slots [V], as ``Memory.state_dict()``."""
         states = self.shards.call("state", [()] * self.spec.shards)
         cat = lambda name: np.concatenate([s[name] for s in states])  # noqa: E731
-        stamp = np.stack([s["recent_clock"] * _STAMP + s["recent_position"] for s in states])
-        present = np.stack([s["recent_slots"] for s in states]) >= 0
-        latest = np.where(present, stamp, -1).argmax(axis=0)
-        recent = np.stack([s["recent_slots"] for s in states])[latest,
-                                                               np.arange(stamp.shape[1])]
+        stack = lambda name: np.stack([s[name] for s in states])  # noqa: E731
+        slots = stack("recent_slots")
+        latest = _latest(slots, stack("recent_clock"), stack("recent_position"))
+        recent = slots[latest, np.arange(slots.shape[1])]
         return {"keys": torch.from_numpy(cat("keys")), "values": torch.from_numpy(cat("values")),
                 "ages": torch.from_numpy(cat("ages")), "recent_slots": torch.from_numpy(recent)}
 
@@ -224,20 +227,8 @@ class ShardedMemory:
         return sum(s["occupied"] for s in self.status())
 
     def _check(self, q: torch.Tensor, labels: torch.Tensor | None) -> None:
-        d = self.spec.key_dim
-        if not isinstance(q, torch.Tensor) or q.dim() != 2 or q.shape[1] != d or q.shape[0] == 0:
-            raise InvalidQueryError(f"query must have shape [B, {d}] with B >= 1, got "
-                                    f"{list(getattr(q, 'shape', []))}")
-        if q.dtype != torch.float32:
-            raise InvalidQueryError(f"query dtype must be torch.float32, got {q.dtype}")
-        if q.shape[0] > self.spec.num_slots:
-            raise InvalidQueryError(f"batch of {q.shape[0]} exceeds the memory's slots")
-        if not bool(torch.isfinite(q).all()):
-            raise InvalidQueryError("query holds NaN or Inf")
-        if labels is None:
-            return
-        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 \
-                or labels.shape != (q.shape[0],):
-            raise InvalidLabelError(f"labels must be int64 of shape [{q.shape[0]}]")
-        if int(labels.min()) < 0 or int(labels.max()) >= self.spec.num_values:
-            raise InvalidLabelError(f"labels must lie in [0, {self.spec.num_values})")
+        """As Memory's checks; queries and labels may sit on any device (they go to the shards
+        as numpy arrays)."""
+        check_query(q, self.spec.key_dim, self.spec.num_slots, torch.float32, None)
+        if labels is not None:
+            check_labels(labels, q.shape[0], self.spec.num_values, None)

@@ -32,7 +32,7 @@ def default_storage() -> str:
 
 def _manifest_path(storage: str, name: str) -> tuple[pafs.FileSystem, str]:
     fs, base = filesystem(storage)
-    return fs, f"{base.rstrip('/')}/{check_name(name)}/{MANIFEST}"
+    return fs, f"{base.rstrip('/')}/{check_name(name)}/{MANIFEST}"  # = spec.location
 
 
 def _ensure_ray(address: str | None) -> None:
@@ -56,18 +56,6 @@ def _start_shard(spec: MemorySpec, index: int):
     ).remote(spec.to_json(), index)
 
 
-def _handles(spec: MemorySpec, start: bool) -> list:
-    handles = []
-    for i in range(spec.shards):
-        try:
-            handles.append(ray.get_actor(actor_name(spec.name, i), namespace=NAMESPACE))
-        except ValueError:
-            if not start:
-                raise MemoryNotFoundError(f"memory {spec.name!r} has no running shard {i}")
-            handles.append(_start_shard(spec, i))
-    return handles
-
-
 def read_spec(name: str, storage: str | None = None) -> MemorySpec:
     """The spec of the memory ``name`` at ``storage``."""
     storage = storage or default_storage()
@@ -88,7 +76,7 @@ def create_memory(spec: MemorySpec, address: str | None = None,
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as fh:
         fh.write(spec.to_json().encode())
-    return _client(spec, _handles(spec, start=True), timeout_s)
+    return _client(spec, [_start_shard(spec, i) for i in range(spec.shards)], timeout_s)
 
 
 def attach(name: str, storage: str | None = None, address: str | None = None,
@@ -96,7 +84,7 @@ def attach(name: str, storage: str | None = None, address: str | None = None,
     """A client of the named memory; starts its shards from storage if they are not running."""
     spec = read_spec(name, storage)
     _ensure_ray(address)
-    return _client(spec, _handles(spec, start=True), timeout_s)
+    return _client(spec, [_start_shard(spec, i) for i in range(spec.shards)], timeout_s)
 
 
 def _client(spec: MemorySpec, handles: list, timeout_s: float) -> ShardedMemory:
@@ -120,11 +108,15 @@ def list_memories(storage: str | None = None) -> list[str]:
 
 def detach_shards(name: str, storage: str | None = None) -> None:
     """Stops the shard actors (their state stays in storage; ``attach`` restarts them)."""
-    spec = read_spec(name, storage)
+    _stop_shards(read_spec(name, storage))
+
+
+def _stop_shards(spec: MemorySpec) -> None:
     for i in range(spec.shards):
         try:
-            ray.kill(ray.get_actor(actor_name(name, i), namespace=NAMESPACE), no_restart=True)
-        except ValueError:
+            ray.kill(ray.get_actor(actor_name(spec.name, i), namespace=NAMESPACE),
+                     no_restart=True)
+        except ValueError:  # not running
             pass
 
 
@@ -132,6 +124,6 @@ def delete_memory(name: str, storage: str | None = None, address: str | None = N
     """Stops the shards and deletes the memory's files."""
     spec = read_spec(name, storage)
     _ensure_ray(address)
-    detach_shards(name, storage)
-    fs, base = filesystem(spec.storage)
-    fs.delete_dir(f"{base.rstrip('/')}/{name}")
+    _stop_shards(spec)
+    fs, path = filesystem(spec.location)
+    fs.delete_dir(path)

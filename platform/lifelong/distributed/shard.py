@@ -14,11 +14,10 @@ writer id and sequence number) is applied once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lifelong.distributed.spec import MemorySpec
 from lifelong.distributed.storage import ShardStore, Snapshot, Update
@@ -33,10 +32,11 @@ class ShardAnswer:
     sims/slots/values: [B, k'] local top-k (k' = min(k, shard size)), best first, -inf / -1 / -1
     where fewer slots are filled; slots are local ids (add ``offset``) and slots and values are
     int32, which keeps a batch-16 answer under Ray's 100 KiB limit for replies sent inline
-    (larger ones go through the object store: several ms more per call, measured). With labels: pos_*/neg_* the best positive / negative of that
-    list (slot -1 if none) with their keys [B, d]; recent_* the slot last written here for the
-    label (-1 if none), its stamp (clock, position in batch), similarity, value and key; and
-    oldest_scores/oldest_slots [c] the shard's first insert candidates.
+    (larger ones go through the object store: several ms more per call, measured). With
+    labels: pos_*/neg_* the best positive / negative of that list (global slot, -1 if none)
+    with their keys [B, d]; recent_* the slot last written here for the label (-1 if none), its
+    stamp (clock, position in batch), similarity, value and key; and oldest_scores/oldest_slots
+    [c] the shard's first insert candidates.
     """
 
     sims: np.ndarray
@@ -86,7 +86,6 @@ class ShardStats:
     updates: int = 0
     replayed: int = 0
     duplicates: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class MemoryShard:
@@ -114,8 +113,7 @@ class MemoryShard:
         self.writers: dict[str, list] = {}  # writer -> [last seq, global inserted slots]
         self.stats = ShardStats()
         self.since_snapshot = 0
-        self.store = ShardStore(f"{spec.storage.rstrip('/')}/{spec.name}", index) if durable \
-            else None
+        self.store = ShardStore(spec.location, index) if durable else None
         if self.store is not None:
             self._restore()
 
@@ -129,11 +127,9 @@ class MemoryShard:
             sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, self.size))
             empty = torch.isinf(sims)
             values = mem.values[slots].masked_fill(empty, -1)
-            local_slots = slots.masked_fill(empty, -1)
-            slots = (slots + self.offset).masked_fill(empty, -1)
         self.stats.queries += q.shape[0]
         answer = ShardAnswer(sims=sims.cpu().numpy(),
-                             slots=local_slots.to(torch.int32).cpu().numpy(),
+                             slots=slots.masked_fill(empty, -1).to(torch.int32).cpu().numpy(),
                              values=values.to(torch.int32).cpu().numpy(), offset=self.offset)
         if labels is None:
             return answer
@@ -143,7 +139,7 @@ class MemoryShard:
             negative = ~empty & (values != y)
             for kind, mask in (("pos", positive), ("neg", negative)):
                 first = mask.to(torch.int8).argmax(dim=1, keepdim=True)  # first True
-                local = (slots.gather(1, first).squeeze(1) - self.offset).clamp(min=0)
+                local = slots.gather(1, first).squeeze(1)
                 slot = torch.where(mask.any(dim=1), local + self.offset, -1)
                 setattr(answer, f"{kind}_slot", slot.cpu().numpy())
                 setattr(answer, f"{kind}_key", mem.keys[local].cpu().numpy())
@@ -204,10 +200,8 @@ class MemoryShard:
         if ((refresh_local < 0) | (refresh_local >= self.size)).any():
             raise MemoryStateError("refresh slots outside this shard")
         with torch.no_grad():
-            unique, inverse = refresh_local.unique(return_inverse=True)
-            summed = mem.keys[unique].index_add(0, inverse, torch.from_numpy(write.refresh_q)
-                                                .to(dev))
-            refreshed_keys = F.normalize(summed, dim=1)
+            unique, refreshed_keys = mem._refreshed_keys(
+                refresh_local, torch.from_numpy(write.refresh_q).to(dev))
             count = len(write.insert_labels)
             inserted = mem.oldest_slots(count, exclude=unique) if count else \
                 torch.zeros(0, dtype=torch.int64, device=dev)
@@ -275,7 +269,8 @@ class MemoryShard:
                                    f"values [{n}], ages [{n}]")
         if not np.isfinite(keys).all() or values.min() < -1 or \
                 values.max() >= self.spec.num_values or ages.min() < 0 or ages.max() > clock:
-            raise MemoryStateError("keys must be finite, values in [-1, num_values), ages >= 0")
+            raise MemoryStateError("keys must be finite, values in [-1, num_values), ages in "
+                                   "[0, clock]")
         clock = int(clock)
         self._load_snapshot(Snapshot(
             keys=keys, values=values.astype(np.int64), write_time=clock - ages.astype(np.int64),

@@ -84,6 +84,11 @@ class MemorySpec:
         if not self.num_cpus >= 0 or (self.num_gpus is not None and not self.num_gpus >= 0):
             raise ConfigError("memory.num_cpus and memory.num_gpus must be >= 0")
 
+    @property
+    def location(self) -> str:
+        """Where the memory's files live: ``<storage>/<name>``."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
     def shard_sizes(self) -> list[int]:
         """Slots per shard: as equal as possible, the first shards one larger."""
         base, extra = divmod(self.num_slots, self.shards)

@@ -78,20 +78,20 @@ class Update:
         recent = len(self.recent_labels)
         n = max(rows, recent)
 
-        def pad(a, dtype, fill=0):
-            out = np.full(n, fill, dtype=dtype)
+        def pad(a):
+            out = np.zeros(n, dtype=np.int64)
             out[: len(a)] = a
             return out
 
-        flat = np.zeros((n, d), dtype=np.float32)
-        flat[:rows] = self.keys
+        keys = np.zeros((n, d), dtype=np.float32)
+        keys[:rows] = self.keys
         batch = pa.record_batch({
-            "slot": pad(self.slots, np.int64),
-            "key": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), d),
-            "value": pad(self.values, np.int64),
-            "recent_label": pad(self.recent_labels, np.int64),
-            "recent_slot": pad(self.recent_slots, np.int64),
-            "recent_position": pad(self.recent_positions, np.int64),
+            "slot": pad(self.slots),
+            "key": _key_column(keys),
+            "value": pad(self.values),
+            "recent_label": pad(self.recent_labels),
+            "recent_slot": pad(self.recent_slots),
+            "recent_position": pad(self.recent_positions),
         }).replace_schema_metadata({"lifelong": json.dumps({
             "writer": self.writer, "seq": self.seq, "clock": self.clock, "rows": rows,
             "recent": recent, "inserted": [int(s) for s in self.inserted]})})
@@ -105,16 +105,26 @@ class Update:
         batch = pa.ipc.open_stream(payload).read_next_batch()
         meta = json.loads(batch.schema.metadata[b"lifelong"])
         rows, recent = meta["rows"], meta["recent"]
-        key = batch.column("key")
-        d = key.type.list_size
-        keys = key.values.to_numpy(zero_copy_only=False).reshape(-1, d)[:rows]
         col = lambda name, n: batch.column(name).to_numpy()[:n].astype(np.int64)  # noqa: E731
         return cls(writer=meta["writer"], seq=meta["seq"], clock=meta["clock"],
-                   slots=col("slot", rows), keys=np.array(keys, dtype=np.float32),
+                   slots=col("slot", rows), keys=_keys_from(batch.column("key"))[:rows],
                    values=col("value", rows), recent_labels=col("recent_label", recent),
                    recent_slots=col("recent_slot", recent),
                    recent_positions=col("recent_position", recent),
                    inserted=np.asarray(meta["inserted"], dtype=np.int64))
+
+
+def _key_column(keys: np.ndarray) -> pa.FixedSizeListArray:
+    """keys [n, d] float32 as an Arrow column of fixed-size lists."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(keys.reshape(-1)), keys.shape[1])
+
+
+def _keys_from(column) -> np.ndarray:
+    """The inverse of ``_key_column`` (a writable copy): [n, d] float32."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.values.to_numpy(zero_copy_only=False)
+    return np.array(flat.reshape(-1, column.type.list_size), dtype=np.float32)
 
 
 def _frame(payload: bytes) -> bytes:
@@ -185,14 +195,15 @@ class ShardStore:
     def _drop_leftovers(self) -> None:
         """Deletes what a crash during a snapshot may leave: a partial temporary file and the
         superseded generation (its snapshot and log are older than the current snapshot)."""
+        old = set()
         for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
             name = info.base_name
             if name.endswith(".tmp"):
                 self.fs.delete_file(info.path)
             elif name.startswith(("snapshot-", "log-")):
-                gen = int(name.split("-")[1].split(".")[0])
-                if gen < self.generation:
-                    self._delete_generation(gen)
+                old.add(int(name.split("-")[1].split(".")[0]))
+        for gen in sorted(g for g in old if g < self.generation):
+            self._delete_generation(gen)
 
     def _read_snapshot(self, gen: int) -> Snapshot:
         path = f"{self.dir}/snapshot-{gen:08d}.parquet"
@@ -200,10 +211,8 @@ class ShardStore:
             with self.fs.open_input_file(path) as fh:
                 table = pq.read_table(fh, page_checksum_verification=True)
             meta = json.loads(table.schema.metadata[b"lifelong"])
-            key = table.column("key").combine_chunks()
-            keys = key.values.to_numpy(zero_copy_only=False).reshape(-1, key.type.list_size)
             return Snapshot(
-                keys=np.array(keys, dtype=np.float32),
+                keys=_keys_from(table.column("key")),
                 values=table.column("value").to_numpy().astype(np.int64),
                 write_time=table.column("write_time").to_numpy().astype(np.int64),
                 clock=int(meta["clock"]),
@@ -260,10 +269,9 @@ class ShardStore:
     def write_snapshot(self, snapshot: Snapshot) -> None:
         """Writes the state as the next generation, then drops the older files."""
         gen = self.generation + 1
-        d = snapshot.keys.shape[1]
         table = pa.table({
             "slot": np.arange(len(snapshot.values), dtype=np.int64),
-            "key": pa.FixedSizeListArray.from_arrays(pa.array(snapshot.keys.reshape(-1)), d),
+            "key": _key_column(snapshot.keys),
             "value": snapshot.values,
             "write_time": snapshot.write_time,
         }).replace_schema_metadata({"lifelong": json.dumps({
@@ -293,8 +301,3 @@ class ShardStore:
         folder = f"{self.dir}/log-{gen:08d}"
         if self.fs.get_file_info(folder).type == pafs.FileType.Directory:
             self.fs.delete_dir(folder)
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None

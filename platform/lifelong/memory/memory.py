@@ -21,11 +21,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
+from lifelong.errors import MemoryStateError
+from lifelong.memory.checks import check_labels, check_query
 from lifelong.memory.search import ExactSearch, Search
 
 # Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
 _EMPTY_BONUS = 2**32
+
+
+def softmax_temperature(k: int, alpha: float) -> float:
+    """max(1, ln(0.2 k) / alpha): about 40 for k = 256, alpha = 0.1."""
+    return max(1.0, math.log(0.2 * k) / alpha)
+
+
+def margin_from_pair(q: torch.Tensor, pair_keys: torch.Tensor, has_pos: torch.Tensor,
+                     has_neg: torch.Tensor, alpha: float) -> torch.Tensor:
+    """mean over the batch of max(0, alpha - q.K[p] + q.K[b]).
+
+    Args:
+        q: [B, d] normalised queries (with gradient).
+        pair_keys: [B, 2, d] the keys of p (positive) and b (negative), constants.
+        has_pos: [B] bool; without a positive q.K[p] counts as 0 (as the reference code does).
+        has_neg: [B] bool; without a negative the query adds 0.
+    """
+    pos_sim, neg_sim = torch.einsum("bd,bpd->pb", q, pair_keys)
+    pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
+    per_query = torch.where(has_neg, F.relu(alpha - pos_sim + neg_sim), torch.zeros_like(pos_sim))
+    return per_query.mean()
 
 
 @dataclass
@@ -125,8 +147,8 @@ class Memory(nn.Module):
 
     @property
     def temperature(self) -> float:
-        """Softmax temperature max(1, ln(0.2 k) / alpha): about 40 for k = 256, alpha = 0.1."""
-        return max(1.0, math.log(0.2 * self.k) / self.alpha)
+        """Softmax temperature (``softmax_temperature``): about 40 for k = 256, alpha = 0.1."""
+        return softmax_temperature(self.k, self.alpha)
 
     @property
     def ages(self) -> torch.Tensor:
@@ -187,22 +209,6 @@ class Memory(nn.Module):
             out.written_slots = self.write(q.detach(), labels, n1_slots, out.correct)
         return out
 
-    def similarities(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Cosine similarities of queries to chosen slots, with gradient to the queries.
-
-        ``query(..., grad_similarities=True)`` does this for the neighbours it found, before it
-        updates the memory.
-
-        Args:
-            q: [B, key_dim] queries as given to ``query``.
-            slots: [B, c] int64 slot ids (e.g. ``MemoryOutput.slots``); -1 gives -inf.
-
-        Returns:
-            [B, c] similarities.
-        """
-        self._check_query(q)
-        return self._candidate_similarities(self._normalise(q), slots)
-
     def _candidate_similarities(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         valid = slots.clamp(min=0)
         sims = torch.einsum("bd,bcd->bc", q, self.keys[valid])
@@ -239,11 +245,7 @@ class Memory(nn.Module):
             best_neg = sims.masked_fill(~negative, float("-inf")).argmax(dim=1, keepdim=True)
             pair = torch.cat([slots.gather(1, best_pos), slots.gather(1, best_neg)], dim=1)
             pair_keys = self.keys[pair.clamp(min=0)]  # [B, 2, d], copied before any update
-        pos_sim, neg_sim = torch.einsum("bd,bpd->pb", q, pair_keys)
-        pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
-        per_query = torch.where(has_neg, F.relu(self.alpha - pos_sim + neg_sim),
-                                torch.zeros_like(pos_sim))
-        return per_query.mean()
+        return margin_from_pair(q, pair_keys, has_pos, has_neg, self.alpha)
 
     # ---------------------------------------------------------------------------------- update
     @torch.no_grad()
@@ -282,9 +284,13 @@ class Memory(nn.Module):
     def _refresh(self, slots: torch.Tensor, q: torch.Tensor) -> None:
         """keys[s] = normalise(keys[s] + sum of the q rows refreshing s). slots: [R], q: [R, d]."""
         if slots.numel():
-            unique, inverse = slots.unique(return_inverse=True)
-            summed = self.keys[unique].index_add(0, inverse, q)
-            self.keys[unique] = F.normalize(summed, dim=1)
+            unique, keys = self._refreshed_keys(slots, q)
+            self.keys[unique] = keys
+
+    def _refreshed_keys(self, slots: torch.Tensor, q: torch.Tensor):
+        """What ``_refresh`` would write, without writing it: distinct slots [U], keys [U, d]."""
+        unique, inverse = slots.unique(return_inverse=True)
+        return unique, F.normalize(self.keys[unique].index_add(0, inverse, q), dim=1)
 
     def _insert(self, slots: torch.Tensor, q: torch.Tensor, labels: torch.Tensor) -> None:
         """Overwrites distinct slots [I] with keys q [I, d] and values labels [I]."""
@@ -308,9 +314,18 @@ class Memory(nn.Module):
             scores: [count] int64, descending; slots: [count] int64, ties by lowest slot id.
         """
         score = self._insert_scores()
-        ids = torch.arange(self.num_slots, device=score.device)
-        slots = (score * self.num_slots + (self.num_slots - 1 - ids)).topk(count).indices
+        slots = self._oldest_exact(score, count)
         return score[slots], slots
+
+    def _oldest_exact(self, score: torch.Tensor, count: int,
+                      exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``count`` slots of highest score [N], ties to the lowest slot id, as one int64
+        key per slot; excluded slots [E] come last."""
+        ids = torch.arange(self.num_slots, device=score.device)
+        composite = score * self.num_slots + (self.num_slots - 1 - ids)
+        if exclude is not None and exclude.numel():
+            composite[exclude] = torch.iinfo(torch.int64).min
+        return composite.topk(count).indices
 
     def oldest_slots(self, count: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """The ``count`` slots to insert into, oldest first: empty slots, then by age + noise.
@@ -325,15 +340,10 @@ class Memory(nn.Module):
             [count] int64 distinct slot ids.
         """
         score = self._insert_scores()  # [N] int64
-        lowest = torch.iinfo(torch.int64).min
+        if self.age_noise == 0:
+            return self._oldest_exact(score, count, exclude)
         if exclude is not None and exclude.numel():
-            score[exclude] = lowest
-        if self.age_noise == 0:  # exact: (age, then lowest slot id) in one int64
-            ids = torch.arange(self.num_slots, device=score.device)
-            composite = score * self.num_slots + (self.num_slots - 1 - ids)
-            if exclude is not None and exclude.numel():
-                composite[exclude] = lowest
-            return composite.topk(count).indices
+            score[exclude] = torch.iinfo(torch.int64).min
         # Noise moves a score by at most age_noise, so only slots within 2 * age_noise of the
         # count-th oldest can be chosen: draw noise for those alone (same distribution as
         # drawing it for all N slots, at a fraction of the cost for large memories).
@@ -362,32 +372,10 @@ class Memory(nn.Module):
         self.search.reset()
 
     def _check_query(self, q: torch.Tensor) -> None:
-        if not isinstance(q, torch.Tensor):
-            raise InvalidQueryError(f"query must be a torch.Tensor, got {type(q).__name__}")
-        if q.dim() != 2 or q.shape[1] != self.key_dim or q.shape[0] == 0:
-            raise InvalidQueryError(
-                f"query must have shape [B, {self.key_dim}] with B >= 1, got {list(q.shape)}")
-        if q.dtype != self.keys.dtype:
-            raise InvalidQueryError(f"query dtype must be {self.keys.dtype}, got {q.dtype}")
-        if q.device != self.keys.device:
-            raise InvalidQueryError(f"query is on {q.device}, memory on {self.keys.device}")
-        if q.shape[0] > self.num_slots:
-            raise InvalidQueryError(
-                f"batch of {q.shape[0]} queries exceeds the memory's {self.num_slots} slots")
-        if not bool(torch.isfinite(q).all()):
-            raise InvalidQueryError("query holds NaN or Inf")
+        check_query(q, self.key_dim, self.num_slots, self.keys.dtype, self.keys.device)
 
     def _check_labels(self, labels: torch.Tensor, batch: int) -> None:
-        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
-            raise InvalidLabelError("labels must be a torch.int64 tensor")
-        if labels.shape != (batch,):
-            raise InvalidLabelError(f"labels must have shape [{batch}], got {list(labels.shape)}")
-        if labels.device != self.keys.device:
-            raise InvalidLabelError(f"labels are on {labels.device}, memory on {self.keys.device}")
-        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.num_values):
-            raise InvalidLabelError(
-                f"labels must lie in [0, {self.num_values}), got [{int(labels.min())}, "
-                f"{int(labels.max())}]")
+        check_labels(labels, batch, self.num_values, self.keys.device)
 
     # ------------------------------------------------------------------------- state (ages)
     def _save_to_state_dict(self, destination, prefix, keep_vars):

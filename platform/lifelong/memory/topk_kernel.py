@@ -66,7 +66,7 @@ def _cut_to_k(sims, slots, count, k, keys, scratch_sims, scratch_slots):
 
 @njit(nogil=True, cache=True)
 def _tile_maxima(block, values, group):
-    """[R // group, B] column-wise maxima of each ``group`` rows, empty slots left out."""
+    """[ceil(R / group), B] column-wise maxima of each ``group`` rows, empty slots left out."""
     rows, batch = block.shape
     tiles = -(-rows // group)
     maxima = np.full((tiles, batch), -np.inf, dtype=np.float32)
