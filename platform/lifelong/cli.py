@@ -71,6 +71,29 @@ def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate o
     return 0
 
 
+def evaluate_retention_main(argv: Sequence[str],
+                            prog: str = "lifelong evaluate retention") -> int:
+    """Life-long Omniglot: recall of a class seen once, D examples later, memory never reset."""
+    from lifelong.training.retention_job import RetentionJob, run_retention_job
+
+    parser = _job_parser(prog, "Retention curve of a trained encoder: a stream of evaluation "
+                         "characters fed to memories of several sizes, never reset; each probe "
+                         "class shown once and asked again D examples later. Prints a table, "
+                         "logs metrics and a plot to MLflow.",
+                         _default_config("evaluate_retention.yaml"))
+    parser.add_argument("--checkpoint", help="encoder checkpoint (.pt) written by training")
+    parser.add_argument("--run-id", help="MLflow run id whose encoder artifact to evaluate")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.checkpoint:
+        overrides.append(f"checkpoint={args.checkpoint}")
+    if args.run_id:
+        overrides.append(f"run_id={args.run_id}")
+    job = load_config(RetentionJob, args.config, overrides)
+    run_retention_job(job, progress=not args.no_progress)
+    return 0
+
+
 def demo_main(argv: Sequence[str], prog: str = "lifelong demo") -> int:
     """A quick train + 1000-episode evaluation, logged to MLflow (what `make demo` runs)."""
     from lifelong.tracking import ui_command
@@ -95,6 +118,7 @@ _USAGE = """usage: lifelong COMMAND [--config PATH] [key=value ...]
 commands:
   train omniglot      episodic training of the Omniglot one-shot encoder
   evaluate omniglot   N-way k-shot evaluation of a trained encoder (--checkpoint or --run-id)
+  evaluate retention  life-long recall of classes seen once, D examples earlier (never reset)
   demo                quick train + evaluation, logged to MLflow
   memory ...          named memories on a Ray cluster: create | list | status | snapshot | delete
 
@@ -102,7 +126,7 @@ Run `lifelong COMMAND --help` for a command's options."""
 
 
 _JOBS = {"train_omniglot": train_omniglot_main, "evaluate_omniglot": evaluate_omniglot_main,
-         "demo": demo_main}
+         "evaluate_retention": evaluate_retention_main, "demo": demo_main}
 
 
 def job_main(name: str, argv: Sequence[str], prog: str) -> int:
@@ -123,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return memory_main(argv[1:])
     if argv[:1] == ["demo"]:
         return job_main("demo", argv[1:], prog="lifelong demo")
-    if tuple(argv[:2]) in (("train", "omniglot"), ("evaluate", "omniglot")):
+    if tuple(argv[:2]) in (("train", "omniglot"), ("evaluate", "omniglot"),
+                           ("evaluate", "retention")):
         return job_main(f"{argv[0]}_{argv[1]}", argv[2:], prog=f"lifelong {argv[0]} {argv[1]}")
     asked = argv[:1] in (["-h"], ["--help"])
     print(_USAGE, file=sys.stdout if asked else sys.stderr)

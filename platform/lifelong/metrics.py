@@ -22,6 +22,8 @@ TRAIN_ELAPSED_S = "train.elapsed_s"
 # Logged once at the end of training.
 TRAIN_STEPS = "train.steps"
 TRAIN_WALL_S = "train.wall_s"
+# Logged when a Ray Train worker group resumed from a checkpoint (value: the step).
+TRAIN_RESUMED_AT = "train.resumed_at_step"
 
 # Statistics of a one-shot accuracy cell.
 ACC = "acc"
@@ -32,6 +34,22 @@ ACCURACY_TABLE_JSON = "accuracy_table.json"
 ACCURACY_TABLE_MD = "accuracy_table.md"
 ENCODER_ARTIFACT_DIR = "encoder"
 CONFIG_ARTIFACT = "config.yaml"
+
+
+# Life-long retention (training/retention.py): retention.<slots>slots.<D>delay.<stat>, stat acc
+# (N-way), ci95, open_acc (nearest slot of the whole memory), inserts (median between showing and
+# ask); plus the smallest memory within the tolerance of the episodic figure.
+OPEN_ACC = "open_acc"
+INSERTS = "inserts"
+RETENTION_SLOTS_NEEDED = "retention.slots_needed"
+RETENTION_PLOT = "retention.png"
+RETENTION_TABLE_MD = "retention_table.md"
+RETENTION_TABLE_JSON = "retention.json"
+
+
+def retention_metric(slots: int, delay: int, stat: str = ACC) -> str:
+    """e.g. ``"retention.65536slots.10000delay.acc"``."""
+    return f"retention.{slots}slots.{delay}delay.{stat}"
 
 
 def shot_metric(phase: str, way: int | None, shot: int, stat: str = ACC) -> str:

@@ -46,11 +46,14 @@ class Episode:
         x: [L, B, 1, H, W] float32 in [0, 1], ink high.
         y: [L, B] int64 labels, in [b*way, (b+1)*way) for episode b.
         shot: [L, B] int64 times this label was shown earlier in its episode (0: first sight).
+        classes: [L, B] int64 class index into the sampler's images (the label of a memory
+            shared across episodes and steps, as in life-long training).
     """
 
     x: torch.Tensor
     y: torch.Tensor
     shot: torch.Tensor
+    classes: torch.Tensor | None = None
 
 
 class EpisodeSampler:
@@ -123,4 +126,5 @@ class EpisodeSampler:
         idx = self.sample_indices(batch_size)
         pixels = self.images[idx.classes, idx.drawers]  # [L, B, H, W] uint8, a fresh copy
         x = torch.from_numpy(pixels).unsqueeze(2).to(torch.float32).div_(255.0)
-        return Episode(x=x, y=torch.from_numpy(idx.y), shot=torch.from_numpy(idx.shot))
+        return Episode(x=x, y=torch.from_numpy(idx.y), shot=torch.from_numpy(idx.shot),
+                       classes=torch.from_numpy(idx.classes))

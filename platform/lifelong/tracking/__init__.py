@@ -3,10 +3,11 @@
 from lifelong.tracking.runs import (
     DEFAULT_TRACKING_URI,
     TrackedRun,
+    absolute_tracking_uri,
     download_encoder,
     resolve_tracking_uri,
     ui_command,
 )
 
-__all__ = ["DEFAULT_TRACKING_URI", "TrackedRun", "download_encoder", "resolve_tracking_uri",
+__all__ = ["DEFAULT_TRACKING_URI", "TrackedRun", "absolute_tracking_uri", "download_encoder", "resolve_tracking_uri",
            "ui_command"]

@@ -28,6 +28,17 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def absolute_tracking_uri(uri: str | None = None) -> str:
+    """``resolve_tracking_uri`` with a relative SQLite or file store made absolute, so worker
+    processes started in other directories log into the same store."""
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    if "://" not in uri:
+        return os.path.abspath(uri)
+    return uri
+
+
 def ui_command(tracking_uri: str) -> str:
     """The shell command that opens the MLflow UI on this store."""
     return f"mlflow ui --backend-store-uri {tracking_uri}"

@@ -89,7 +89,10 @@ def _open_run(tracking: TrackingConfig, run_id: str | None = None, tags=None):
         return None
     from lifelong.tracking import TrackedRun
 
-    return TrackedRun(tracking.experiment, tracking.tracking_uri, run_name=tracking.run_name,
+    from lifelong.tracking import absolute_tracking_uri
+
+    return TrackedRun(tracking.experiment, absolute_tracking_uri(tracking.tracking_uri),
+                      run_name=tracking.run_name,
                       artifact_location=tracking.artifact_location, tags=tags, run_id=run_id)
 
 
@@ -110,7 +113,13 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
             run.log_params(config_to_dict(job))
             run.log_text(yaml.safe_dump(config_to_dict(job), sort_keys=False), "config.yaml")
             print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
-        result = train_omniglot(job, logger=run, progress=progress)
+        if job.ray.enabled:
+            from lifelong.training.ray_train import train_on_ray
+
+            result = train_on_ray(job, run.run_id if run else None,
+                                  run.tracking_uri if run else None, progress=progress)
+        else:
+            result = train_omniglot(job, logger=run, progress=progress)
         print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
               f"({result.images_per_s:.0f} images/s); encoder: {result.checkpoint}", flush=True)
         if run is not None:

@@ -34,6 +34,8 @@ from lifelong.errors import ConfigError
 from lifelong.memory import Memory
 from lifelong.models import ENCODER_NAMES, build_encoder
 from lifelong.training.checkpoint import save_encoder
+from lifelong.training.cluster_config import RayTrainConfig, SharedMemoryConfig
+from lifelong.training.context import TrainContext
 from lifelong.training.evaluate import (
     EvalSettings,
     MemoryConfig,
@@ -64,7 +66,11 @@ class TrainConfig:
     """The training loop.
 
     Attributes:
-        episodes_per_batch: B episodes per step, sharing one memory with disjoint labels.
+        mode: "episodic" (the paper's protocol: a memory cleared before every episode batch,
+            each rank its own) or "lifelong" (one memory, never cleared, labels are class ids;
+            under Ray Train the named shared memory every worker writes into).
+        episodes_per_batch: B episodes per step, over all workers (each samples
+            B / num_workers); in episodic mode they share one memory with disjoint labels.
         way: N classes per training episode.
         presentations: Times each class is shown per episode (L = way * presentations).
         steps: Upper bound on optimizer steps (episode batches).
@@ -83,6 +89,7 @@ class TrainConfig:
         seed: Seeds torch, the episode sampler and the validation split.
     """
 
+    mode: str = "episodic"
     episodes_per_batch: int = 16
     way: int = 5
     presentations: int = 10
@@ -103,6 +110,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.mode not in ("episodic", "lifelong"):
+            raise ConfigError(f"train.mode must be 'episodic' or 'lifelong', got {self.mode!r}")
         for name in ("episodes_per_batch", "way", "presentations", "steps", "val_episodes",
                      "log_every"):
             check_int(f"train.{name}", getattr(self, name))
@@ -154,6 +163,8 @@ class OmniglotTrainJob:
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(episodes=0))
+    ray: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(enabled=False))
+    shared_memory: SharedMemoryConfig = field(default_factory=SharedMemoryConfig)
     output_dir: str = "runs/omniglot"
 
 
@@ -209,9 +220,20 @@ def train_step(encoder: torch.nn.Module, memory: Memory, x: torch.Tensor,
     Returns:
         (loss: scalar, summed over steps; correct: [L, B] bool predictions before each update)
     """
+    memory.clear()
+    return lifelong_step(encoder, memory, x, y)
+
+
+def lifelong_step(encoder: torch.nn.Module, memory: Any, x: torch.Tensor,
+                  y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As ``train_step`` without clearing: the memory (local or shared) keeps what it holds.
+
+    Args:
+        memory: Anything with ``query(q, labels)`` (``Memory`` or ``ShardedMemory``).
+        y: [L, B] labels: class ids, the same for a class in every episode and step.
+    """
     length, batch = y.shape
     emb = encoder(x.reshape(length * batch, *x.shape[2:])).reshape(length, batch, -1)
-    memory.clear()
     losses = []
     correct = torch.empty(length, batch, dtype=torch.bool)
     with torch_threads(1):
@@ -229,22 +251,38 @@ def _lr_factor(cfg: TrainConfig, progress: float) -> float:
     return cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * cosine
 
 
+def _build_memory(job: OmniglotTrainJob, ctx: TrainContext, batch: int, num_classes: int):
+    cfg = job.train
+    if cfg.mode == "episodic":  # B episodes with disjoint labels: no eviction within a batch
+        return job.memory.build(key_dim=job.model.key_dim,
+                                num_slots=cfg.way * cfg.presentations * batch,
+                                num_values=cfg.way * batch, seed=cfg.seed + ctx.rank)
+    if ctx.shared_memory is not None:
+        return ctx.shared_memory
+    return job.memory.build(key_dim=job.model.key_dim, num_slots=job.shared_memory.num_slots,
+                            num_values=num_classes, seed=cfg.seed)
+
+
 def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
-                   background: OmniglotSplit | None = None,
-                   progress: bool = True) -> TrainResult:
+                   background: OmniglotSplit | None = None, progress: bool = True,
+                   ctx: TrainContext | None = None) -> TrainResult:
     """Trains an encoder with the memory loss on Omniglot background episodes.
 
     Args:
-        job: The configuration.
+        job: The configuration; ``job.train.mode`` "episodic" clears a local memory per episode
+            batch, "lifelong" trains against one memory that is never cleared (labels are
+            class ids).
         logger: Receives metrics by step (e.g. an MLflow run); None logs nothing.
         background: The background split (loaded from job.data when None; tests pass
             synthetic ones).
         progress: Show a tqdm bar with the loss and running 1-shot accuracy.
+        ctx: How this rank is wired (DDP, shared memory, checkpoints, resume); None: alone.
 
     Returns:
         Where the final checkpoint is and how the run went.
     """
     cfg = job.train
+    ctx = ctx or TrainContext()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -252,42 +290,63 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
         background = load_omniglot("background", root=job.data.root,
                                    cache_dir=job.data.cache_dir, progress=progress)
     train_images, val_images = split_validation(background, cfg.validation_characters, cfg.seed)
-    sampler = EpisodeSampler(train_images, cfg.way, cfg.presentations, cfg.seed)
+    if cfg.episodes_per_batch % ctx.world_size:
+        raise ConfigError(f"train.episodes_per_batch ({cfg.episodes_per_batch}) must be a "
+                          f"multiple of the {ctx.world_size} workers")
+    batch = cfg.episodes_per_batch // ctx.world_size
     encoder = build_encoder(job.model.encoder, job.model.key_dim, job.model.dropout)
-    length, batch = cfg.way * cfg.presentations, cfg.episodes_per_batch
-    memory = job.memory.build(key_dim=job.model.key_dim, num_slots=length * batch,
-                              num_values=cfg.way * batch, seed=cfg.seed)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    out_dir = Path(job.output_dir)
-    checkpoint = out_dir / "encoder.pt"
+    resume = ctx.resume or {}
+    if resume:
+        encoder.load_state_dict(resume["encoder"])
+    model = ctx.prepare_model(encoder)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+    step, elapsed_before = resume.get("step", 0), resume.get("elapsed_s", 0.0)
+    # Each rank its own episodes; a resumed run draws new ones (seeded by the step it resumes at).
+    sampler = EpisodeSampler(train_images, cfg.way, cfg.presentations,
+                             cfg.seed + 1_000_003 * ctx.rank + step)
+    memory = _build_memory(job, ctx, batch, train_images.shape[0])
+    length = cfg.way * cfg.presentations
+    images_per_step = length * cfg.episodes_per_batch
+    checkpoint = Path(job.output_dir) / "encoder.pt"
     meta = {"config": config_to_dict(job)}
 
-    def save(step: int) -> Path:
-        return save_encoder(checkpoint, encoder, encoder_name=job.model.encoder,
-                            key_dim=job.model.key_dim, dropout=job.model.dropout,
-                            extra={**meta, "step": step})
+    def save(step: int, stats: dict[str, float]) -> None:
+        if ctx.save is not None:
+            ctx.save(step, {"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                            "step": step, "elapsed_s": elapsed_before + time.perf_counter() - start,
+                            "meta": meta}, stats)
+        elif ctx.rank == 0:
+            save_encoder(checkpoint, encoder, encoder_name=job.model.encoder,
+                         key_dim=job.model.key_dim, dropout=job.model.dropout,
+                         extra={**meta, "step": step})
 
     max_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
     start = time.perf_counter()
     ema: dict[str, float] = {}
     last: dict[str, float] = {}
-    step = 0
-    encoder.train()
+    model.train()
     # Into a log file (a background or Ray job) the bar is redrawn every 30 s, not 10 times a second.
-    bar = tqdm(total=cfg.steps, desc="train", unit="batch", disable=not progress,
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="batch",
+               disable=not progress or ctx.rank != 0,
                mininterval=0.1 if sys.stderr.isatty() else 30.0)
     try:
-        while step < cfg.steps and time.perf_counter() - start < max_s:
-            elapsed = time.perf_counter() - start
+        while step < cfg.steps:
+            elapsed = elapsed_before + time.perf_counter() - start
+            if ctx.any_rank(elapsed >= max_s):
+                break
             lr = cfg.lr * _lr_factor(cfg, max(step / cfg.steps, elapsed / max_s))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ep = sampler.sample(batch)
-            loss, correct = train_step(encoder, memory, ep.x, ep.y)
+            if cfg.mode == "episodic":
+                loss, correct = train_step(model, memory, ep.x, ep.y)
+            else:
+                loss, correct = lifelong_step(model, memory, ep.x, ep.classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(encoder.parameters(),
-                                                             cfg.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             optimizer.step()
             step += 1
             stats = {metrics.TRAIN_LOSS: float(loss.detach()) / length}
@@ -304,24 +363,26 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter() - start
                 last = {**ema, metrics.TRAIN_LR: lr, metrics.TRAIN_GRAD_NORM: grad_norm,
-                        metrics.TRAIN_ELAPSED_S: now,
-                        metrics.TRAIN_IMAGES_PER_S: step * length * batch / now}
+                        metrics.TRAIN_ELAPSED_S: elapsed_before + now,
+                        metrics.TRAIN_IMAGES_PER_S: (step - resume.get("step", 0))
+                        * images_per_step / now}
                 if logger is not None:
                     logger.log_metrics(last, step)
-            if cfg.val_every and len(val_images) and step % cfg.val_every == 0:
+            if cfg.val_every and len(val_images) and step % cfg.val_every == 0 and ctx.rank == 0:
                 val = validate(encoder, val_images, cfg, job.memory)
                 last.update(val)
                 bar.write(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
                 if logger is not None:
                     logger.log_metrics(val, step)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save(step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                save(step, last)
     finally:
         bar.close()
     wall = time.perf_counter() - start
-    save(step)
+    save(step, last)
+    done = step - resume.get("step", 0)
     return TrainResult(checkpoint=checkpoint, steps=step, wall_s=wall,
-                       images_per_s=step * length * batch / max(wall, 1e-9), last_metrics=last)
+                       images_per_s=done * images_per_step / max(wall, 1e-9), last_metrics=last)
 
 
 def validate(encoder: torch.nn.Module, images: np.ndarray, cfg: TrainConfig,

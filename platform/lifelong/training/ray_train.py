@@ -1,0 +1,220 @@
+"""Omniglot training on Ray Train: N ``TorchTrainer`` workers (DDP), each with a handle to the
+named shared memory (life-long mode) or its own episodic memory; rank 0 alone logs to MLflow;
+checkpoints go through Ray Train, and a restarted worker group (``FailureConfig``) or a run
+started again under the same name resumes from the last one.
+
+The driver (``train_on_ray``) joins or starts Ray, creates or attaches the shared memory, runs
+the trainer and returns the final checkpoint's encoder; ``jobs.run_train_job`` evaluates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from lifelong import metrics
+from lifelong.config import config_from_dict
+from lifelong.errors import ConfigError, MemoryNotFoundError
+from lifelong.training.checkpoint import save_encoder
+from lifelong.training.context import TrainContext
+from lifelong.training.omniglot import OmniglotTrainJob, TrainResult, train_omniglot
+
+STATE_FILE = "state.pt"
+ENCODER_FILE = "encoder.pt"
+# Fault injection for tests: the rank given exits at the step given, once (the marker file
+# records that it did), so the worker group restarts and must resume from its checkpoint.
+FAULT_STEP_ENV = "LIFELONG_FAULT_EXIT_AT_STEP"
+FAULT_MARKER_ENV = "LIFELONG_FAULT_MARKER"
+# Life-long labels are class ids of the background split (964 characters x 4 rotations).
+BACKGROUND_CLASSES = 964 * 4
+
+
+def shared_memory_spec(job: OmniglotTrainJob):
+    """The MemorySpec of the job's shared memory."""
+    from lifelong.distributed import MemorySpec
+    from lifelong.distributed.registry import default_storage
+
+    sm = job.shared_memory
+    return MemorySpec(name=sm.name, key_dim=job.model.key_dim, num_slots=sm.num_slots,
+                      num_values=BACKGROUND_CLASSES, storage=sm.storage or default_storage(),
+                      shards=sm.shards, choose_k=job.memory.choose_k, alpha=job.memory.alpha,
+                      age_noise=job.memory.age_noise, snapshot_every=sm.snapshot_every,
+                      num_cpus=sm.num_cpus, seed=job.train.seed)
+
+
+def prepare_shared_memory(job: OmniglotTrainJob) -> str:
+    """Creates the job's shared memory, or checks that the existing one fits; returns its
+    storage location."""
+    from lifelong.distributed import create_memory, delete_memory, read_spec
+
+    spec = shared_memory_spec(job)
+    try:
+        existing = read_spec(spec.name, spec.storage)
+    except MemoryNotFoundError:
+        existing = None
+    if existing is not None and job.shared_memory.recreate:
+        delete_memory(spec.name, spec.storage)
+        existing = None
+    if existing is None:
+        create_memory(spec)
+    elif (existing.key_dim, existing.num_values) != (spec.key_dim, spec.num_values):
+        raise ConfigError(f"memory {spec.name!r} holds keys of size {existing.key_dim} and "
+                          f"{existing.num_values} values; this job needs {spec.key_dim} and "
+                          f"{spec.num_values} (shared_memory.recreate=true starts afresh)")
+    return spec.storage
+
+
+def _fault_injection(rank: int, step: int) -> None:
+    at, marker = os.environ.get(FAULT_STEP_ENV), os.environ.get(FAULT_MARKER_ENV)
+    if at and marker and rank == 0 and step == int(at) and not os.path.exists(marker):
+        ray.train.get_all_reported_checkpoints(timeout_s=60)  # dies after the acknowledgement
+        Path(marker).write_text(f"rank {rank} exited at step {step}\n")
+        os._exit(1)
+
+
+def _any_rank(flag: bool) -> bool:
+    if not torch.distributed.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _report(job: OmniglotTrainJob, rank: int):
+    """The checkpoint hook: rank 0 writes state.pt + encoder.pt, every rank reports."""
+    from ray.train import Checkpoint
+
+    def save(step: int, state: dict[str, Any], stats: dict[str, float]) -> None:
+        reported = {"step": step, **{k.replace(".", "/"): v for k, v in stats.items()}}
+        if rank != 0:
+            ray.train.report(reported, checkpoint=None)
+            _fault_injection(rank, step)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, Path(tmp) / STATE_FILE)
+            save_encoder(Path(tmp) / ENCODER_FILE, _unwrapped_encoder(state, job),
+                         encoder_name=job.model.encoder, key_dim=job.model.key_dim,
+                         dropout=job.model.dropout, extra={**state["meta"], "step": step})
+            ray.train.report(reported, checkpoint=Checkpoint.from_directory(tmp))
+        _fault_injection(rank, step)
+
+    return save
+
+
+def _unwrapped_encoder(state: dict[str, Any], job: OmniglotTrainJob) -> torch.nn.Module:
+    from lifelong.models import build_encoder
+
+    encoder = build_encoder(job.model.encoder, job.model.key_dim, job.model.dropout)
+    encoder.load_state_dict(state["encoder"])
+    return encoder
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs (config: the job as a dict, the MLflow run, storage)."""
+    job = config_from_dict(OmniglotTrainJob, config["job"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu",
+                                weights_only=False)
+    memory = None
+    if job.train.mode == "lifelong":
+        from lifelong.distributed import attach
+
+        memory = attach(job.shared_memory.name, config["memory_storage"])
+    logger = None
+    if rank == 0 and config.get("run_id"):
+        from lifelong.tracking import TrackedRun
+
+        logger = TrackedRun("", config["tracking_uri"], run_id=config["run_id"])
+        if resume is not None:
+            logger.log_metrics({metrics.TRAIN_RESUMED_AT: resume["step"]}, resume["step"])
+
+    def prepare(model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model) if world > 1 else model
+
+    train_omniglot(job, logger=logger, progress=config.get("progress", True),
+                   ctx=TrainContext(rank=rank, world_size=world, prepare_model=prepare,
+                                    shared_memory=memory, resume=resume,
+                                    save=_report(job, rank), any_rank=_any_rank))
+
+
+def _ensure_ray(job: OmniglotTrainJob) -> None:
+    if ray.is_initialized():
+        return
+    address = job.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace="lifelong", log_to_driver=True)
+        return
+    # Embedded local Ray: enough logical CPUs for the workers and the shard actors, which
+    # mostly wait on each other, even where the machine has fewer cores.
+    needed = job.ray.num_workers * job.ray.cpus_per_worker + 1
+    if job.train.mode == "lifelong":
+        needed += job.shared_memory.shards * job.shared_memory.num_cpus
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), namespace="lifelong")
+
+
+def train_on_ray(job: OmniglotTrainJob, run_id: str | None, tracking_uri: str | None,
+                 progress: bool = True) -> TrainResult:
+    """Runs the job's training on Ray Train and copies the final encoder to output_dir.
+
+    Args:
+        job: The configuration (``job.ray`` says where and how many workers).
+        run_id, tracking_uri: The MLflow run rank 0 logs into (None: no logging).
+        progress: Progress bar on rank 0.
+
+    Returns:
+        The final checkpoint's encoder (``<output_dir>/encoder.pt``) and how the run went.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    _ensure_ray(job)
+    storage = None
+    if job.train.mode == "lifelong":
+        storage = prepare_shared_memory(job)
+    output = Path(job.output_dir).resolve()
+    storage_path = job.ray.storage_path or str(output / "ray_train")
+    name = job.ray.run_name or f"omniglot-{job.train.mode}"
+    fault_env = {k: os.environ[k] for k in (FAULT_STEP_ENV, FAULT_MARKER_ENV) if k in os.environ}
+    resources = {"CPU": job.ray.cpus_per_worker}
+    if job.ray.trainer_resource:
+        resources["trainer"] = job.ray.trainer_resource
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": dataclasses.asdict(job), "run_id": run_id,
+                           "tracking_uri": tracking_uri, "memory_storage": storage,
+                           "progress": progress},
+        scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=storage_path,
+                             worker_runtime_env={"env_vars": fault_env} if fault_env else None,
+                             failure_config=FailureConfig(max_failures=job.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=job.ray.checkpoints_to_keep)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ConfigError("the training run reported no checkpoint")
+    target = output / ENCODER_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+        target.write_bytes((Path(folder) / ENCODER_FILE).read_bytes())
+    reported = result.metrics or {}
+    wall = float(state["elapsed_s"])
+    steps = int(state["step"])
+    images = steps * job.train.way * job.train.presentations * job.train.episodes_per_batch
+    return TrainResult(checkpoint=target, steps=steps, wall_s=wall,
+                       images_per_s=images / max(wall, 1e-9),
+                       last_metrics={k.replace("/", "."): v for k, v in reported.items()
+                                     if isinstance(v, (int, float))})

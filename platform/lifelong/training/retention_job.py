@@ -1,0 +1,191 @@
+"""The retention job behind ``jobs/evaluate_retention.py`` / ``lifelong evaluate retention``:
+the retention curve of a trained encoder, its episodic N-way 1-shot figure beside it, a table,
+a plot and MLflow metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lifelong import metrics
+from lifelong.config import check_int, config_to_dict
+from lifelong.data import load_omniglot
+from lifelong.errors import ConfigError
+from lifelong.training.checkpoint import load_encoder
+from lifelong.training.evaluate import MemoryConfig, ShotAccuracy, evaluate_encoder
+from lifelong.training.omniglot import DataConfig, TrackingConfig
+from lifelong.training.retention import RetentionResult, RetentionSettings, evaluate_retention
+
+
+@dataclass(frozen=True)
+class RetentionJob:
+    """jobs/configs/evaluate_retention.yaml.
+
+    Exactly one of ``checkpoint`` and ``run_id`` names the encoder; with ``run_id`` the
+    results join that run. ``episodic_episodes`` N-way episodes (memory cleared per episode)
+    give the reference figure.
+    """
+
+    checkpoint: str | None = None
+    run_id: str | None = None
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    episodic_episodes: int = 1000
+    within_points: float = 5.0
+    data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(
+        default_factory=lambda: TrackingConfig(experiment="omniglot-retention"))
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.run_id is None):
+            raise ConfigError("give exactly one of checkpoint=PATH and run_id=ID")
+        check_int("episodic_episodes", self.episodic_episodes)
+        check_int("threads", self.threads, minimum=0)
+        if not self.within_points > 0:
+            raise ConfigError("within_points must be > 0")
+
+
+@dataclass
+class RetentionReport:
+    result: RetentionResult
+    episodic: ShotAccuracy
+    table: str
+    slots_needed: int | None
+    run_id: str | None
+    tracking_uri: str | None
+    plot: Path | None
+
+
+def retention_table(result: RetentionResult, episodic: ShotAccuracy) -> str:
+    """Markdown: one row per memory size, one column per delay; N-way acc ± CI (open set)."""
+    s = result.settings
+    head = "| slots | " + " | ".join(f"D = {d}" for d in s.delays) + " |"
+    rows = [head, "| --- " * (len(s.delays) + 1) + "|"]
+    for slots in s.memory_sizes:
+        cells = [f"{100 * result.acc(slots, d):.1f} ± {100 * result.ci95(slots, d):.1f} "
+                 f"({100 * result.open_acc(slots, d):.1f})" for d in s.delays]
+        rows.append(f"| {slots} | " + " | ".join(cells) + " |")
+    rows.append(f"| episodic | {100 * episodic.mean(1):.1f} ± {100 * episodic.ci95(1):.1f} "
+                f"({episodic.way}-way 1-shot, {episodic.episodes} episodes, memory cleared "
+                f"per episode) |" + " |" * (len(s.delays) - 1))
+    inserts = " / ".join(f"{slots}: {result.inserts_between[slots, max(s.delays)]:.0f}"
+                         for slots in s.memory_sizes)
+    return "\n".join(rows) + (f"\n\n{s.way}-way accuracy (%) of the ask D examples after a "
+                              f"single showing, ± 95% CI over {s.groups * s.way} asks; in "
+                              f"brackets the open-set accuracy (nearest slot of the whole "
+                              f"memory). Median inserts between showing and ask at "
+                              f"D = {max(s.delays)}: {inserts}.")
+
+
+def slots_needed(result: RetentionResult, episodic: ShotAccuracy, points: float) -> int | None:
+    """Smallest memory size whose accuracy at the longest delay is within ``points`` of the
+    episodic 1-shot figure (None: no size evaluated is)."""
+    d = max(result.settings.delays)
+    ok = [slots for slots in sorted(result.settings.memory_sizes)
+          if 100 * result.acc(slots, d) >= 100 * episodic.mean(1) - points]
+    return ok[0] if ok else None
+
+
+def plot_retention(result: RetentionResult, episodic: ShotAccuracy, path: Path) -> Path:
+    """Accuracy against delay (log scale), one line per memory size, the episodic figure dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result.settings
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for slots in s.memory_sizes:
+        acc = [100 * result.acc(slots, d) for d in s.delays]
+        ci = [100 * result.ci95(slots, d) for d in s.delays]
+        ax.errorbar(s.delays, acc, yerr=ci, marker="o", capsize=3, label=f"{slots:,} slots")
+    ep = 100 * episodic.mean(1)
+    ax.axhline(ep, color="grey", linestyle="--",
+               label=f"episodic {episodic.way}-way 1-shot ({ep:.1f}%)")
+    ax.axhline(100 / s.way, color="lightgrey", linestyle=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 102)
+    ax.set_xlabel("delay D (examples of other classes between showing and ask)")
+    ax.set_ylabel(f"{s.way}-way accuracy of the ask (%)")
+    ax.set_title("Life-long Omniglot: recall of a class seen once, memory never reset")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def retention_metrics(result: RetentionResult) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for slots in result.settings.memory_sizes:
+        for d in result.settings.delays:
+            out[metrics.retention_metric(slots, d)] = result.acc(slots, d)
+            out[metrics.retention_metric(slots, d, metrics.CI95)] = result.ci95(slots, d)
+            out[metrics.retention_metric(slots, d, metrics.OPEN_ACC)] = result.open_acc(slots, d)
+            out[metrics.retention_metric(slots, d, metrics.INSERTS)] = \
+                result.inserts_between[slots, d]
+    return out
+
+
+def run_retention_job(job: RetentionJob, progress: bool = True,
+                      out=sys.stdout) -> RetentionReport:
+    """Evaluates retention and the episodic reference; prints and logs the table and plot."""
+    start = time.perf_counter()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    if job.run_id is not None:
+        from lifelong.tracking import download_encoder
+
+        checkpoint = download_encoder(job.run_id, job.tracking.tracking_uri)
+    else:
+        checkpoint = Path(job.checkpoint)
+    encoder, meta = load_encoder(checkpoint)
+    images = load_omniglot("evaluation", root=job.data.root, cache_dir=job.data.cache_dir,
+                           progress=progress).images
+    s = job.retention
+    episodic = evaluate_encoder(encoder, images, way=s.way, presentations=2,
+                                episodes=job.episodic_episodes, seed=s.seed + 1,
+                                memory=job.memory, progress=progress,
+                                desc=f"episodic {s.way}-way")
+    result = evaluate_retention(encoder, images, s, job.memory, progress=progress)
+    table = retention_table(result, episodic)
+    needed = slots_needed(result, episodic, job.within_points)
+    print(f"\nRetention of {s.way}-way 1-shot recall over a stream of {result.stream_length} "
+          f"examples (encoder {meta['encoder']} from {checkpoint}):\n\n{table}\n", file=out)
+    print(f"Smallest memory within {job.within_points:g} points of the episodic figure at "
+          f"D = {max(s.delays)}: "
+          f"{needed if needed is not None else 'none of ' + str(list(s.memory_sizes))} slots "
+          f"({time.perf_counter() - start:.0f} s)", file=out, flush=True)
+    report = RetentionReport(result, episodic, table, needed, None, None, None)
+    if job.tracking.enabled:
+        from lifelong.tracking import TrackedRun
+
+        run = TrackedRun(job.tracking.experiment, job.tracking.tracking_uri,
+                         run_name=job.tracking.run_name, run_id=job.run_id,
+                         artifact_location=job.tracking.artifact_location,
+                         tags={"job": "evaluate_retention"})
+        with run:
+            if job.run_id is None:
+                run.log_params({**config_to_dict(job), "encoder": meta["encoder"]})
+            values = retention_metrics(result)
+            values[metrics.shot_metric(metrics.EVAL, s.way, 1)] = episodic.mean(1)
+            values[metrics.RETENTION_SLOTS_NEEDED] = float(needed or 0)
+            run.log_metrics(values)
+            run.log_text(table + "\n", metrics.RETENTION_TABLE_MD)
+            run.log_text(json.dumps({k: v for k, v in values.items()}, indent=2),
+                         metrics.RETENTION_TABLE_JSON)
+            with tempfile.TemporaryDirectory() as tmp:
+                plot = plot_retention(result, episodic, Path(tmp) / metrics.RETENTION_PLOT)
+                run.log_artifact(plot)
+        report.run_id, report.tracking_uri = run.run_id, run.tracking_uri
+        print(f"MLflow run {run.run_id} ({run.tracking_uri}): metrics retention.*, artifacts "
+              f"{metrics.RETENTION_PLOT}, {metrics.RETENTION_TABLE_MD}", file=out, flush=True)
+    return report
