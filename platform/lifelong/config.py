@@ -90,36 +90,73 @@ def _as_float(name: str, value: Any) -> Any:
     return value
 
 
-def _build(cls: type[T], data: Mapping[str, Any]) -> T:
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> tuple[T | None, list[str]]:
+    """Builds ``cls`` from ``data``; returns (the object or None, every problem found).
+
+    Nested sections are built first and all their problems kept. When the whole fails, each
+    given field is tried alone against the defaults, so every wrong value is named, not only
+    the first one ``__post_init__`` meets.
+    """
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    problems: list[str] = []
     for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
         value = data[f.name]
         if dataclasses.is_dataclass(hints[f.name]):
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{f.name} must be a mapping, got {value!r}")
-            value = _build(hints[f.name], value)
+                problems.append(f"{prefix}{f.name} must be a mapping, got {value!r}")
+                continue
+            value, nested = _build(hints[f.name], value, f"{prefix}{f.name}.")
+            problems += nested
+            if value is None:
+                continue
         elif _accepts_float(hints[f.name]) and not isinstance(value, bool):
-            value = _as_float(f.name, value)
+            try:
+                value = _as_float(prefix + f.name, value)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
         elif typing.get_origin(hints[f.name]) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
+    whole = _construct(cls, kwargs)
+    if isinstance(whole, str):
+        if not isinstance(_construct(cls, {}), str):
+            for name, value in kwargs.items():  # the defaults are valid: blame field by field
+                alone = _construct(cls, {name: value})
+                if isinstance(alone, str) and alone not in problems:
+                    problems.append(alone)
+        if whole not in problems:
+            problems.append(whole)
+        return None, problems
+    return (whole if not problems else None), problems
+
+
+def _construct(cls: type[T], kwargs: Mapping[str, Any]) -> T | str:
+    """cls(**kwargs), or the message of the ConfigError it raised."""
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        return str(exc)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+        return f"{cls.__name__}: {exc}"
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
-    """Builds the dataclass ``cls`` from a nested mapping; unknown keys are all reported."""
-    unknown = _unknown_keys(cls, data)
-    if unknown:
-        raise ConfigError(f"unknown config keys for {cls.__name__}: {', '.join(sorted(unknown))}")
-    return _build(cls, data)
+    """Builds the dataclass ``cls`` from a nested mapping.
+
+    Raises:
+        ConfigError: naming every unknown key and every invalid value at once.
+    """
+    problems = [f"unknown key {key}" for key in sorted(_unknown_keys(cls, data))]
+    built, invalid = _build(cls, data)
+    problems += invalid
+    if problems:
+        raise ConfigError(f"bad config for {cls.__name__} ({len(problems)} problem"
+                          f"{'s' if len(problems) > 1 else ''}): " + "; ".join(problems))
+    return built
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:

@@ -22,7 +22,7 @@ def test_config_errors_print_one_line(capsys, tmp_path):
     assert cli.main(["train", "omniglot", "--config", str(tmp_path / "none.yaml")]) == 2
     assert cli.main(["evaluate", "omniglot", "train.lrr=1", "checkpoint=x.pt"]) == 2
     err = capsys.readouterr().err
-    assert "does not exist" in err and "unknown config keys" in err and "train" in err
+    assert "does not exist" in err and "unknown key train" in err
 
 
 def test_shipped_configs_load():

@@ -53,3 +53,26 @@ def test_invalid_values_and_files_raise_config_errors(tmp_path):
         load_config(Outer, bad)
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["no-equals-sign"])
+
+
+def test_every_wrong_key_of_a_training_job_is_named_before_any_work():
+    from lifelong.training.omniglot import OmniglotTrainJob
+
+    with pytest.raises(ConfigError) as info:
+        load_config(OmniglotTrainJob, None, [
+            "train.stpes=10", "train.lr=-1", "train.way=0", "model.encoder=resnet",
+            "ray.num_workers=0", "shared_memory.shards=zero", "retention.delays=[0]"])
+    message = str(info.value)
+    for wrong in ("train.stpes", "train.lr", "train.way", "model.encoder", "ray.num_workers",
+                  "shared_memory.shards", "retention.delays"):
+        assert wrong in message, (wrong, message)
+    assert "7 problems" in message
+
+
+def test_the_shipped_training_configs_load():
+    from lifelong.cli import CONFIG_DIR
+    from lifelong.training.omniglot import OmniglotTrainJob
+
+    for name in ("train_omniglot.yaml", "demo.yaml", "bench_train_workers.yaml"):
+        job = load_config(OmniglotTrainJob, CONFIG_DIR / name)
+        assert job.ray.enabled

@@ -122,7 +122,8 @@ class MemoryShard:
         """The local answer to B normalised queries q [B, d] (labels [B] or None)."""
         self._check(q, labels)
         mem = self.memory
-        qt = torch.from_numpy(q).to(self.device)
+        # Arrays from Ray's object store are read-only; torch wants a writable buffer.
+        qt = torch.from_numpy(q if q.flags.writeable else q.copy()).to(self.device)
         with torch.no_grad():
             sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, self.size))
             empty = torch.isinf(sims)

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -70,6 +71,7 @@ class JobResult:
     tracking_uri: str | None
     train: TrainResult | None = None
     wall_s: float = 0.0
+    retention: Any = None  # a retention_job.RetentionReport when the job ran one
 
 
 def evaluate(encoder: torch.nn.Module, settings: EvalSettings, memory: MemoryConfig,
@@ -136,6 +138,9 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
             _print_table(table, results)
             if run is not None:
                 run.log_accuracy_table(results, table)
+        retention = None
+        if job.retention.enabled:
+            retention = _retention_after_training(job, result, run, progress)
     except BaseException:
         if run is not None:
             run.end("FAILED")
@@ -144,7 +149,22 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
         run.end("FINISHED")
     return JobResult(results, table, run.run_id if run else None,
                      run.tracking_uri if run else None, train=result,
-                     wall_s=time.perf_counter() - start)
+                     wall_s=time.perf_counter() - start, retention=retention)
+
+
+def _retention_after_training(job: OmniglotTrainJob, result: TrainResult, run, progress: bool):
+    from lifelong.training.retention_job import log_retention, measure_retention, print_retention
+
+    encoder, _ = load_encoder(result.checkpoint)
+    images = load_omniglot("evaluation", root=job.data.root, cache_dir=job.data.cache_dir,
+                           progress=progress).images
+    report = measure_retention(encoder, images, job.retention, job.memory,
+                               job.evaluation.episodes or 1000, within_points=5.0,
+                               progress=progress)
+    print_retention(report, within_points=5.0)
+    if run is not None:
+        log_retention(run, report)
+    return report
 
 
 def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResult:

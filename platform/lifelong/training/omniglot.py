@@ -36,6 +36,7 @@ from lifelong.models import ENCODER_NAMES, build_encoder
 from lifelong.training.checkpoint import save_encoder
 from lifelong.training.cluster_config import RayTrainConfig, SharedMemoryConfig
 from lifelong.training.context import TrainContext
+from lifelong.training.retention import RetentionSettings
 from lifelong.training.evaluate import (
     EvalSettings,
     MemoryConfig,
@@ -163,6 +164,8 @@ class OmniglotTrainJob:
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluation: EvalSettings = field(default_factory=lambda: EvalSettings(episodes=0))
+    retention: RetentionSettings = field(
+        default_factory=lambda: RetentionSettings(enabled=False))
     ray: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(enabled=False))
     shared_memory: SharedMemoryConfig = field(default_factory=SharedMemoryConfig)
     output_dir: str = "runs/omniglot"

@@ -148,7 +148,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     save=_report(job, rank), any_rank=_any_rank))
 
 
-def _ensure_ray(job: OmniglotTrainJob) -> None:
+def ensure_ray(job: OmniglotTrainJob) -> None:
+    """Joins the job's cluster, or starts an embedded local Ray sized for the job."""
     if ray.is_initialized():
         return
     address = job.ray.address or os.environ.get("RAY_ADDRESS")
@@ -178,7 +179,7 @@ def train_on_ray(job: OmniglotTrainJob, run_id: str | None, tracking_uri: str | 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    _ensure_ray(job)
+    ensure_ray(job)
     storage = None
     if job.train.mode == "lifelong":
         storage = prepare_shared_memory(job)

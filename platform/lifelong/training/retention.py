@@ -51,6 +51,7 @@ class RetentionSettings:
     """The retention evaluation.
 
     Attributes:
+        enabled: Run it (a training job runs it after training only when True).
         delays: D values: examples between a probe's showing and its ask.
         memory_sizes: Slot counts of the memories evaluated (one fresh memory per size, each fed
             the same stream).
@@ -63,6 +64,7 @@ class RetentionSettings:
         seed: Seeds the stream (equal seeds give equal streams).
     """
 
+    enabled: bool = True
     delays: tuple[int, ...] = (10, 100, 1000, 10000, 100000)
     memory_sizes: tuple[int, ...] = (8192, 65536, 1048576)
     way: int = 5

@@ -135,6 +135,51 @@ def retention_metrics(result: RetentionResult) -> dict[str, float]:
     return out
 
 
+def measure_retention(encoder: torch.nn.Module, images, settings: RetentionSettings,
+                      memory: MemoryConfig, episodic_episodes: int, within_points: float,
+                      progress: bool = True) -> RetentionReport:
+    """The retention curve of ``encoder`` and its episodic N-way 1-shot reference.
+
+    Args:
+        images: [C, n, H, W] uint8 evaluation characters.
+    """
+    episodic = evaluate_encoder(encoder, images, way=settings.way, presentations=2,
+                                episodes=episodic_episodes, seed=settings.seed + 1,
+                                memory=memory, progress=progress,
+                                desc=f"episodic {settings.way}-way")
+    result = evaluate_retention(encoder, images, settings, memory, progress=progress)
+    return RetentionReport(result, episodic, retention_table(result, episodic),
+                           slots_needed(result, episodic, within_points), None, None, None)
+
+
+def print_retention(report: RetentionReport, within_points: float, out=sys.stdout) -> None:
+    s = report.result.settings
+    print(f"\nRetention of {s.way}-way 1-shot recall over a stream of "
+          f"{report.result.stream_length} examples, memory never reset:\n\n{report.table}\n",
+          file=out)
+    needed = report.slots_needed
+    print(f"Smallest memory within {within_points:g} points of the episodic figure at "
+          f"D = {max(s.delays)}: "
+          f"{needed if needed is not None else 'none of ' + str(list(s.memory_sizes))} slots",
+          file=out, flush=True)
+
+
+def log_retention(run, report: RetentionReport) -> None:
+    """Metrics ``retention.*``, the table (markdown, JSON) and the plot into an MLflow run."""
+    s = report.result.settings
+    values = retention_metrics(report.result)
+    values[metrics.shot_metric(metrics.EVAL, s.way, 1)] = report.episodic.mean(1)
+    values[metrics.shot_metric(metrics.EVAL, s.way, 1, metrics.CI95)] = report.episodic.ci95(1)
+    values[metrics.RETENTION_SLOTS_NEEDED] = float(report.slots_needed or 0)
+    run.log_metrics(values)
+    run.log_text(report.table + "\n", metrics.RETENTION_TABLE_MD)
+    run.log_text(json.dumps(values, indent=2), metrics.RETENTION_TABLE_JSON)
+    with tempfile.TemporaryDirectory() as tmp:
+        run.log_artifact(plot_retention(report.result, report.episodic,
+                                        Path(tmp) / metrics.RETENTION_PLOT))
+    report.run_id, report.tracking_uri = run.run_id, run.tracking_uri
+
+
 def run_retention_job(job: RetentionJob, progress: bool = True,
                       out=sys.stdout) -> RetentionReport:
     """Evaluates retention and the episodic reference; prints and logs the table and plot."""
@@ -150,42 +195,22 @@ def run_retention_job(job: RetentionJob, progress: bool = True,
     encoder, meta = load_encoder(checkpoint)
     images = load_omniglot("evaluation", root=job.data.root, cache_dir=job.data.cache_dir,
                            progress=progress).images
-    s = job.retention
-    episodic = evaluate_encoder(encoder, images, way=s.way, presentations=2,
-                                episodes=job.episodic_episodes, seed=s.seed + 1,
-                                memory=job.memory, progress=progress,
-                                desc=f"episodic {s.way}-way")
-    result = evaluate_retention(encoder, images, s, job.memory, progress=progress)
-    table = retention_table(result, episodic)
-    needed = slots_needed(result, episodic, job.within_points)
-    print(f"\nRetention of {s.way}-way 1-shot recall over a stream of {result.stream_length} "
-          f"examples (encoder {meta['encoder']} from {checkpoint}):\n\n{table}\n", file=out)
-    print(f"Smallest memory within {job.within_points:g} points of the episodic figure at "
-          f"D = {max(s.delays)}: "
-          f"{needed if needed is not None else 'none of ' + str(list(s.memory_sizes))} slots "
-          f"({time.perf_counter() - start:.0f} s)", file=out, flush=True)
-    report = RetentionReport(result, episodic, table, needed, None, None, None)
+    report = measure_retention(encoder, images, job.retention, job.memory,
+                               job.episodic_episodes, job.within_points, progress)
+    print(f"encoder {meta['encoder']} from {checkpoint}", file=out)
+    print_retention(report, job.within_points, out)
+    print(f"({time.perf_counter() - start:.0f} s)", file=out, flush=True)
     if job.tracking.enabled:
-        from lifelong.tracking import TrackedRun
+        from lifelong.tracking import TrackedRun, absolute_tracking_uri
 
-        run = TrackedRun(job.tracking.experiment, job.tracking.tracking_uri,
+        run = TrackedRun(job.tracking.experiment, absolute_tracking_uri(job.tracking.tracking_uri),
                          run_name=job.tracking.run_name, run_id=job.run_id,
                          artifact_location=job.tracking.artifact_location,
                          tags={"job": "evaluate_retention"})
         with run:
             if job.run_id is None:
                 run.log_params({**config_to_dict(job), "encoder": meta["encoder"]})
-            values = retention_metrics(result)
-            values[metrics.shot_metric(metrics.EVAL, s.way, 1)] = episodic.mean(1)
-            values[metrics.RETENTION_SLOTS_NEEDED] = float(needed or 0)
-            run.log_metrics(values)
-            run.log_text(table + "\n", metrics.RETENTION_TABLE_MD)
-            run.log_text(json.dumps({k: v for k, v in values.items()}, indent=2),
-                         metrics.RETENTION_TABLE_JSON)
-            with tempfile.TemporaryDirectory() as tmp:
-                plot = plot_retention(result, episodic, Path(tmp) / metrics.RETENTION_PLOT)
-                run.log_artifact(plot)
-        report.run_id, report.tracking_uri = run.run_id, run.tracking_uri
+            log_retention(run, report)
         print(f"MLflow run {run.run_id} ({run.tracking_uri}): metrics retention.*, artifacts "
               f"{metrics.RETENTION_PLOT}, {metrics.RETENTION_TABLE_MD}", file=out, flush=True)
     return report
