@@ -40,6 +40,8 @@ class MemorySpec:
         num_cpus, num_gpus: resources each shard actor requests; num_gpus None means 1 when
             the cluster has GPUs, else 0.
         placement: "spread" (shards on different nodes where possible) or "pack".
+        shard_resource: units of the custom resource ``memory_shard`` each shard actor requests
+            (cluster.yaml's GPU nodes advertise it, so shards land there); 0: none.
         seed: seeds each shard's age noise (shard i uses seed + i).
     """
 
@@ -57,6 +59,7 @@ class MemorySpec:
     num_cpus: float = 1.0
     num_gpus: float | None = None
     placement: str = "spread"
+    shard_resource: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class MemorySpec:
             raise ConfigError(f"memory.placement must be spread or pack, got {self.placement!r}")
         if not isinstance(self.storage, str) or not self.storage:
             raise ConfigError("memory.storage must be a path or filesystem URI")
+        if not self.shard_resource >= 0:
+            raise ConfigError("memory.shard_resource must be >= 0")
         if not self.num_cpus >= 0 or (self.num_gpus is not None and not self.num_gpus >= 0):
             raise ConfigError("memory.num_cpus and memory.num_gpus must be >= 0")
 

@@ -62,6 +62,8 @@ class SharedMemoryConfig:
         snapshot_every: Update batches between a shard's snapshots.
         num_cpus: CPUs each shard actor reserves (shards mostly wait; 0.5 lets 2 shards and 2
             workers share a 2-core machine).
+        shard_resource: Units of the custom resource ``memory_shard`` each shard requests
+            (1.0 on cluster.yaml, whose GPU nodes advertise it); 0: none.
         recreate: Delete a memory of this name first (a fresh run); False attaches to it.
     """
 
@@ -71,10 +73,11 @@ class SharedMemoryConfig:
     storage: str | None = None
     snapshot_every: int = 1000
     num_cpus: float = 0.5
+    shard_resource: float = 0.0
     recreate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_slots", "shards", "snapshot_every"):
             check_int(f"shared_memory.{name}", getattr(self, name))
-        if not self.num_cpus >= 0:
-            raise ConfigError("shared_memory.num_cpus must be >= 0")
+        if not self.num_cpus >= 0 or not self.shard_resource >= 0:
+            raise ConfigError("shared_memory.num_cpus and shard_resource must be >= 0")

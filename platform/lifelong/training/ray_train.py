@@ -45,7 +45,8 @@ def shared_memory_spec(job: OmniglotTrainJob):
                       num_values=BACKGROUND_CLASSES, storage=sm.storage or default_storage(),
                       shards=sm.shards, choose_k=job.memory.choose_k, alpha=job.memory.alpha,
                       age_noise=job.memory.age_noise, snapshot_every=sm.snapshot_every,
-                      num_cpus=sm.num_cpus, seed=job.train.seed)
+                      num_cpus=sm.num_cpus, shard_resource=sm.shard_resource,
+                      seed=job.train.seed)
 
 
 def prepare_shared_memory(job: OmniglotTrainJob) -> str:

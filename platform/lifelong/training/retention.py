@@ -273,20 +273,21 @@ def run_stream(memory: Memory, emb: torch.Tensor, stream: Stream, batch_size: in
 
 
 def evaluate_retention(encoder: nn.Module, images: np.ndarray, settings: RetentionSettings,
-                       memory: MemoryConfig = MemoryConfig(),
+                       memory: MemoryConfig = MemoryConfig(), rotate: bool = True,
                        progress: bool = True) -> RetentionResult:
     """Runs the retention stream against a fresh memory of every size in settings.
 
     Args:
         encoder: [n, 1, H, W] -> [n, key_dim].
-        images: [C, n, H, W] uint8 evaluation characters (rotated here into 4C classes).
+        images: [C, n, H, W] uint8 evaluation characters.
+        rotate: Make 4C classes of them by rotation (False: the C classes as they are).
         settings: Delays, memory sizes, probe groups.
         memory: The memory's hyper-parameters (choose_k, alpha, age_noise).
 
     Returns:
         Per (memory size, delay): the asks' correctness and the inserts made in between.
     """
-    classes = rotated_classes(images)
+    classes = rotated_classes(images) if rotate else images
     stream = build_stream(classes.shape[0], classes.shape[1], settings)
     emb = embed_stream(encoder, classes, stream, settings.distortion, progress=progress)
     result = RetentionResult(settings=settings, stream_length=len(stream))

@@ -1,0 +1,78 @@
+"""The retention stream: probes asked exactly D examples after their one showing, every ask
+in a new batch, and a memory too small for the inserts in between forgets."""
+
+import numpy as np
+import pytest
+from torch import nn
+
+from lifelong.errors import ConfigError
+from lifelong.training.evaluate import MemoryConfig
+from lifelong.training.retention import (ASK, FILLER, SHOW, RetentionSettings, _batches,
+                                         build_stream, evaluate_retention, rotated_classes)
+
+
+def settings(**kw):
+    base = dict(delays=(3, 40), memory_sizes=(16, 4096), way=3, groups=4, show_span=60,
+                batch_size=8, distortion=0.0, seed=0)
+    base.update(kw)
+    return RetentionSettings(**base)
+
+
+def test_each_probe_is_shown_once_and_asked_exactly_d_later():
+    s = settings()
+    stream = build_stream(60, 5, s)
+    shows = np.flatnonzero(stream.kind == SHOW)
+    asks = np.flatnonzero(stream.kind == ASK)
+    assert len(shows) == len(asks) == s.groups * len(s.delays) * s.way
+    probe_classes = stream.classes[shows]
+    assert len(set(probe_classes.tolist())) == len(shows)  # each class shown once
+    for pos in asks:
+        c = stream.classes[pos]
+        (show,) = np.flatnonzero((stream.classes == c) & (stream.kind == SHOW))
+        assert pos - show - 1 == stream.delay[pos]  # D examples strictly between
+        assert stream.drawers[pos] != stream.drawers[show]  # another drawing
+    fillers = stream.classes[stream.kind == FILLER]
+    assert not set(fillers.tolist()) & set(probe_classes.tolist())
+
+
+def test_every_ask_starts_a_batch_and_batches_cover_the_stream():
+    stream = build_stream(60, 5, settings())
+    cuts = _batches(stream.kind, 8)
+    assert cuts[0][0] == 0 and cuts[-1][1] == len(stream)
+    assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+    assert all(0 < end - start <= 8 for start, end in cuts)
+    starts = {start for start, _ in cuts}
+    assert set(np.flatnonzero(stream.kind == ASK).tolist()) <= starts
+
+
+class OneHot(nn.Module):
+    """An 'encoder' that maps each image to the one-hot of its class (stored in pixel 0)."""
+
+    def forward(self, x):
+        cls = (x[:, 0, 0, 0] * 255).round().long()
+        return nn.functional.one_hot(cls, 256).float()
+
+
+def test_a_large_memory_recalls_everything_and_a_small_one_forgets_long_delays():
+    # 15 characters x 4 rotations = 60 classes; pixel [0, 0] of every rotation holds its class
+    # id, so the one-hot "encoder" is perfect and only eviction can make an ask wrong.
+    images = np.zeros((15, 5, 8, 8), np.uint8)
+    classes = rotated_classes(images)
+    for c in range(classes.shape[0]):
+        classes[c, :, 0, 0] = c
+    s = settings()
+    result = evaluate_retention(OneHot(), classes, s, MemoryConfig(choose_k=4, age_noise=0.0),
+                                rotate=False, progress=False)
+    assert result.acc(4096, 3) == 1.0 and result.acc(4096, 40) == 1.0
+    assert result.acc(16, 3) == 1.0  # fewer inserts in between than slots
+    assert result.acc(16, 40) < 0.5  # the memory was overwritten meanwhile
+    assert result.inserts_between[16, 40] > 16
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ConfigError):
+        RetentionSettings(delays=(0,))
+    with pytest.raises(ConfigError):
+        RetentionSettings(way=1)
+    with pytest.raises(ConfigError, match="probe groups"):
+        build_stream(10, 5, settings(groups=100))
