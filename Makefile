@@ -13,7 +13,7 @@ LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export LIFELONG_DATA_DIR
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-sharded clean
+.PHONY: install demo test test-slow bench bench-sharded bench-workers retention clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ bench: install
 
 bench-sharded: install
 	$(PY) jobs/bench_sharded.py
+
+# 1 vs 2 Ray Train workers, life-long against a 2-shard memory (about 30 minutes on 2 cores).
+bench-workers: install
+	$(PY) jobs/bench_train_workers.py
+
+# The life-long retention curve of a trained encoder (train first: `make demo` or the 1-hour run).
+RETENTION_CHECKPOINT ?= runs/omniglot/encoder.pt
+retention: install
+	$(PY) jobs/evaluate_retention.py --checkpoint $(RETENTION_CHECKPOINT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

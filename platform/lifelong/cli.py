@@ -38,6 +38,19 @@ def _job_parser(prog: str, description: str, default_config: str | None) -> argp
     return parser
 
 
+def _parse_with_encoder(parser: argparse.ArgumentParser, argv: Sequence[str]):
+    """Adds --checkpoint / --run-id (the encoder to evaluate) and turns them into overrides."""
+    parser.add_argument("--checkpoint", help="encoder checkpoint (.pt) written by training")
+    parser.add_argument("--run-id", help="MLflow run id whose encoder artifact to evaluate")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.checkpoint:
+        overrides.append(f"checkpoint={args.checkpoint}")
+    if args.run_id:
+        overrides.append(f"run_id={args.run_id}")
+    return args, overrides
+
+
 def train_omniglot_main(argv: Sequence[str], prog: str = "lifelong train omniglot") -> int:
     """Episodic training of the Omniglot one-shot model; see jobs/configs/train_omniglot.yaml."""
     from lifelong.training.jobs import run_train_job
@@ -58,14 +71,7 @@ def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate o
     parser = _job_parser(prog, "Evaluate a trained encoder on the 659 Omniglot evaluation "
                          "characters (memory cleared per episode; accuracy per presentation).",
                          _default_config("evaluate_omniglot.yaml"))
-    parser.add_argument("--checkpoint", help="encoder checkpoint (.pt) written by training")
-    parser.add_argument("--run-id", help="MLflow run id whose encoder artifact to evaluate")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.checkpoint:
-        overrides.append(f"checkpoint={args.checkpoint}")
-    if args.run_id:
-        overrides.append(f"run_id={args.run_id}")
+    args, overrides = _parse_with_encoder(parser, argv)
     job = load_config(OmniglotEvaluateJob, args.config, overrides)
     run_evaluate_job(job, progress=not args.no_progress)
     return 0
@@ -81,14 +87,7 @@ def evaluate_retention_main(argv: Sequence[str],
                          "class shown once and asked again D examples later. Prints a table, "
                          "logs metrics and a plot to MLflow.",
                          _default_config("evaluate_retention.yaml"))
-    parser.add_argument("--checkpoint", help="encoder checkpoint (.pt) written by training")
-    parser.add_argument("--run-id", help="MLflow run id whose encoder artifact to evaluate")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.checkpoint:
-        overrides.append(f"checkpoint={args.checkpoint}")
-    if args.run_id:
-        overrides.append(f"run_id={args.run_id}")
+    args, overrides = _parse_with_encoder(parser, argv)
     job = load_config(RetentionJob, args.config, overrides)
     run_retention_job(job, progress=not args.no_progress)
     return 0

@@ -167,18 +167,29 @@ def _retention_after_training(job: OmniglotTrainJob, result: TrainResult, run, p
     return report
 
 
+def resolve_encoder(checkpoint: str | None, run_id: str | None, tracking_uri: str | None):
+    """The encoder a job names by checkpoint path or MLflow run id.
+
+    Returns:
+        (encoder in eval mode, its checkpoint metadata, the local checkpoint path)
+    """
+    if run_id is not None:
+        from lifelong.tracking import download_encoder
+
+        path = download_encoder(run_id, tracking_uri)
+    else:
+        path = Path(checkpoint)
+    encoder, meta = load_encoder(path)
+    return encoder, meta, path
+
+
 def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResult:
     """Evaluates a checkpoint or a run's encoder; logs into that run or a new one."""
     start = time.perf_counter()
     if job.threads:
         torch.set_num_threads(job.threads)
-    if job.run_id is not None:
-        from lifelong.tracking import download_encoder
-
-        checkpoint = download_encoder(job.run_id, job.tracking.tracking_uri)
-    else:
-        checkpoint = Path(job.checkpoint)
-    encoder, meta = load_encoder(checkpoint)
+    encoder, meta, checkpoint = resolve_encoder(job.checkpoint, job.run_id,
+                                                job.tracking.tracking_uri)
     print(f"encoder {meta['encoder']} (key_dim {meta['key_dim']}) from {checkpoint}, "
           f"trained {meta['extra'].get('step', '?')} steps", flush=True)
     results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)

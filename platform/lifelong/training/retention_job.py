@@ -17,7 +17,7 @@ from lifelong import metrics
 from lifelong.config import check_int, config_to_dict
 from lifelong.data import load_omniglot
 from lifelong.errors import ConfigError
-from lifelong.training.checkpoint import load_encoder
+from lifelong.training.jobs import resolve_encoder
 from lifelong.training.evaluate import MemoryConfig, ShotAccuracy, evaluate_encoder
 from lifelong.training.omniglot import DataConfig, TrackingConfig
 from lifelong.training.retention import RetentionResult, RetentionSettings, evaluate_retention
@@ -186,13 +186,8 @@ def run_retention_job(job: RetentionJob, progress: bool = True,
     start = time.perf_counter()
     if job.threads:
         torch.set_num_threads(job.threads)
-    if job.run_id is not None:
-        from lifelong.tracking import download_encoder
-
-        checkpoint = download_encoder(job.run_id, job.tracking.tracking_uri)
-    else:
-        checkpoint = Path(job.checkpoint)
-    encoder, meta = load_encoder(checkpoint)
+    encoder, meta, checkpoint = resolve_encoder(job.checkpoint, job.run_id,
+                                                job.tracking.tracking_uri)
     images = load_omniglot("evaluation", root=job.data.root, cache_dir=job.data.cache_dir,
                            progress=progress).images
     report = measure_retention(encoder, images, job.retention, job.memory,
