@@ -76,3 +76,24 @@ def test_bad_settings_are_rejected():
         RetentionSettings(way=1)
     with pytest.raises(ConfigError, match="probe groups"):
         build_stream(10, 5, settings(groups=100))
+
+
+def test_table_plot_and_slot_count(tmp_path):
+    from lifelong.training.evaluate import ShotAccuracy
+    from lifelong.training.retention import RetentionResult
+    from lifelong.training.retention_job import plot_retention, retention_table, slots_needed
+
+    s = settings(delays=(10, 1000), memory_sizes=(64, 512, 4096))
+    result = RetentionResult(settings=s)
+    for slots, late in ((64, 0.0), (512, 0.9), (4096, 1.0)):
+        for d in s.delays:
+            result.correct[slots, d] = np.full(20, 1.0 if d == 10 else late)
+            result.open_correct[slots, d] = np.full(20, 0.5)
+            result.inserts_between[slots, d] = 300.0
+    episodic = ShotAccuracy(3, np.full((50, 2), 0.96))
+    assert slots_needed(result, episodic, points=5.0) == 4096
+    assert slots_needed(result, episodic, points=10.0) == 512
+    table = retention_table(result, episodic)
+    assert "| 512 | 100.0 ± 0.0 (50.0) | 90.0 ± 0.0 (50.0) |" in table
+    png = plot_retention(result, episodic, tmp_path / "r.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -101,22 +101,28 @@ def plot_retention(result: RetentionResult, episodic: ShotAccuracy, path: Path) 
     import matplotlib.pyplot as plt
 
     s = result.settings
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax_open) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for slots in s.memory_sizes:
         acc = [100 * result.acc(slots, d) for d in s.delays]
         ci = [100 * result.ci95(slots, d) for d in s.delays]
-        ax.errorbar(s.delays, acc, yerr=ci, marker="o", capsize=3, label=f"{slots:,} slots")
+        line = ax.errorbar(s.delays, acc, yerr=ci, marker="o", capsize=3,
+                           label=f"{slots:,} slots")
+        ax_open.plot(s.delays, [100 * result.open_acc(slots, d) for d in s.delays], marker="o",
+                     color=line[0].get_color(), label=f"{slots:,} slots")
     ep = 100 * episodic.mean(1)
     ax.axhline(ep, color="grey", linestyle="--",
                label=f"episodic {episodic.way}-way 1-shot ({ep:.1f}%)")
     ax.axhline(100 / s.way, color="lightgrey", linestyle=":", label="chance")
-    ax.set_xscale("log")
-    ax.set_ylim(0, 102)
-    ax.set_xlabel("delay D (examples of other classes between showing and ask)")
     ax.set_ylabel(f"{s.way}-way accuracy of the ask (%)")
-    ax.set_title("Life-long Omniglot: recall of a class seen once, memory never reset")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("Recall of a class seen once, memory never reset")
+    ax_open.set_ylabel("open-set accuracy of the ask (%)")
+    ax_open.set_title("Nearest slot of the whole memory")
+    for a in (ax, ax_open):
+        a.set_xscale("log")
+        a.set_ylim(0, 102)
+        a.set_xlabel("delay D (examples of other classes between showing and ask)")
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
