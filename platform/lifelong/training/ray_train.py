@@ -41,8 +41,11 @@ def shared_memory_spec(job: OmniglotTrainJob):
     from lifelong.distributed.registry import default_storage
 
     sm = job.shared_memory
+    storage = sm.storage or default_storage()
+    if "://" not in storage:  # workers and shard actors run in other directories
+        storage = os.path.abspath(storage)
     return MemorySpec(name=sm.name, key_dim=job.model.key_dim, num_slots=sm.num_slots,
-                      num_values=BACKGROUND_CLASSES, storage=sm.storage or default_storage(),
+                      num_values=BACKGROUND_CLASSES, storage=storage,
                       shards=sm.shards, choose_k=job.memory.choose_k, alpha=job.memory.alpha,
                       age_noise=job.memory.age_noise, snapshot_every=sm.snapshot_every,
                       num_cpus=sm.num_cpus, shard_resource=sm.shard_resource,
