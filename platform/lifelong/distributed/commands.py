@@ -72,6 +72,8 @@ def _print_status(name: str, status: list[dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     storage = args.storage or registry.default_storage()
+    if "://" not in storage:  # shard actors run in other directories
+        storage = os.path.abspath(storage)
     try:
         if args.command == "create":
             spec = MemorySpec(name=args.name, key_dim=args.key_dim, num_slots=args.slots,
