@@ -20,6 +20,7 @@ import torch
 
 from lifelong import metrics
 from lifelong.config import config_from_dict
+from lifelong.data import load_omniglot
 from lifelong.errors import ConfigError, MemoryNotFoundError
 from lifelong.training.checkpoint import save_encoder
 from lifelong.training.context import TrainContext
@@ -183,6 +184,10 @@ def train_on_ray(job: OmniglotTrainJob, run_id: str | None, tracking_uri: str | 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # The data first, in the driver: a missing archive fails here, before any Ray work, and
+    # the workers of this machine read the preprocessed cache instead of each building it.
+    load_omniglot("background", root=job.data.root, cache_dir=job.data.cache_dir,
+                  progress=progress)
     ensure_ray(job)
     storage = None
     if job.train.mode == "lifelong":
