@@ -42,6 +42,9 @@ CONFIG_ARTIFACT = "config.yaml"
 OPEN_ACC = "open_acc"
 INSERTS = "inserts"
 RETENTION_SLOTS_NEEDED = "retention.slots_needed"
+# Phase of the retention job's own episodic reference (kept apart from ``eval.*``, which a
+# training job's evaluation logs into the same run): retention.episodic.<N>way.1shot.acc.
+RETENTION_EPISODIC = "retention.episodic"
 RETENTION_PLOT = "retention.png"
 RETENTION_TABLE_MD = "retention_table.md"
 RETENTION_TABLE_JSON = "retention.json"

@@ -97,3 +97,28 @@ def test_table_plot_and_slot_count(tmp_path):
     assert "| 512 | 100.0 ± 0.0 (50.0) | 90.0 ± 0.0 (50.0) |" in table
     png = plot_retention(result, episodic, tmp_path / "r.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_log_retention_keeps_its_reference_apart_from_eval_metrics(tmp_path):
+    from lifelong.tracking import TrackedRun
+    from lifelong.training.evaluate import ShotAccuracy
+    from lifelong.training.retention import RetentionResult
+    from lifelong.training.retention_job import RetentionReport, log_retention
+
+    s = settings(delays=(10,), memory_sizes=(64,))
+    result = RetentionResult(settings=s)
+    result.correct[64, 10] = np.ones(10)
+    result.open_correct[64, 10] = np.zeros(10)
+    result.inserts_between[64, 10] = 4.0
+    report = RetentionReport(result, ShotAccuracy(3, np.full((5, 2), 0.8)), "table", 64,
+                             None, None, None)
+    with TrackedRun("retention-test", f"sqlite:///{tmp_path / 'm.db'}") as run:
+        log_retention(run, report)
+    logged = run.client.get_run(run.run_id).data.metrics
+    assert logged["retention.64slots.10delay.acc"] == 1.0
+    assert logged["retention.64slots.10delay.open_acc"] == 0.0
+    assert logged["retention.episodic.3way.1shot.acc"] == pytest.approx(0.8)
+    assert logged["retention.slots_needed"] == 64
+    assert not [k for k in logged if k.startswith("eval.")]
+    assert {a.path for a in run.client.list_artifacts(run.run_id)} >= {
+        "retention.png", "retention_table.md", "retention.json"}

@@ -174,8 +174,9 @@ def log_retention(run, report: RetentionReport) -> None:
     """Metrics ``retention.*``, the table (markdown, JSON) and the plot into an MLflow run."""
     s = report.result.settings
     values = retention_metrics(report.result)
-    values[metrics.shot_metric(metrics.EVAL, s.way, 1)] = report.episodic.mean(1)
-    values[metrics.shot_metric(metrics.EVAL, s.way, 1, metrics.CI95)] = report.episodic.ci95(1)
+    values[metrics.shot_metric(metrics.RETENTION_EPISODIC, s.way, 1)] = report.episodic.mean(1)
+    values[metrics.shot_metric(metrics.RETENTION_EPISODIC, s.way, 1, metrics.CI95)] = \
+        report.episodic.ci95(1)
     values[metrics.RETENTION_SLOTS_NEEDED] = float(report.slots_needed or 0)
     run.log_metrics(values)
     run.log_text(report.table + "\n", metrics.RETENTION_TABLE_MD)
