@@ -54,3 +54,7 @@ class CorruptStateError(LifelongError):
 
 class ShardUnavailableError(LifelongError):
     """A memory shard did not answer in time."""
+
+
+class CorruptSegmentError(DataError):
+    """A stream segment is unreadable, truncated, has another schema or holds bad payloads."""

@@ -1,0 +1,210 @@
+"""An endless source of examples: a directory (or pyarrow filesystem URI) of numbered Parquet
+segments, ``segment-000000000042.parquet``, read in number order as they appear.
+
+A segment's rows are examples: ``payload`` (bytes, decoded by the segment's payload format),
+``label`` (int64), ``event_time`` (UTC microseconds) and ``source_id`` (string). The payload
+format is stored in the file's schema metadata, so any encoder can use the same stream:
+
+- ``uint8[H,W]``: an image, H*W bytes (Omniglot);
+- ``float32[D]``: a feature vector, 4*D bytes, little-endian (NaN and Inf are rejected);
+- ``utf-8``: text (a sentence for the translator).
+
+A segment is written to a temporary name and moved into place, so a reader never sees half a
+segment on a local filesystem (object stores put whole objects). A segment that cannot be read,
+has another schema or holds bad payloads raises ``CorruptSegmentError`` naming the file and the
+reason; the stream job sets it aside in quarantine (``quarantine``) and goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lifelong.distributed.storage import filesystem
+from lifelong.errors import ConfigError, CorruptSegmentError
+
+SEGMENT_PATTERN = re.compile(r"^segment-(\d{12})\.parquet$")
+FORMAT_KEY = b"lifelong.payload_format"
+SCHEMA = pa.schema([
+    pa.field("payload", pa.binary(), nullable=False),
+    pa.field("label", pa.int64(), nullable=False),
+    pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("source_id", pa.string(), nullable=False),
+])
+_FORMAT = re.compile(r"^(uint8|float32)\[(\d+(?:,\d+)*)\]$|^utf-8$")
+
+
+def segment_name(number: int) -> str:
+    """``segment-<12 digits>.parquet``."""
+    if not 0 <= number < 10**12:
+        raise ConfigError(f"segment number {number} out of range")
+    return f"segment-{number:012d}.parquet"
+
+
+def check_format(payload_format: str) -> tuple[str, tuple[int, ...]]:
+    """(dtype, shape) of a payload format; ``("utf-8", ())`` for text."""
+    match = _FORMAT.match(payload_format)
+    if not match:
+        raise ConfigError(f"payload format must be uint8[...], float32[...] or utf-8, "
+                          f"got {payload_format!r}")
+    if payload_format == "utf-8":
+        return "utf-8", ()
+    return match.group(1), tuple(int(n) for n in match.group(2).split(","))
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """The decoded rows of one segment.
+
+    Attributes:
+        number: The segment's number.
+        payloads: [R, *shape] uint8/float32 array, or a list of R strings for utf-8.
+        labels: [R] int64.
+        event_times: [R] int64 microseconds since the epoch (UTC).
+        source_ids: [R] object array of str.
+        payload_format: As in the file.
+    """
+
+    number: int
+    payloads: np.ndarray | list[str]
+    labels: np.ndarray
+    event_times: np.ndarray
+    source_ids: np.ndarray
+    payload_format: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode_payloads(payloads, payload_format: str) -> list[bytes]:
+    """Rows of an array [R, *shape] (or R strings) as the format's bytes."""
+    dtype, shape = check_format(payload_format)
+    if dtype == "utf-8":
+        return [str(p).encode("utf-8") for p in payloads]
+    array = np.asarray(payloads)
+    if array.dtype != np.dtype(dtype) or array.shape[1:] != shape:
+        raise ConfigError(f"payloads must be {dtype} [R, {shape}], got {array.dtype} "
+                          f"{array.shape}")
+    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return [row.tobytes() for row in array]
+
+
+def write_segment(location: str, number: int, payloads, labels, source_id: str,
+                  payload_format: str, event_times: np.ndarray | None = None) -> str:
+    """Writes segment ``number`` at ``location`` (a folder or URI); returns its path.
+
+    Args:
+        payloads: [R, *shape] array of the format's dtype, or R strings for utf-8.
+        labels: [R] integer labels.
+        source_id: Who produced the rows.
+        event_times: [R] int64 microseconds since the epoch (default: now).
+    """
+    fs, base = filesystem(location)
+    rows = encode_payloads(payloads, payload_format)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(rows),):
+        raise ConfigError(f"labels must be [{len(rows)}], got {labels.shape}")
+    if event_times is None:
+        event_times = np.full(len(rows), int(time.time() * 1e6), np.int64)
+    table = pa.table({"payload": pa.array(rows, pa.binary()), "label": labels,
+                      "event_time": pa.array(event_times, pa.timestamp("us", tz="UTC")),
+                      "source_id": pa.array([source_id] * len(rows), pa.string())},
+                     schema=SCHEMA.with_metadata({FORMAT_KEY: payload_format.encode()}))
+    fs.create_dir(base, recursive=True)
+    path = f"{base}/{segment_name(number)}"
+    tmp = f"{base}/.{segment_name(number)}.tmp"
+    pq.write_table(table, tmp, filesystem=fs, write_page_checksum=True)
+    fs.move(tmp, path)
+    return path
+
+
+def list_segments(location: str, after: int = -1) -> list[tuple[int, str]]:
+    """(number, path) of the segments numbered above ``after``, in number order."""
+    fs, base = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    found = []
+    for info in infos:
+        match = SEGMENT_PATTERN.match(info.base_name)
+        if match and info.type == pafs.FileType.File and int(match.group(1)) > after:
+            found.append((int(match.group(1)), info.path))
+    return sorted(found)
+
+
+def read_segment(location: str, number: int, payload_format: str | None = None) -> Segment:
+    """Reads and checks segment ``number``.
+
+    Args:
+        payload_format: The format the reader expects (None: whatever the file says).
+
+    Raises:
+        CorruptSegmentError: unreadable or truncated file, another schema or payload format,
+            payloads of the wrong size, NaN/Inf in float payloads, or invalid UTF-8.
+    """
+    fs, base = filesystem(location)
+    path = f"{base}/{segment_name(number)}"
+    try:
+        table = pq.read_table(path, filesystem=fs, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptSegmentError(f"{path}: unreadable segment ({exc})") from None
+    if not table.schema.remove_metadata().equals(SCHEMA):
+        raise CorruptSegmentError(f"{path}: schema {table.schema.remove_metadata()} is not "
+                                  f"the stream schema {SCHEMA}")
+    found = (table.schema.metadata or {}).get(FORMAT_KEY, b"").decode()
+    if payload_format is not None and found != payload_format:
+        raise CorruptSegmentError(f"{path}: payload format {found!r}, expected "
+                                  f"{payload_format!r}")
+    try:
+        dtype, shape = check_format(found)
+    except ConfigError as exc:
+        raise CorruptSegmentError(f"{path}: {exc}") from None
+    return Segment(number=number, payloads=_decode(path, table.column("payload"), dtype, shape),
+                   labels=table.column("label").to_numpy(),
+                   event_times=table.column("event_time").cast(pa.int64()).to_numpy(),
+                   source_ids=np.asarray(table.column("source_id").to_pylist(), dtype=object),
+                   payload_format=found)
+
+
+def _decode(path: str, column: pa.ChunkedArray, dtype: str, shape: tuple[int, ...]):
+    rows = column.to_pylist()
+    if dtype == "utf-8":
+        try:
+            return [row.decode("utf-8") for row in rows]
+        except UnicodeDecodeError as exc:
+            raise CorruptSegmentError(f"{path}: payload is not UTF-8 ({exc})") from None
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    bad = [i for i, row in enumerate(rows) if len(row) != size]
+    if bad:
+        raise CorruptSegmentError(f"{path}: {len(bad)} payloads are not {size} bytes "
+                                  f"(first at row {bad[0]})")
+    array = np.frombuffer(b"".join(rows), dtype=np.dtype(dtype).newbyteorder("<"))
+    array = array.astype(dtype).reshape(len(rows), *shape)
+    if dtype == "float32" and not np.isfinite(array).all():
+        raise CorruptSegmentError(f"{path}: payloads hold NaN or Inf")
+    return array
+
+
+def quarantine(location: str, number: int, reason: str, quarantine_location: str) -> str:
+    """Moves segment ``number`` to the quarantine location, with ``<name>.reason.json`` beside
+    it; returns the new path."""
+    fs, base = filesystem(location)
+    qfs, qbase = filesystem(quarantine_location)
+    qfs.create_dir(qbase, recursive=True)
+    name = segment_name(number)
+    target = f"{qbase}/{name}"
+    if type(fs) is type(qfs):
+        fs.move(f"{base}/{name}", target)
+    else:  # another filesystem: copy, then delete
+        pafs.copy_files(f"{base}/{name}", target, source_filesystem=fs,
+                        destination_filesystem=qfs)
+        fs.delete_file(f"{base}/{name}")
+    with qfs.open_output_stream(f"{target}.reason.json") as out:
+        out.write(json.dumps({"segment": number, "reason": reason,
+                              "quarantined_at": time.time()}).encode())
+    return target

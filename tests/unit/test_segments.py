@@ -1,0 +1,68 @@
+"""Stream segments: round trip of every payload format, order, and typed errors for corrupt,
+truncated, wrong-schema and NaN segments, which quarantine sets aside with their reason."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lifelong.errors import ConfigError, CorruptSegmentError
+from lifelong.streaming.segments import (list_segments, quarantine, read_segment, segment_name,
+                                         write_segment)
+
+
+def test_round_trip_of_each_payload_format(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    write_segment(str(tmp_path), 0, images, [1, 2, 3, 4, 5], "producer-a", "uint8[28,28]",
+                  event_times=np.arange(5, dtype=np.int64))
+    vectors = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    write_segment(str(tmp_path), 1, vectors, [0, 0, 1], "b", "float32[16]")
+    write_segment(str(tmp_path), 2, ["ein Hund", "zwei Katzen"], [7, 8], "c", "utf-8")
+    seg = read_segment(str(tmp_path), 0, "uint8[28,28]")
+    assert np.array_equal(seg.payloads, images) and seg.labels.tolist() == [1, 2, 3, 4, 5]
+    assert seg.event_times.tolist() == [0, 1, 2, 3, 4] and set(seg.source_ids) == {"producer-a"}
+    assert np.array_equal(read_segment(str(tmp_path), 1).payloads, vectors)
+    assert read_segment(str(tmp_path), 2).payloads == ["ein Hund", "zwei Katzen"]
+
+
+def test_segments_are_listed_in_number_order_and_temporaries_are_ignored(tmp_path):
+    for n in (10, 2, 7):
+        write_segment(str(tmp_path), n, ["x"], [0], "s", "utf-8")
+    (tmp_path / ".segment-000000000011.parquet.tmp").write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("not a segment")
+    assert [n for n, _ in list_segments(str(tmp_path))] == [2, 7, 10]
+    assert [n for n, _ in list_segments(str(tmp_path), after=2)] == [7, 10]
+
+
+def test_bad_segments_raise_typed_errors(tmp_path):
+    loc = str(tmp_path)
+    write_segment(loc, 0, np.zeros((4, 8), np.float32), [0, 1, 2, 3], "s", "float32[8]")
+    data = (tmp_path / segment_name(0)).read_bytes()
+    (tmp_path / segment_name(1)).write_bytes(data[: len(data) // 2])  # truncated
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF
+    (tmp_path / segment_name(2)).write_bytes(bytes(flipped))  # a flipped byte
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / segment_name(3))  # another schema
+    nan = np.zeros((2, 8), np.float32)
+    nan[1, 3] = np.nan
+    write_segment(loc, 4, nan, [0, 1], "s", "float32[8]")
+    for number, reason in ((1, "unreadable"), (2, "unreadable|payloads"), (3, "schema"),
+                           (4, "NaN")):
+        with pytest.raises(CorruptSegmentError, match=reason):
+            read_segment(loc, number, "float32[8]")
+    with pytest.raises(CorruptSegmentError, match="payload format"):
+        read_segment(loc, 0, "uint8[28,28]")
+    with pytest.raises(ConfigError):
+        write_segment(loc, 5, np.zeros((2, 3), np.float64), [0, 1], "s", "float32[3]")
+
+
+def test_quarantine_moves_the_segment_with_its_reason(tmp_path):
+    src, q = tmp_path / "stream", tmp_path / "quarantine"
+    write_segment(str(src), 3, ["x"], [0], "s", "utf-8")
+    path = quarantine(str(src), 3, "wrong schema", str(q))
+    assert list_segments(str(src)) == []
+    assert (q / segment_name(3)).exists() and path.endswith(segment_name(3))
+    assert json.loads((q / (segment_name(3) + ".reason.json")).read_text())["reason"] == \
+        "wrong schema"
