@@ -132,6 +132,38 @@ def demo_main(argv: Sequence[str], prog: str = "lifelong demo") -> int:
     return 0
 
 
+def stream_produce_main(argv: Sequence[str], prog: str = "lifelong stream produce") -> int:
+    """Writes a long-tailed Omniglot stream of new classes into numbered segments."""
+    from lifelong.data import load_omniglot
+    from lifelong.streaming.produce import ProduceSettings, produce
+
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Write an endless-source stream for demos and tests: the Omniglot evaluation characters "
+        "x4 rotations as new classes, long-tailed frequencies, distorted new drawings past a "
+        "class's 20 real ones, as numbered Parquet segments after the last one present."))
+    parser.add_argument("--to", required=True, help="segment folder or pyarrow filesystem URI")
+    defaults = ProduceSettings()
+    parser.add_argument("--examples", type=int, default=defaults.examples)
+    parser.add_argument("--rows-per-segment", type=int, default=defaults.rows_per_segment)
+    parser.add_argument("--rate", type=float, default=defaults.rate,
+                        help="examples per second at most (0: as fast as possible)")
+    parser.add_argument("--zipf-exponent", type=float, default=defaults.zipf_exponent,
+                        help="skew of the class frequencies (0: uniform)")
+    parser.add_argument("--distortion", type=float, default=defaults.distortion)
+    parser.add_argument("--source-id", default=defaults.source_id)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    settings = ProduceSettings(examples=args.examples, rows_per_segment=args.rows_per_segment,
+                               rate=args.rate, zipf_exponent=args.zipf_exponent,
+                               distortion=args.distortion, source_id=args.source_id,
+                               seed=args.seed)
+    images = load_omniglot("evaluation", progress=not args.no_progress).images
+    written = list(produce(args.to, images, settings, progress=not args.no_progress))
+    print(f"wrote {len(written)} segments ({settings.examples} examples) to {args.to}")
+    return 0
+
+
 _USAGE = """usage: lifelong COMMAND [--config PATH] [key=value ...]
 
 commands:
@@ -140,12 +172,14 @@ commands:
   evaluate retention  life-long recall of classes seen once, D examples earlier (never reset)
   demo                quick train + evaluation, logged to MLflow
   memory ...          named memories on a Ray cluster: create | list | status | snapshot | delete
+  stream produce      write a long-tailed Omniglot stream of new classes as Parquet segments
 
 Run `lifelong COMMAND --help` for a command's options."""
 
 
 _JOBS = {"train_omniglot": train_omniglot_main, "evaluate_omniglot": evaluate_omniglot_main,
-         "evaluate_retention": evaluate_retention_main, "demo": demo_main}
+         "evaluate_retention": evaluate_retention_main, "demo": demo_main,
+         "stream_produce": stream_produce_main}
 
 
 def job_main(name: str, argv: Sequence[str], prog: str) -> int:
@@ -167,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["demo"]:
         return job_main("demo", argv[1:], prog="lifelong demo")
     if tuple(argv[:2]) in (("train", "omniglot"), ("evaluate", "omniglot"),
-                           ("evaluate", "retention")):
+                           ("evaluate", "retention"), ("stream", "produce")):
         return job_main(f"{argv[0]}_{argv[1]}", argv[2:], prog=f"lifelong {argv[0]} {argv[1]}")
     asked = argv[:1] in (["-h"], ["--help"])
     print(_USAGE, file=sys.stdout if asked else sys.stderr)

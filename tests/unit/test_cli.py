@@ -34,3 +34,9 @@ def test_shipped_configs_load():
         load_config(OmniglotTrainJob, cli.CONFIG_DIR / name)
     load_config(OmniglotEvaluateJob, cli.CONFIG_DIR / "evaluate_omniglot.yaml",
                 ["checkpoint=x.pt"])
+
+
+def test_stream_produce_rejects_bad_settings_before_reading_data(capsys, tmp_path):
+    assert cli.main(["stream", "produce", "--to", str(tmp_path), "--examples", "0"]) == 2
+    assert "examples must be an int >= 1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

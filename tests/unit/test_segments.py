@@ -66,3 +66,31 @@ def test_quarantine_moves_the_segment_with_its_reason(tmp_path):
     assert (q / segment_name(3)).exists() and path.endswith(segment_name(3))
     assert json.loads((q / (segment_name(3) + ".reason.json")).read_text())["reason"] == \
         "wrong schema"
+
+
+def test_produced_stream_is_long_tailed_and_continues_numbering(tmp_path):
+    from lifelong.streaming.produce import OmniglotStream, ProduceSettings, produce
+
+    images = np.random.default_rng(0).integers(0, 256, (30, 4, 12, 12), dtype=np.uint8)
+    settings = ProduceSettings(examples=250, rows_per_segment=100, seed=3)
+    paths = list(produce(str(tmp_path), images, settings, progress=False))
+    assert [n for n, _ in list_segments(str(tmp_path))] == [0, 1, 2]
+    list(produce(str(tmp_path), images, ProduceSettings(examples=10, seed=4), progress=False))
+    assert [n for n, _ in list_segments(str(tmp_path))] == [0, 1, 2, 3]
+    rows = [read_segment(str(tmp_path), n, "uint8[12,12]") for n in range(3)]
+    labels = np.concatenate([s.labels for s in rows])
+    assert len(paths) == 3 and len(labels) == 250 and labels.max() < 120  # 30 x 4 rotations
+    counts = np.sort(np.bincount(labels, minlength=120))[::-1]
+    assert counts[0] > 5 * max(counts[60], 1)  # long-tailed: the head is far above the middle
+    # Equal seeds give equal streams; a class's first 4 appearances are its 4 real drawings.
+    a, b = OmniglotStream(images, settings), OmniglotStream(images, settings)
+    xa, ya = a.take(50)
+    xb, yb = b.take(50)
+    assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    rotated = np.concatenate([np.rot90(images, r, axes=(2, 3)) for r in range(4)])
+    first = {}
+    for x, y in zip(xa, ya):
+        first.setdefault(int(y), []).append(x)
+    for y, drawings in first.items():
+        for x in drawings[:4]:
+            assert any(np.array_equal(x, real) for real in rotated[y])
