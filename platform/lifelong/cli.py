@@ -52,7 +52,8 @@ def _parse_with_encoder(parser: argparse.ArgumentParser, argv: Sequence[str]):
 
 
 def train_omniglot_main(argv: Sequence[str], prog: str = "lifelong train omniglot") -> int:
-    """Episodic training of the Omniglot one-shot model; see jobs/configs/train_omniglot.yaml."""
+    """Trains the Omniglot one-shot encoder (episodic or life-long, on Ray Train or in
+    process); see jobs/configs/train_omniglot.yaml."""
     from lifelong.training.jobs import run_train_job
     from lifelong.training.omniglot import OmniglotTrainJob
 

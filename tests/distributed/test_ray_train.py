@@ -85,12 +85,13 @@ def test_a_dead_worker_is_restarted_and_resumes_from_its_checkpoint(background, 
 def test_a_run_started_again_under_its_name_resumes(background, ray_local, tmp_path):
     from lifelong.training.ray_train import train_on_ray
 
-    first = train_on_ray(tiny_job(tmp_path, "train.mode=episodic", "ray.num_workers=1"),
-                         None, None, progress=False)
+    first = train_on_ray(tiny_job(tmp_path, "train.mode=episodic", "ray.num_workers=1",
+                                  "ray.run_name=resumable"), None, None, progress=False)
     assert first.steps == 4
     run = open_run(tmp_path)
     again = train_on_ray(tiny_job(tmp_path, "train.mode=episodic", "ray.num_workers=1",
-                                  "train.steps=6"), run.run_id, run.tracking_uri,
+                                  "ray.run_name=resumable", "train.steps=6"), run.run_id,
+                         run.tracking_uri,
                          progress=False)
     assert again.steps == 6
     resumed = run.client.get_metric_history(run.run_id, "train.resumed_at_step")

@@ -95,7 +95,7 @@ def test_submitted_training_job_logs_its_run(ray_head, tmp_path):
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout.lower()
     # It trained with Ray Train on the cluster: checkpoints went through Ray Train's storage.
-    assert list((tmp_path / "out" / "ray_train").glob("omniglot-episodic/checkpoint_*"))
+    assert list((tmp_path / "out" / "ray_train").glob("omniglot-episodic-*/checkpoint_*"))
 
     import mlflow
 

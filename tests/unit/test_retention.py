@@ -110,8 +110,7 @@ def test_log_retention_keeps_its_reference_apart_from_eval_metrics(tmp_path):
     result.correct[64, 10] = np.ones(10)
     result.open_correct[64, 10] = np.zeros(10)
     result.inserts_between[64, 10] = 4.0
-    report = RetentionReport(result, ShotAccuracy(3, np.full((5, 2), 0.8)), "table", 64,
-                             None, None, None)
+    report = RetentionReport(result, ShotAccuracy(3, np.full((5, 2), 0.8)), "table", 64)
     with TrackedRun("retention-test", f"sqlite:///{tmp_path / 'm.db'}") as run:
         log_retention(run, report)
     logged = run.client.get_run(run.run_id).data.metrics

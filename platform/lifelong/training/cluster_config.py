@@ -26,7 +26,8 @@ class RayTrainConfig:
         storage_path: Where Ray Train keeps checkpoints (a path or URI; None:
             ``<output_dir>/ray_train``). A run started again with the same storage_path and
             run_name resumes from its last checkpoint.
-        run_name: The Ray Train run's name (None: "omniglot-<mode>").
+        run_name: The Ray Train run's name (None: a fresh "omniglot-<mode>-<time>-<id>" per
+            launch, so a new run never picks up an old one's checkpoint; name it to resume).
         checkpoints_to_keep: Checkpoints kept in storage.
     """
 

@@ -31,8 +31,8 @@ def job_for(job: OmniglotTrainJob, workers: int) -> OmniglotTrainJob:
     """The job with ``workers`` Ray Train workers, its own memory, run name and output."""
     return dataclasses.replace(
         job, ray=dataclasses.replace(job.ray, enabled=True, num_workers=workers,
-                                     run_name=f"{job.ray.run_name or 'compare'}-{workers}w",
-                                     storage_path=None),
+                                     run_name=job.ray.run_name and
+                                     f"{job.ray.run_name}-{workers}w"),
         shared_memory=dataclasses.replace(job.shared_memory,
                                           name=f"{job.shared_memory.name}-{workers}w",
                                           recreate=True),
@@ -45,7 +45,7 @@ def compare_workers(job: OmniglotTrainJob, counts: list[int], progress: bool = T
                     out=sys.stdout) -> list[WorkerRun]:
     """Trains and evaluates once per worker count; prints the comparison table."""
     from lifelong.distributed.registry import detach_shards
-    from lifelong.training.ray_train import ensure_ray, shared_memory_spec
+    from lifelong.training.ray_train import ensure_ray, shared_memory_storage
 
     ensure_ray(job_for(job, max(counts)))  # sized for the largest worker group
     runs = []
@@ -53,8 +53,7 @@ def compare_workers(job: OmniglotTrainJob, counts: list[int], progress: bool = T
         one = job_for(job, workers)
         result = run_train_job(one, progress=progress)
         if one.train.mode == "lifelong":  # free its shards' CPUs for the next run
-            spec = shared_memory_spec(one)
-            detach_shards(spec.name, spec.storage)
+            detach_shards(one.shared_memory.name, shared_memory_storage(one))
         first = result.results[0]
         runs.append(WorkerRun(workers, result.train.steps, result.train.wall_s,
                               result.train.images_per_s, first, result.run_id))

@@ -101,8 +101,13 @@ class ShotAccuracy:
         return float(self.per_episode[:, shot].mean())
 
     def ci95(self, shot: int) -> float:
-        """Half-width of the 95% interval: 1.96 * std / sqrt(episodes) (population std)."""
-        return float(1.96 * self.per_episode[:, shot].std() / math.sqrt(self.episodes))
+        """Half-width of the 95% interval over episodes (see ``ci95``)."""
+        return ci95(self.per_episode[:, shot])
+
+
+def ci95(samples: np.ndarray) -> float:
+    """Half-width of the 95% interval of a mean: 1.96 * std / sqrt(n) (population std)."""
+    return float(1.96 * samples.std() / math.sqrt(len(samples)))
 
 
 @contextlib.contextmanager

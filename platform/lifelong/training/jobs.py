@@ -86,12 +86,11 @@ def evaluate(encoder: torch.nn.Module, settings: EvalSettings, memory: MemoryCon
             for way in settings.ways]
 
 
-def _open_run(tracking: TrackingConfig, run_id: str | None = None, tags=None):
+def open_run(tracking: TrackingConfig, run_id: str | None = None, tags=None):
+    """The job's MLflow run (a new one, or ``run_id``); None when tracking is off."""
     if not tracking.enabled:
         return None
-    from lifelong.tracking import TrackedRun
-
-    from lifelong.tracking import absolute_tracking_uri
+    from lifelong.tracking import TrackedRun, absolute_tracking_uri
 
     return TrackedRun(tracking.experiment, absolute_tracking_uri(tracking.tracking_uri),
                       run_name=tracking.run_name,
@@ -109,7 +108,7 @@ def _print_table(table: str, results: list[ShotAccuracy], out=sys.stdout) -> Non
 def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
     """Trains (and, if job.evaluation.episodes > 0, evaluates), logging to MLflow."""
     start = time.perf_counter()
-    run = _open_run(job.tracking, tags={"job": "train_omniglot"})
+    run = open_run(job.tracking, tags={"job": "train_omniglot"})
     try:
         if run is not None:
             run.log_params(config_to_dict(job))
@@ -131,16 +130,20 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
                             step=result.steps)
         results: list[ShotAccuracy] = []
         table = ""
-        if job.evaluation.episodes:
+        retention = None
+        if job.evaluation.episodes or job.retention.enabled:
             encoder, _ = load_encoder(result.checkpoint)
+        if job.evaluation.episodes:
             results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
             table = accuracy_table(results)
             _print_table(table, results)
             if run is not None:
                 run.log_accuracy_table(results, table)
-        retention = None
         if job.retention.enabled:
-            retention = _retention_after_training(job, result, run, progress)
+            from lifelong.training.retention_job import retention_stage
+
+            retention = retention_stage(encoder, job.retention, job.memory, job.data, run,
+                                        progress)
     except BaseException:
         if run is not None:
             run.end("FAILED")
@@ -150,21 +153,6 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
     return JobResult(results, table, run.run_id if run else None,
                      run.tracking_uri if run else None, train=result,
                      wall_s=time.perf_counter() - start, retention=retention)
-
-
-def _retention_after_training(job: OmniglotTrainJob, result: TrainResult, run, progress: bool):
-    from lifelong.training.retention_job import log_retention, measure_retention, print_retention
-
-    encoder, _ = load_encoder(result.checkpoint)
-    images = load_omniglot("evaluation", root=job.data.root, cache_dir=job.data.cache_dir,
-                           progress=progress).images
-    report = measure_retention(encoder, images, job.retention, job.memory,
-                               job.evaluation.episodes or 1000, within_points=5.0,
-                               progress=progress)
-    print_retention(report, within_points=5.0)
-    if run is not None:
-        log_retention(run, report)
-    return report
 
 
 def resolve_encoder(checkpoint: str | None, run_id: str | None, tracking_uri: str | None):
@@ -195,7 +183,7 @@ def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResu
     results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
     table = accuracy_table(results)
     _print_table(table, results)
-    run = _open_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_omniglot"})
+    run = open_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_omniglot"})
     if run is not None:
         if job.run_id is None:
             run.log_params({**config_to_dict(job), "encoder": meta["encoder"]})

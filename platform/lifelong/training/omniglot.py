@@ -170,6 +170,11 @@ class OmniglotTrainJob:
     shared_memory: SharedMemoryConfig = field(default_factory=SharedMemoryConfig)
     output_dir: str = "runs/omniglot"
 
+    def __post_init__(self) -> None:
+        if self.ray.enabled and self.train.episodes_per_batch % self.ray.num_workers:
+            raise ConfigError(f"train.episodes_per_batch ({self.train.episodes_per_batch}) must "
+                              f"be a multiple of ray.num_workers ({self.ray.num_workers})")
+
 
 class StepLogger(Protocol):
     """Where training metrics go (an MLflow run, or nothing)."""

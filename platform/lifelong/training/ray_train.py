@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,44 +23,50 @@ import torch
 from lifelong import metrics
 from lifelong.config import config_from_dict
 from lifelong.data import load_omniglot
+from lifelong.distributed.actor import NAMESPACE
 from lifelong.errors import ConfigError, MemoryNotFoundError
 from lifelong.training.checkpoint import save_encoder
+from lifelong.models import build_encoder
 from lifelong.training.context import TrainContext
 from lifelong.training.omniglot import OmniglotTrainJob, TrainResult, train_omniglot
 
-STATE_FILE = "state.pt"
-ENCODER_FILE = "encoder.pt"
+STATE_FILE = "state.pt"  # a Ray Train checkpoint: encoder, optimizer, step, elapsed_s, meta
+ENCODER_FILE = "encoder.pt"  # the final encoder in output_dir (training/checkpoint.py format)
 # Fault injection for tests: the rank given exits at the step given, once (the marker file
 # records that it did), so the worker group restarts and must resume from its checkpoint.
 FAULT_STEP_ENV = "LIFELONG_FAULT_EXIT_AT_STEP"
 FAULT_MARKER_ENV = "LIFELONG_FAULT_MARKER"
-# Life-long labels are class ids of the background split (964 characters x 4 rotations).
-BACKGROUND_CLASSES = 964 * 4
 
 
-def shared_memory_spec(job: OmniglotTrainJob):
-    """The MemorySpec of the job's shared memory."""
-    from lifelong.distributed import MemorySpec
+def shared_memory_storage(job: OmniglotTrainJob) -> str:
+    """Where the job's shared memory lives, a relative path made absolute (workers and shard
+    actors run in other directories)."""
     from lifelong.distributed.registry import default_storage
 
+    storage = job.shared_memory.storage or default_storage()
+    return storage if "://" in storage else os.path.abspath(storage)
+
+
+def shared_memory_spec(job: OmniglotTrainJob, num_classes: int):
+    """The MemorySpec of the job's shared memory; its values are the background split's
+    ``num_classes`` class ids (the life-long labels)."""
+    from lifelong.distributed import MemorySpec
+
     sm = job.shared_memory
-    storage = sm.storage or default_storage()
-    if "://" not in storage:  # workers and shard actors run in other directories
-        storage = os.path.abspath(storage)
     return MemorySpec(name=sm.name, key_dim=job.model.key_dim, num_slots=sm.num_slots,
-                      num_values=BACKGROUND_CLASSES, storage=storage,
+                      num_values=num_classes, storage=shared_memory_storage(job),
                       shards=sm.shards, choose_k=job.memory.choose_k, alpha=job.memory.alpha,
                       age_noise=job.memory.age_noise, snapshot_every=sm.snapshot_every,
                       num_cpus=sm.num_cpus, shard_resource=sm.shard_resource,
                       seed=job.train.seed)
 
 
-def prepare_shared_memory(job: OmniglotTrainJob) -> str:
+def prepare_shared_memory(job: OmniglotTrainJob, num_classes: int) -> str:
     """Creates the job's shared memory, or checks that the existing one fits; returns its
     storage location."""
     from lifelong.distributed import create_memory, delete_memory, read_spec
 
-    spec = shared_memory_spec(job)
+    spec = shared_memory_spec(job, num_classes)
     try:
         existing = read_spec(spec.name, spec.storage)
     except MemoryNotFoundError:
@@ -91,33 +99,21 @@ def _any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def _report(job: OmniglotTrainJob, rank: int):
-    """The checkpoint hook: rank 0 writes state.pt + encoder.pt, every rank reports."""
+def _report(rank: int):
+    """The checkpoint hook: rank 0 writes the training state, every rank reports."""
     from ray.train import Checkpoint
 
     def save(step: int, state: dict[str, Any], stats: dict[str, float]) -> None:
-        reported = {"step": step, **{k.replace(".", "/"): v for k, v in stats.items()}}
+        reported = {"step": step, **stats}
         if rank != 0:
             ray.train.report(reported, checkpoint=None)
-            _fault_injection(rank, step)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state, Path(tmp) / STATE_FILE)
-            save_encoder(Path(tmp) / ENCODER_FILE, _unwrapped_encoder(state, job),
-                         encoder_name=job.model.encoder, key_dim=job.model.key_dim,
-                         dropout=job.model.dropout, extra={**state["meta"], "step": step})
-            ray.train.report(reported, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(state, Path(tmp) / STATE_FILE)
+                ray.train.report(reported, checkpoint=Checkpoint.from_directory(tmp))
         _fault_injection(rank, step)
 
     return save
-
-
-def _unwrapped_encoder(state: dict[str, Any], job: OmniglotTrainJob) -> torch.nn.Module:
-    from lifelong.models import build_encoder
-
-    encoder = build_encoder(job.model.encoder, job.model.key_dim, job.model.dropout)
-    encoder.load_state_dict(state["encoder"])
-    return encoder
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -150,7 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_omniglot(job, logger=logger, progress=config.get("progress", True),
                    ctx=TrainContext(rank=rank, world_size=world, prepare_model=prepare,
                                     shared_memory=memory, resume=resume,
-                                    save=_report(job, rank), any_rank=_any_rank))
+                                    save=_report(rank), any_rank=_any_rank))
 
 
 def ensure_ray(job: OmniglotTrainJob) -> None:
@@ -159,14 +155,14 @@ def ensure_ray(job: OmniglotTrainJob) -> None:
         return
     address = job.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, namespace="lifelong", log_to_driver=True)
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         return
     # Embedded local Ray: enough logical CPUs for the workers and the shard actors, which
     # mostly wait on each other, even where the machine has fewer cores.
     needed = job.ray.num_workers * job.ray.cpus_per_worker + 1
     if job.train.mode == "lifelong":
         needed += job.shared_memory.shards * job.shared_memory.num_cpus
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), namespace="lifelong")
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), namespace=NAMESPACE)
 
 
 def train_on_ray(job: OmniglotTrainJob, run_id: str | None, tracking_uri: str | None,
@@ -186,15 +182,18 @@ def train_on_ray(job: OmniglotTrainJob, run_id: str | None, tracking_uri: str | 
 
     # The data first, in the driver: a missing archive fails here, before any Ray work, and
     # the workers of this machine read the preprocessed cache instead of each building it.
-    load_omniglot("background", root=job.data.root, cache_dir=job.data.cache_dir,
-                  progress=progress)
+    background = load_omniglot("background", root=job.data.root, cache_dir=job.data.cache_dir,
+                               progress=progress)
     ensure_ray(job)
     storage = None
     if job.train.mode == "lifelong":
-        storage = prepare_shared_memory(job)
+        storage = prepare_shared_memory(job, num_classes=background.images.shape[0])
     output = Path(job.output_dir).resolve()
     storage_path = job.ray.storage_path or str(output / "ray_train")
-    name = job.ray.run_name or f"omniglot-{job.train.mode}"
+    # A fresh name per launch unless one is given: Ray Train resumes a run found under the
+    # same name and storage path, which a new `make demo` or benchmark must not do.
+    name = job.ray.run_name or (f"omniglot-{job.train.mode}-"
+                                    f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
     fault_env = {k: os.environ[k] for k in (FAULT_STEP_ENV, FAULT_MARKER_ENV) if k in os.environ}
     resources = {"CPU": job.ray.cpus_per_worker}
     if job.ray.trainer_resource:
@@ -215,16 +214,18 @@ def train_on_ray(job: OmniglotTrainJob, run_id: str | None, tracking_uri: str | 
     result = trainer.fit()
     if result.checkpoint is None:
         raise ConfigError("the training run reported no checkpoint")
-    target = output / ENCODER_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
-        target.write_bytes((Path(folder) / ENCODER_FILE).read_bytes())
+    encoder = build_encoder(job.model.encoder, job.model.key_dim, job.model.dropout)
+    encoder.load_state_dict(state["encoder"])
+    target = save_encoder(output / ENCODER_FILE, encoder, encoder_name=job.model.encoder,
+                          key_dim=job.model.key_dim, dropout=job.model.dropout,
+                          extra={**state["meta"], "step": state["step"]})
     reported = result.metrics or {}
     wall = float(state["elapsed_s"])
     steps = int(state["step"])
     images = steps * job.train.way * job.train.presentations * job.train.episodes_per_batch
     return TrainResult(checkpoint=target, steps=steps, wall_s=wall,
                        images_per_s=images / max(wall, 1e-9),
-                       last_metrics={k.replace("/", "."): v for k, v in reported.items()
+                       last_metrics={k: v for k, v in reported.items()
                                      if isinstance(v, (int, float))})

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from lifelong.config import check_int
 from lifelong.errors import ConfigError
 from lifelong.memory import Memory
-from lifelong.training.evaluate import MemoryConfig, torch_threads
+from lifelong.training.evaluate import MemoryConfig, ci95
 
 SHOW, ASK, FILLER = 0, 1, 2
 
@@ -62,6 +62,9 @@ class RetentionSettings:
         distortion: Strength of the filler distortions (1.0: up to 10 degrees, 10% scale,
             2 pixels shift; 0: plain drawings).
         seed: Seeds the stream (equal seeds give equal streams).
+        episodic_episodes: N-way episodes (memory cleared per episode) of the reference figure.
+        within_points: Tolerance, in accuracy points below the reference, for the smallest
+            memory that still recalls at the longest delay.
     """
 
     enabled: bool = True
@@ -73,6 +76,8 @@ class RetentionSettings:
     batch_size: int = 256
     distortion: float = 1.0
     seed: int = 0
+    episodic_episodes: int = 1000
+    within_points: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("delays", "memory_sizes"):
@@ -80,13 +85,15 @@ class RetentionSettings:
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                  for v in values):
                 raise ConfigError(f"retention.{name} must be ints >= 1, got {values!r}")
-        for name in ("way", "groups", "show_span", "batch_size"):
+        for name in ("way", "groups", "show_span", "batch_size", "episodic_episodes"):
             check_int(f"retention.{name}", getattr(self, name))
         check_int("retention.seed", self.seed, minimum=0)
         if self.way < 2:
             raise ConfigError("retention.way must be >= 2")
         if not 0 <= self.distortion <= 3:
             raise ConfigError(f"retention.distortion must lie in [0, 3], got {self.distortion}")
+        if not self.within_points > 0:
+            raise ConfigError(f"retention.within_points must be > 0, got {self.within_points}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,8 +136,7 @@ class RetentionResult:
         return float(self.correct[slots, delay].mean())
 
     def ci95(self, slots: int, delay: int) -> float:
-        c = self.correct[slots, delay]
-        return float(1.96 * c.std() / math.sqrt(len(c)))
+        return ci95(self.correct[slots, delay])
 
     def open_acc(self, slots: int, delay: int) -> float:
         return float(self.open_correct[slots, delay].mean())
@@ -257,8 +263,7 @@ def run_stream(memory: Memory, emb: torch.Tensor, stream: Stream, batch_size: in
     correct, open_correct = np.zeros(length, bool), np.zeros(length, bool)
     inserted = np.zeros(length, bool)
     cuts = _batches(stream.kind, batch_size)
-    with torch_threads(torch.get_num_threads()), tqdm(total=length, desc=desc, unit="ex",
-                                                      disable=not progress, leave=False) as bar:
+    with tqdm(total=length, desc=desc, unit="ex", disable=not progress, leave=False) as bar:
         for start, end in cuts:
             if stream.kind[start] == ASK:  # the N-way answer, before the ask's own write
                 group = stream.group_classes[stream.group[start]]

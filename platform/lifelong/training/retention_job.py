@@ -4,6 +4,7 @@ a plot and MLflow metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from lifelong import metrics
 from lifelong.config import check_int, config_to_dict
 from lifelong.data import load_omniglot
 from lifelong.errors import ConfigError
-from lifelong.training.jobs import resolve_encoder
+from lifelong.training.jobs import open_run, resolve_encoder
 from lifelong.training.evaluate import MemoryConfig, ShotAccuracy, evaluate_encoder
 from lifelong.training.omniglot import DataConfig, TrackingConfig
 from lifelong.training.retention import RetentionResult, RetentionSettings, evaluate_retention
@@ -28,16 +29,13 @@ class RetentionJob:
     """jobs/configs/evaluate_retention.yaml.
 
     Exactly one of ``checkpoint`` and ``run_id`` names the encoder; with ``run_id`` the
-    results join that run. ``episodic_episodes`` N-way episodes (memory cleared per episode)
-    give the reference figure.
+    results join that run.
     """
 
     checkpoint: str | None = None
     run_id: str | None = None
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    episodic_episodes: int = 1000
-    within_points: float = 5.0
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(
         default_factory=lambda: TrackingConfig(experiment="omniglot-retention"))
@@ -46,21 +44,17 @@ class RetentionJob:
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.run_id is None):
             raise ConfigError("give exactly one of checkpoint=PATH and run_id=ID")
-        check_int("episodic_episodes", self.episodic_episodes)
         check_int("threads", self.threads, minimum=0)
-        if not self.within_points > 0:
-            raise ConfigError("within_points must be > 0")
 
 
 @dataclass
 class RetentionReport:
+    """The retention curve, its episodic reference, the rendered table, the slot count."""
+
     result: RetentionResult
     episodic: ShotAccuracy
     table: str
     slots_needed: int | None
-    run_id: str | None
-    tracking_uri: str | None
-    plot: Path | None
 
 
 def retention_table(result: RetentionResult, episodic: ShotAccuracy) -> str:
@@ -142,29 +136,28 @@ def retention_metrics(result: RetentionResult) -> dict[str, float]:
 
 
 def measure_retention(encoder: torch.nn.Module, images, settings: RetentionSettings,
-                      memory: MemoryConfig, episodic_episodes: int, within_points: float,
-                      progress: bool = True) -> RetentionReport:
+                      memory: MemoryConfig, progress: bool = True) -> RetentionReport:
     """The retention curve of ``encoder`` and its episodic N-way 1-shot reference.
 
     Args:
         images: [C, n, H, W] uint8 evaluation characters.
     """
     episodic = evaluate_encoder(encoder, images, way=settings.way, presentations=2,
-                                episodes=episodic_episodes, seed=settings.seed + 1,
+                                episodes=settings.episodic_episodes, seed=settings.seed + 1,
                                 memory=memory, progress=progress,
                                 desc=f"episodic {settings.way}-way")
     result = evaluate_retention(encoder, images, settings, memory, progress=progress)
     return RetentionReport(result, episodic, retention_table(result, episodic),
-                           slots_needed(result, episodic, within_points), None, None, None)
+                           slots_needed(result, episodic, settings.within_points))
 
 
-def print_retention(report: RetentionReport, within_points: float, out=sys.stdout) -> None:
+def print_retention(report: RetentionReport, out=sys.stdout) -> None:
     s = report.result.settings
     print(f"\nRetention of {s.way}-way 1-shot recall over a stream of "
           f"{report.result.stream_length} examples, memory never reset:\n\n{report.table}\n",
           file=out)
     needed = report.slots_needed
-    print(f"Smallest memory within {within_points:g} points of the episodic figure at "
+    print(f"Smallest memory within {s.within_points:g} points of the episodic figure at "
           f"D = {max(s.delays)}: "
           f"{needed if needed is not None else 'none of ' + str(list(s.memory_sizes))} slots",
           file=out, flush=True)
@@ -184,7 +177,21 @@ def log_retention(run, report: RetentionReport) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run.log_artifact(plot_retention(report.result, report.episodic,
                                         Path(tmp) / metrics.RETENTION_PLOT))
-    report.run_id, report.tracking_uri = run.run_id, run.tracking_uri
+
+
+def retention_stage(encoder: torch.nn.Module, settings: RetentionSettings, memory: MemoryConfig,
+                    data: DataConfig, run=None, progress: bool = True,
+                    out=sys.stdout) -> RetentionReport:
+    """Measures retention on the evaluation characters, prints it, logs it into ``run``
+    (an MLflow run, or None): what the retention job and a training job with
+    ``retention.enabled`` both run."""
+    images = load_omniglot("evaluation", root=data.root, cache_dir=data.cache_dir,
+                           progress=progress).images
+    report = measure_retention(encoder, images, settings, memory, progress)
+    print_retention(report, out)
+    if run is not None:
+        log_retention(run, report)
+    return report
 
 
 def run_retention_job(job: RetentionJob, progress: bool = True,
@@ -195,24 +202,15 @@ def run_retention_job(job: RetentionJob, progress: bool = True,
         torch.set_num_threads(job.threads)
     encoder, meta, checkpoint = resolve_encoder(job.checkpoint, job.run_id,
                                                 job.tracking.tracking_uri)
-    images = load_omniglot("evaluation", root=job.data.root, cache_dir=job.data.cache_dir,
-                           progress=progress).images
-    report = measure_retention(encoder, images, job.retention, job.memory,
-                               job.episodic_episodes, job.within_points, progress)
     print(f"encoder {meta['encoder']} from {checkpoint}", file=out)
-    print_retention(report, job.within_points, out)
+    run = open_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_retention"})
+    with contextlib.nullcontext() if run is None else run:
+        if run is not None and job.run_id is None:
+            run.log_params({**config_to_dict(job), "encoder": meta["encoder"]})
+        report = retention_stage(encoder, job.retention, job.memory, job.data, run, progress,
+                                 out)
     print(f"({time.perf_counter() - start:.0f} s)", file=out, flush=True)
-    if job.tracking.enabled:
-        from lifelong.tracking import TrackedRun, absolute_tracking_uri
-
-        run = TrackedRun(job.tracking.experiment, absolute_tracking_uri(job.tracking.tracking_uri),
-                         run_name=job.tracking.run_name, run_id=job.run_id,
-                         artifact_location=job.tracking.artifact_location,
-                         tags={"job": "evaluate_retention"})
-        with run:
-            if job.run_id is None:
-                run.log_params({**config_to_dict(job), "encoder": meta["encoder"]})
-            log_retention(run, report)
+    if run is not None:
         print(f"MLflow run {run.run_id} ({run.tracking_uri}): metrics retention.*, artifacts "
               f"{metrics.RETENTION_PLOT}, {metrics.RETENTION_TABLE_MD}", file=out, flush=True)
     return report
