@@ -1,5 +1,5 @@
 """The ``lifelong`` command: ``lifelong train omniglot``, ``lifelong evaluate omniglot``,
-``lifelong demo``. The scripts in ``jobs/`` call the same entry points.
+``lifelong demo``, ``lifelong stream produce|run``. The scripts in ``jobs/`` call the same entry points.
 
 Every job takes ``--config PATH.yaml`` plus ``key=value`` overrides (dotted keys, YAML values),
 e.g. ``lifelong train omniglot --config jobs/configs/train_omniglot.yaml train.lr=3e-4``.
@@ -165,6 +165,33 @@ def stream_produce_main(argv: Sequence[str], prog: str = "lifelong stream produc
     return 0
 
 
+def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> int:
+    """Feeds a stream of segments into a named memory, prequentially and exactly once."""
+    from lifelong.streaming.config import StreamJob
+    from lifelong.streaming.launch import run_stream_job
+
+    parser = _job_parser(prog, "Read numbered Parquet segments in order as they appear, "
+                         "predict each micro-batch with the named memory before writing it, "
+                         "commit the read offset with every batch (a restart loses and repeats "
+                         "nothing), copy bad segments to quarantine, log prequential and k-shot "
+                         "accuracy to MLflow and Ray metrics. Stops at stream.max_examples, "
+                         "after stream.idle_timeout_s without new segments, or on SIGTERM/"
+                         "Ctrl-C after the batch in flight.",
+                         _default_config("stream.yaml"))
+    parser.add_argument("--source", help="segment folder or URI (= stream.source)")
+    parser.add_argument("--checkpoint", help="image encoder checkpoint (= encoder.checkpoint)")
+    parser.add_argument("--run-id", help="MLflow run whose encoder to use (= encoder.run_id)")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in ((args.source, "stream.source"), (args.checkpoint, "encoder.checkpoint"),
+                      (args.run_id, "encoder.run_id")):
+        if flag:
+            overrides.append(f"{key}={flag}")
+    job = load_config(StreamJob, args.config, overrides)
+    run_stream_job(job, progress=not args.no_progress)
+    return 0
+
+
 _USAGE = """usage: lifelong COMMAND [--config PATH] [key=value ...]
 
 commands:
@@ -174,13 +201,14 @@ commands:
   demo                quick train + evaluation, logged to MLflow
   memory ...          named memories on a Ray cluster: create | list | status | snapshot | delete
   stream produce      write a long-tailed Omniglot stream of new classes as Parquet segments
+  stream run          feed a stream into a named memory: prequential, exactly once, forever
 
 Run `lifelong COMMAND --help` for a command's options."""
 
 
 _JOBS = {"train_omniglot": train_omniglot_main, "evaluate_omniglot": evaluate_omniglot_main,
          "evaluate_retention": evaluate_retention_main, "demo": demo_main,
-         "stream_produce": stream_produce_main}
+         "stream_produce": stream_produce_main, "stream_run": stream_run_main}
 
 
 def job_main(name: str, argv: Sequence[str], prog: str) -> int:
@@ -202,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["demo"]:
         return job_main("demo", argv[1:], prog="lifelong demo")
     if tuple(argv[:2]) in (("train", "omniglot"), ("evaluate", "omniglot"),
-                           ("evaluate", "retention"), ("stream", "produce")):
+                           ("evaluate", "retention"), ("stream", "produce"),
+                           ("stream", "run")):
         return job_main(f"{argv[0]}_{argv[1]}", argv[2:], prog=f"lifelong {argv[0]} {argv[1]}")
     asked = argv[:1] in (["-h"], ["--help"])
     print(_USAGE, file=sys.stdout if asked else sys.stderr)

@@ -90,3 +90,37 @@ def prometheus_name(name: str, kind: str) -> str:
     histograms are queried through ``_bucket``."""
     suffix = {"counter": "_total", "histogram": "_bucket", "gauge": ""}[kind]
     return f"ray_{name}{suffix}"
+
+
+# Streaming (streaming/): MLflow metrics by step = examples applied so far.
+STREAM_EXAMPLES = "stream.examples"
+STREAM_PREQUENTIAL_ACC = "stream.prequential.acc"  # over every example so far
+STREAM_RARE_ACC = "stream.rare.acc"                # classes seen at most once before
+STREAM_EXAMPLES_PER_S = "stream.examples_per_s"    # this process, over the last interval
+STREAM_LAG_S = "stream.lag_s"                      # now - event time of the last row applied
+STREAM_LAG_SEGMENTS = "stream.lag_segments"        # segments present beyond the one read
+STREAM_QUARANTINED = "stream.quarantined"          # segments set aside
+STREAM_KSHOT_PLOT = "stream_kshot.png"
+
+
+def stream_window_metric(window: int) -> str:
+    """Prequential accuracy over the last ``window`` examples: ``stream.prequential.acc_1000``."""
+    return f"stream.prequential.acc_{window}"
+
+
+def stream_shot_metric(shot: int, interval: bool = False) -> str:
+    """Accuracy on a class's (shot+1)-th appearance, over the whole stream
+    (``stream.1shot.acc``) or over the last logging interval (``stream.1shot.interval_acc``)."""
+    return f"stream.{shot}shot.{'interval_acc' if interval else 'acc'}"
+
+
+# Ray metrics of a stream job (tags: stream, memory); gauges, so a restarted job sets them to
+# its committed counts instead of counting twice. dashboards/lifelong-stream.json uses them.
+STREAM_TAG_KEYS = ("stream", "memory")
+STREAM_RAY_EXAMPLES = "lifelong_stream_examples"                # gauge, examples applied
+STREAM_RAY_PREQUENTIAL_ACC = "lifelong_stream_prequential_acc"  # gauge, tag window
+STREAM_RAY_SHOT_ACC = "lifelong_stream_shot_acc"                # gauge, tag shot (interval)
+STREAM_RAY_EXAMPLES_PER_S = "lifelong_stream_examples_per_s"    # gauge
+STREAM_RAY_LAG_S = "lifelong_stream_lag_s"                      # gauge
+STREAM_RAY_LAG_SEGMENTS = "lifelong_stream_lag_segments"        # gauge
+STREAM_RAY_QUARANTINED = "lifelong_stream_quarantined"          # gauge

@@ -1,5 +1,5 @@
 """Stream segments: round trip of every payload format, order, and typed errors for corrupt,
-truncated, wrong-schema and NaN segments, which quarantine sets aside with their reason."""
+truncated, wrong-schema and NaN segments, which quarantine copies aside with their reason."""
 
 import json
 
@@ -58,14 +58,18 @@ def test_bad_segments_raise_typed_errors(tmp_path):
         write_segment(loc, 5, np.zeros((2, 3), np.float64), [0, 1], "s", "float32[3]")
 
 
-def test_quarantine_moves_the_segment_with_its_reason(tmp_path):
+def test_quarantine_copies_the_segment_with_its_reason_and_can_repeat(tmp_path):
     src, q = tmp_path / "stream", tmp_path / "quarantine"
     write_segment(str(src), 3, ["x"], [0], "s", "utf-8")
+    original = (src / segment_name(3)).read_bytes()
     path = quarantine(str(src), 3, "wrong schema", str(q))
-    assert list_segments(str(src)) == []
-    assert (q / segment_name(3)).exists() and path.endswith(segment_name(3))
+    assert [n for n, _ in list_segments(str(src))] == [3]  # the input is left alone
+    assert (q / segment_name(3)).read_bytes() == original and path.endswith(segment_name(3))
     assert json.loads((q / (segment_name(3) + ".reason.json")).read_text())["reason"] == \
         "wrong schema"
+    (src / segment_name(3)).unlink()  # a repeat after the source is gone keeps the copy
+    quarantine(str(src), 3, "wrong schema", str(q))
+    assert (q / segment_name(3)).read_bytes() == original
 
 
 def test_produced_stream_is_long_tailed_and_continues_numbering(tmp_path):

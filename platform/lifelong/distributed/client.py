@@ -11,6 +11,7 @@ them. With age noise 0 and the exact search this reproduces ``Memory`` step for 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from lifelong.distributed.shard import MemoryShard, ShardAnswer, ShardWrite
 from lifelong.distributed.spec import MemorySpec
-from lifelong.errors import MemoryStateError
+from lifelong.errors import InvalidLabelError, MemoryStateError
 from lifelong.memory import MemoryOutput
 from lifelong.memory.checks import check_labels, check_query
 from lifelong.memory.memory import margin_from_pair, softmax_temperature
@@ -58,13 +59,35 @@ def _rank_order(sims: np.ndarray) -> np.ndarray:
     return np.argsort(-sims, axis=1, kind="stable")
 
 
+@dataclass
+class UpdateBatch:
+    """One planned update batch of B queries, not yet sent: what a writer that must survive a
+    crash persists before sending (``ShardedMemory.apply_update`` sends it, as often as needed).
+
+    Attributes:
+        seq: the batch's sequence number for the client's writer.
+        writes: one ``ShardWrite`` per shard, in shard order.
+        nearest: [B] global slot of each query's nearest neighbour (what a correct query
+            refreshes).
+        inserting: [I] positions of the queries to insert; target: [I] the shard of each.
+    """
+
+    seq: int
+    writes: list[ShardWrite]
+    nearest: np.ndarray
+    inserting: np.ndarray
+    target: np.ndarray
+
+
 class ShardedMemory:
     """A memory spread over S shards, used like ``lifelong.memory.Memory``.
 
     Args:
         spec: the memory's spec.
         shards: how to reach the shards (``LocalShards`` or Ray actors, see ``attach``).
-        writer: this client's writer id (default: a fresh random one).
+        writer: this client's writer id (default: a fresh random one). Shards apply each
+            (writer, seq) batch once: a client that resumes a writer's work after a crash sets
+            ``seq`` to its last batch number and re-sends that batch.
     """
 
     def __init__(self, spec: MemorySpec, shards: ShardGroup, writer: str | None = None):
@@ -97,6 +120,23 @@ class ShardedMemory:
     def query(self, q: torch.Tensor, labels: torch.Tensor | None = None,
               update: bool = True) -> MemoryOutput:
         """As ``Memory.query``: q [B, key_dim] float32, labels [B] int64 or None."""
+        out, pending = self._answer(q, labels)
+        if labels is not None and update:
+            out.written_slots = self.apply_update(self._plan(*pending))
+        return out
+
+    def predict_and_plan(self, q: torch.Tensor,
+                         labels: torch.Tensor) -> tuple[MemoryOutput, UpdateBatch]:
+        """A prequential step's first half: answers q [B, key_dim] (prediction, loss) and plans
+        the update with labels [B], without sending it. ``apply_update`` sends the plan; until
+        then the memory is unchanged (and a new plan would take the next sequence number)."""
+        if labels is None:
+            raise InvalidLabelError("predict_and_plan needs the labels to plan the update")
+        out, pending = self._answer(q, labels)
+        return out, self._plan(*pending)
+
+    def _answer(self, q: torch.Tensor, labels: torch.Tensor | None):
+        """The merged answer of the shards, and what planning its update needs."""
         self._check(q, labels)
         qn = F.normalize(q, dim=1)
         q_np = np.ascontiguousarray(qn.detach().cpu().numpy())
@@ -109,13 +149,10 @@ class ShardedMemory:
                            neighbour_values=torch.from_numpy(values),
                            temperature=self.temperature)
         if labels is None:
-            return out
+            return out, None
         out.loss = self._loss(qn, answers, sims, slots, values, y_np)
         out.correct = out.values == labels.cpu()
-        if update:
-            out.written_slots = self._write(q_np, y_np, slots[:, 0], out.correct.numpy(),
-                                            answers)
-        return out
+        return out, (q_np, y_np, slots[:, 0], out.correct.numpy(), answers)
 
     def _merge(self, answers: list[ShardAnswer]):
         sims = np.concatenate([a.sims for a in answers], axis=1)
@@ -166,9 +203,9 @@ class ShardedMemory:
                                 torch.from_numpy(np.isfinite(pair_sims[:, 1])), self.spec.alpha)
 
     # --------------------------------------------------------------------------------- update
-    def _write(self, q, labels, nearest, correct, answers) -> torch.Tensor:
-        """Routes one update batch to the shards; returns the global slot each query wrote."""
-        written = nearest.copy()
+    def _plan(self, q, labels, nearest, correct, answers) -> UpdateBatch:
+        """Splits one update batch into the shards' parts (refreshes to the slot's owner,
+        inserts by the merged insert order) under the next sequence number."""
         refresh = np.flatnonzero(correct)
         inserting = np.flatnonzero(~correct)
         # The global insert order: the shards' candidates merged, minus slots refreshed now.
@@ -184,13 +221,21 @@ class ShardedMemory:
         for s in range(self.spec.shards):
             r = refresh[refresh_owner == s]
             i = inserting[target == s]
-            writes.append((ShardWrite(
+            writes.append(ShardWrite(
                 writer=self.writer, seq=self.seq, refresh_slots=nearest[r], refresh_q=q[r],
                 refresh_labels=labels[r], refresh_positions=r, insert_q=q[i],
-                insert_labels=labels[i], insert_positions=i),))
-        inserted = self.shards.call("apply", writes)
+                insert_labels=labels[i], insert_positions=i))
+        return UpdateBatch(seq=self.seq, writes=writes, nearest=nearest, inserting=inserting,
+                           target=target)
+
+    def apply_update(self, batch: UpdateBatch) -> torch.Tensor:
+        """Sends a planned batch to the shards (again, after a crash: each shard applies it
+        once and answers a repeat with its first answer); returns the global slot each query
+        wrote [B]."""
+        inserted = self.shards.call("apply", [(w,) for w in batch.writes])
+        written = batch.nearest.copy()
         for s, slots in enumerate(inserted):
-            written[inserting[target == s]] = slots
+            written[batch.inserting[batch.target == s]] = slots
         return torch.from_numpy(written)
 
     # ---------------------------------------------------------------------------------- state

@@ -81,14 +81,20 @@ def create_memory(spec: MemorySpec, address: str | None = None,
 
 
 def attach(name: str, storage: str | None = None, address: str | None = None,
-           timeout_s: float = 300.0) -> ShardedMemory:
-    """A client of the named memory; starts its shards from storage if they are not running."""
+           timeout_s: float = 300.0, writer: str | None = None) -> ShardedMemory:
+    """A client of the named memory; starts its shards from storage if they are not running.
+
+    Args:
+        writer: the client's writer id (default: a fresh one); see ``ShardedMemory``.
+    """
     spec = read_spec(name, storage)
     _ensure_ray(address)
-    return _client(spec, [_start_shard(spec, i) for i in range(spec.shards)], timeout_s)
+    return _client(spec, [_start_shard(spec, i) for i in range(spec.shards)], timeout_s,
+                   writer)
 
 
-def _client(spec: MemorySpec, handles: list, timeout_s: float) -> ShardedMemory:
+def _client(spec: MemorySpec, handles: list, timeout_s: float,
+            writer: str | None = None) -> ShardedMemory:
     shards = RayShards(handles, timeout_s=timeout_s)
     try:
         shards.call("ping", [()] * spec.shards)  # constructed: restored from storage
@@ -96,7 +102,7 @@ def _client(spec: MemorySpec, handles: list, timeout_s: float) -> ShardedMemory:
         raise ShardUnavailableError(f"the shards of {spec.name!r} did not start within "
                                     f"{timeout_s} s (not enough CPUs/GPUs for "
                                     f"{spec.shards} x num_cpus={spec.num_cpus}?)") from None
-    return ShardedMemory(spec, shards)
+    return ShardedMemory(spec, shards, writer=writer)
 
 
 def list_memories(storage: str | None = None) -> list[str]:

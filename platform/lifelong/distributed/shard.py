@@ -14,6 +14,7 @@ writer id and sequence number) is applied once.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,18 @@ class ShardWrite:
     insert_labels: np.ndarray
     insert_positions: np.ndarray
 
+    def digest(self) -> str:
+        """A fingerprint of the batch's contents: a retry must carry the same one."""
+        h = hashlib.blake2b(digest_size=16)
+        for a, dtype in ((self.refresh_slots, np.int64), (self.refresh_q, np.float32),
+                         (self.refresh_labels, np.int64), (self.refresh_positions, np.int64),
+                         (self.insert_q, np.float32), (self.insert_labels, np.int64),
+                         (self.insert_positions, np.int64)):
+            a = np.ascontiguousarray(a, dtype=dtype)
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
 
 @dataclass
 class ShardStats:
@@ -110,7 +123,8 @@ class MemoryShard:
         self.recent_slots = np.full(v, -1, dtype=np.int64)
         self.recent_clock = np.zeros(v, dtype=np.int64)
         self.recent_position = np.zeros(v, dtype=np.int64)
-        self.writers: dict[str, list] = {}  # writer -> [last seq, global inserted slots]
+        # writer -> [last seq, global inserted slots, digest of that batch]
+        self.writers: dict[str, list] = {}
         self.stats = ShardStats()
         self.since_snapshot = 0
         self.store = ShardStore(spec.location, index) if durable else None
@@ -174,15 +188,25 @@ class MemoryShard:
     # ------------------------------------------------------------------------------- update
     def apply(self, write: ShardWrite) -> np.ndarray:
         """Applies this shard's part of an update batch once; returns the global slots of its
-        inserts, in order (the same answer again for a retried batch)."""
+        inserts, in order (the same answer again for a retried batch).
+
+        Raises:
+            MemoryStateError: the batch is older than the writer's last one, or repeats its
+                number with other contents (two clients using one writer id).
+        """
         last = self.writers.get(write.writer)
+        digest = write.digest()
         if last is not None and write.seq <= last[0]:
+            if write.seq < last[0]:
+                raise MemoryStateError(f"writer {write.writer} sent batch {write.seq} after "
+                                       f"{last[0]}: batches must arrive in order")
+            if len(last) > 2 and last[2] is not None and last[2] != digest:
+                raise MemoryStateError(
+                    f"writer {write.writer} sent batch {write.seq} twice with different "
+                    "contents: is a second client using the same writer id?")
             self.stats.duplicates += 1
-            if write.seq == last[0]:
-                return np.asarray(last[1], dtype=np.int64)
-            raise MemoryStateError(f"writer {write.writer} sent batch {write.seq} after "
-                                   f"{last[0]}: batches must arrive in order")
-        update = self._plan(write)
+            return np.asarray(last[1], dtype=np.int64)
+        update = self._plan(write, digest)
         if self.store is not None:
             self.store.append(update)  # durable before acknowledged
         self._apply_update(update)
@@ -194,7 +218,7 @@ class MemoryShard:
             self.snapshot()
         return update.inserted + self.offset
 
-    def _plan(self, write: ShardWrite) -> Update:
+    def _plan(self, write: ShardWrite, digest: str) -> Update:
         """The update's effect, computed without changing any state."""
         mem, dev = self.memory, self.device
         refresh_local = torch.from_numpy(write.refresh_slots - self.offset).to(dev)
@@ -210,8 +234,8 @@ class MemoryShard:
         keys = np.concatenate([refreshed_keys.cpu().numpy(), write.insert_q])
         values = np.concatenate([mem.values[unique].cpu().numpy(), write.insert_labels])
         refresh_slots = refresh_local.cpu().numpy()
-        return Update(writer=write.writer, seq=write.seq, clock=int(mem.clock) + 1,
-                      slots=slots, keys=keys.astype(np.float32), values=values,
+        return Update(writer=write.writer, seq=write.seq, digest=digest,
+                      clock=int(mem.clock) + 1, slots=slots, keys=keys.astype(np.float32), values=values,
                       recent_labels=np.concatenate([write.refresh_labels, write.insert_labels]),
                       recent_slots=np.concatenate([refresh_slots, inserted.cpu().numpy()]),
                       recent_positions=np.concatenate([write.refresh_positions,
@@ -231,7 +255,8 @@ class MemoryShard:
             if (update.clock, pos) >= (self.recent_clock[label], self.recent_position[label]):
                 self.recent_slots[label] = slot
                 self.recent_clock[label], self.recent_position[label] = update.clock, pos
-        self.writers[update.writer] = [update.seq, (update.inserted + self.offset).tolist()]
+        self.writers[update.writer] = [update.seq, (update.inserted + self.offset).tolist(),
+                                       update.digest]
 
     # --------------------------------------------------------------------------- durability
     def _restore(self) -> None:

@@ -71,6 +71,7 @@ class Update:
     recent_slots: np.ndarray
     recent_positions: np.ndarray
     inserted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    digest: str | None = None  # fingerprint of the batch (``ShardWrite.digest``)
 
     def to_bytes(self) -> bytes:
         d = self.keys.shape[1]
@@ -94,7 +95,8 @@ class Update:
             "recent_position": pad(self.recent_positions),
         }).replace_schema_metadata({"lifelong": json.dumps({
             "writer": self.writer, "seq": self.seq, "clock": self.clock, "rows": rows,
-            "recent": recent, "inserted": [int(s) for s in self.inserted]})})
+            "recent": recent, "inserted": [int(s) for s in self.inserted],
+            "digest": self.digest})})
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
@@ -111,7 +113,8 @@ class Update:
                    values=col("value", rows), recent_labels=col("recent_label", recent),
                    recent_slots=col("recent_slot", recent),
                    recent_positions=col("recent_position", recent),
-                   inserted=np.asarray(meta["inserted"], dtype=np.int64))
+                   inserted=np.asarray(meta["inserted"], dtype=np.int64),
+                   digest=meta.get("digest"))
 
 
 def _key_column(keys: np.ndarray) -> pa.FixedSizeListArray:
@@ -161,7 +164,7 @@ class Snapshot:
     recent_slots: np.ndarray  # [V] int64, local slot or -1
     recent_clock: np.ndarray  # [V] int64
     recent_position: np.ndarray  # [V] int64
-    writers: dict[str, list]  # writer -> [last seq, inserted slots of that batch]
+    writers: dict[str, list]  # writer -> [last seq, inserted slots of that batch, digest]
 
 
 class ShardStore:

@@ -12,7 +12,7 @@ format is stored in the file's schema metadata, so any encoder can use the same 
 A segment is written to a temporary name and moved into place, so a reader never sees half a
 segment on a local filesystem (object stores put whole objects). A segment that cannot be read,
 has another schema or holds bad payloads raises ``CorruptSegmentError`` naming the file and the
-reason; the stream job sets it aside in quarantine (``quarantine``) and goes on.
+reason; the stream job copies it to a quarantine location (``quarantine``) and goes on.
 """
 
 from __future__ import annotations
@@ -191,20 +191,19 @@ def _decode(path: str, column: pa.ChunkedArray, dtype: str, shape: tuple[int, ..
 
 
 def quarantine(location: str, number: int, reason: str, quarantine_location: str) -> str:
-    """Moves segment ``number`` to the quarantine location, with ``<name>.reason.json`` beside
-    it; returns the new path."""
+    """Copies segment ``number`` to the quarantine location, with ``<name>.reason.json`` beside
+    it; returns the copy's path. The source is left as it is (a reader never deletes its
+    input: another job may read it, and a producer numbers on after the last segment there).
+    Repeating it is harmless, also once the source is gone."""
     fs, base = filesystem(location)
     qfs, qbase = filesystem(quarantine_location)
     qfs.create_dir(qbase, recursive=True)
     name = segment_name(number)
     target = f"{qbase}/{name}"
-    if type(fs) is type(qfs):
-        fs.move(f"{base}/{name}", target)
-    else:  # another filesystem: copy, then delete
+    if fs.get_file_info(f"{base}/{name}").type == pafs.FileType.File:
         pafs.copy_files(f"{base}/{name}", target, source_filesystem=fs,
                         destination_filesystem=qfs)
-        fs.delete_file(f"{base}/{name}")
     with qfs.open_output_stream(f"{target}.reason.json") as out:
         out.write(json.dumps({"segment": number, "reason": reason,
-                              "quarantined_at": time.time()}).encode())
+                              "source": location, "quarantined_at": time.time()}).encode())
     return target
