@@ -6,8 +6,15 @@ from dataclasses import dataclass, field
 
 from lifelong.config import check_int
 from lifelong.distributed.spec import check_name
-from lifelong.errors import ConfigError
+from lifelong.errors import ConfigError, MemoryNameError
 from lifelong.training.omniglot import TrackingConfig
+
+
+def _name(section: str, name: object) -> None:
+    try:
+        check_name(name)
+    except MemoryNameError as exc:
+        raise ConfigError(f"{section}.name: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ class StreamSettings:
     def __post_init__(self) -> None:
         if not self.source:
             raise ConfigError("stream.source is required: the segment folder or URI")
-        check_name(self.name)
+        _name("stream", self.name)
         for name in ("batch_size", "log_every", "plot_every", "max_shot"):
             check_int(f"stream.{name}", getattr(self, name))
         if self.max_examples is not None:
@@ -96,7 +103,7 @@ class StreamMemoryConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_name(self.name)
+        _name("memory", self.name)
         for name in ("num_slots", "shards", "num_values", "choose_k", "snapshot_every"):
             check_int(f"memory.{name}", getattr(self, name))
         check_int("memory.seed", self.seed, minimum=0)
