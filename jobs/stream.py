@@ -13,4 +13,4 @@ except ImportError:  # a checkout without `pip install -e .`: use the source tre
     from lifelong.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(job_main("stream", sys.argv[1:], prog="jobs/stream.py"))
+    sys.exit(job_main("stream_run", sys.argv[1:], prog="jobs/stream.py"))

@@ -3,13 +3,8 @@ token authentication on; its MLflow run holds the expected metrics."""
 
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,59 +19,12 @@ RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.ray
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def our_ray_processes(token: str) -> list[int]:
-    """Processes of the head we started: they all inherited our one-off auth token (Linux)."""
-    marker = f"RAY_AUTH_TOKEN={token}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            pass
-    return pids
-
-
-@pytest.fixture
-def ray_head(tmp_path):
-    temp = tempfile.mkdtemp(prefix="lifelong-head-")  # short: Ray's socket paths live there
-    dashboard = free_port()
-    # The cluster's `python` is this environment's (as after `source .venv/bin/activate`).
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    subprocess.run([RAY, "start", "--head", f"--port={free_port()}", "--num-cpus=2",
-                    f"--temp-dir={temp}", "--include-dashboard=true",
-                    f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}",
-                    f"--dashboard-agent-listen-port={free_port()}",
-                    f"--metrics-export-port={free_port()}", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=120)
-    try:
-        yield f"http://127.0.0.1:{dashboard}", env
-    finally:
-        for pid in our_ray_processes(env["RAY_AUTH_TOKEN"]):  # never `ray stop`: it would end
-            # every Ray on the machine
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 def test_submitted_training_job_logs_its_run(ray_head, tmp_path):
     try:
         load_omniglot("background", download=False, progress=False)
     except DataError as exc:
         pytest.skip(f"real Omniglot data not available (set LIFELONG_DATA_DIR): {exc}")
-    address, env = ray_head
+    address, env = ray_head.dashboard, ray_head.env
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": store,
                                 "LIFELONG_DATA_DIR": os.environ.get("LIFELONG_DATA_DIR", ""),
