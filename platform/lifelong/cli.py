@@ -42,7 +42,7 @@ def _parse_with_encoder(parser: argparse.ArgumentParser, argv: Sequence[str]):
     """Adds --checkpoint / --run-id (the encoder to evaluate) and turns them into overrides."""
     parser.add_argument("--checkpoint", help="encoder checkpoint (.pt) written by training")
     parser.add_argument("--run-id", help="MLflow run id whose encoder artifact to evaluate")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     if args.checkpoint:
         overrides.append(f"checkpoint={args.checkpoint}")
@@ -59,7 +59,7 @@ def train_omniglot_main(argv: Sequence[str], prog: str = "lifelong train omniglo
 
     args = _job_parser(prog, "Train the Omniglot one-shot encoder with the memory loss "
                        "(Kaiser et al. 2017), log to MLflow, optionally evaluate.",
-                       _default_config("train_omniglot.yaml")).parse_args(argv)
+                       _default_config("train_omniglot.yaml")).parse_intermixed_args(argv)
     job = load_config(OmniglotTrainJob, args.config, args.overrides)
     run_train_job(job, progress=not args.no_progress)
     return 0
@@ -103,7 +103,7 @@ def demo_main(argv: Sequence[str], prog: str = "lifelong demo") -> int:
     args = _job_parser(prog, "Demo of the platform: an embedded Ray, a named 2-shard memory, a "
                        "short Ray Train run (2 workers, life-long against the shared memory), "
                        "the episodic evaluation and a small retention evaluation, all logged "
-                       "to MLflow.", _default_config("demo.yaml")).parse_args(argv)
+                       "to MLflow.", _default_config("demo.yaml")).parse_intermixed_args(argv)
     start = time.perf_counter()
     job = load_config(OmniglotTrainJob, args.config, args.overrides)
     result = run_train_job(job, progress=not args.no_progress)
@@ -154,7 +154,7 @@ def stream_produce_main(argv: Sequence[str], prog: str = "lifelong stream produc
     parser.add_argument("--source-id", default=defaults.source_id)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     settings = ProduceSettings(examples=args.examples, rows_per_segment=args.rows_per_segment,
                                rate=args.rate, zipf_exponent=args.zipf_exponent,
                                distortion=args.distortion, source_id=args.source_id,
@@ -181,7 +181,7 @@ def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> i
     parser.add_argument("--source", help="segment folder or URI (= stream.source)")
     parser.add_argument("--checkpoint", help="image encoder checkpoint (= encoder.checkpoint)")
     parser.add_argument("--run-id", help="MLflow run whose encoder to use (= encoder.run_id)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     for flag, key in ((args.source, "stream.source"), (args.checkpoint, "encoder.checkpoint"),
                       (args.run_id, "encoder.run_id")):

@@ -97,7 +97,7 @@ def shard_contents(shards):
 def test_crashes_at_any_step_lose_and_repeat_nothing(tmp_path):
     total = make_stream(str(tmp_path / "src"))
     settings = StreamSettings(source=str(tmp_path / "src"), name="t", batch_size=7,
-                              idle_timeout_s=0, log_every=50, windows=(100,))
+                              idle_timeout_s=0, poll_s=0.02, log_every=50, windows=(100,))
     clean = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
     expected, _ = run_to_end(settings, clean, CommitStore(str(tmp_path / "clean")))
 
@@ -127,7 +127,7 @@ def test_a_restart_goes_on_where_the_record_says(tmp_path):
     make_stream(str(tmp_path / "src"), segments=4, rows=10)
     shards = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
     settings = StreamSettings(source=str(tmp_path / "src"), name="t", batch_size=4,
-                              idle_timeout_s=0, max_examples=15)
+                              idle_timeout_s=0, poll_s=0.02, max_examples=15)
     store = CommitStore(str(tmp_path / "state"))
     first = runner(settings, shards, store).run()
     assert (first.examples, first.stats.examples) == (15, 15)
@@ -167,7 +167,7 @@ def test_bad_segments_are_quarantined_and_every_good_row_applied(tmp_path):
     good_rows = corrupt_segments(src)
     shards = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
     store = CommitStore(str(tmp_path / "state"))
-    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0)
+    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0, poll_s=0.02)
     result = runner(settings, shards, store).run()
     assert result.stats.examples == good_rows
     assert sum(s.status()["inserts"] + s.status()["refreshes"] for s in shards.shards) == \
@@ -187,7 +187,7 @@ def test_a_crash_after_committing_a_quarantine_copies_on_restart(tmp_path):
     src = tmp_path / "src"
     corrupt_segments(src)
     shards = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
-    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0)
+    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0, poll_s=0.02)
 
     class CrashingRunner(StreamRunner):
         def _copy_to_quarantine(self, number, reason):
@@ -226,7 +226,7 @@ def test_a_second_client_with_the_same_writer_id_is_refused():
 def test_a_record_of_another_memory_or_shape_is_refused(tmp_path):
     make_stream(str(tmp_path / "src"), segments=1, rows=5)
     shards = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
-    settings = StreamSettings(source=str(tmp_path / "src"), name="t", idle_timeout_s=0)
+    settings = StreamSettings(source=str(tmp_path / "src"), name="t", idle_timeout_s=0, poll_s=0.02)
     store = CommitStore(str(tmp_path / "state"))
     runner(settings, shards, store).run()
     other = ShardedMemory(spec(), shards, writer="stream:other")

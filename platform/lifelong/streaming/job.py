@@ -10,8 +10,9 @@ One step, for a micro-batch of B rows of the current segment::
     memory.apply_update(batch)                            # shards apply (writer, seq) once
 
 A restart loads the record and sends its writes again before reading on (see ``commit.py``).
-Back-pressure: the next batch is read only after the shards acknowledged this one, and the job
-holds one segment at a time, so a slow memory slows reading instead of filling a buffer.
+Back-pressure: a batch is planned only after the shards acknowledged the one before, and the
+reader (``reader.py``) prepares at most one segment ahead, so a slow memory slows reading
+instead of filling a buffer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from lifelong.errors import ConfigError, CorruptSegmentError
 from lifelong.streaming.commit import CommitRecord, CommitStore
 from lifelong.streaming.config import StreamSettings
 from lifelong.streaming.report import stream_metrics
-from lifelong.streaming.segments import Segment, list_segments, quarantine, read_segment
+from lifelong.streaming.reader import SegmentReader
+from lifelong.streaming.segments import Segment, quarantine
 from lifelong.streaming.stats import StreamStats
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,7 @@ class StreamRunner:
         self.quarantine_location = quarantine_location
         self.log_point, self.plot = log_point, plot
         self.progress = progress
-        self.encoder = None
-        self.known: list[tuple[int, str]] = []  # listed segments not yet read
-        self.newest = -1
+        self.reader: SegmentReader | None = None
         self.stopping = False
         self.record = self._load(run_id)
 
@@ -127,25 +127,33 @@ class StreamRunner:
         self.quarantined: list[tuple[int, str]] = []
         self._clock = {"start": None, "last": None, "interval": (time.perf_counter(),
                                                                  start_examples)}
-        if start_examples and self.log_point is not None:
-            self.log_point(self.record.stats, self._metrics())  # the point a crash may have lost
         idle_since = time.monotonic()
         old_handlers = self._trap_signals()
+        self.reader = SegmentReader(self.s.source, self.record.segment, self._payload_format(),
+                                    self._check_labels, self.make_encoder, self.s.poll_s)
+        if start_examples and self.log_point is not None:
+            self.log_point(self.record.stats, self._metrics())  # the point a crash may have lost
         bar = tqdm(desc=f"stream {self.s.name}", unit="ex", initial=start_examples,
                    total=self.s.max_examples, disable=not self.progress)
         try:
             while not self.stopping and not self._done():
-                segment = self._next_segment()
-                if segment is None:
-                    if self.s.idle_timeout_s is not None and \
+                item = self.reader.next(timeout=self.s.poll_s)
+                if item is None:  # idle once the reader found nothing new for long enough
+                    if self.s.idle_timeout_s is not None and self.reader.caught_up and \
                             time.monotonic() - idle_since >= self.s.idle_timeout_s:
                         break
-                    time.sleep(self.s.poll_s)
                     continue
                 idle_since = time.monotonic()
-                if isinstance(segment, Segment):
-                    self._feed(segment, bar)
+                if item.number != self.record.segment:  # numbers may skip: the offset follows
+                    self.record.segment, self.record.row = item.number, 0
+                if isinstance(item.error, CorruptSegmentError):
+                    self._quarantine(item.number, str(item.error))
+                elif item.error is not None:
+                    raise item.error
+                else:
+                    self._feed(item.segment, item.keys, bar)
         finally:
+            self.reader.close()
             bar.close()
             self._restore_signals(old_handlers)
         if self.plot is not None:
@@ -159,26 +167,6 @@ class StreamRunner:
     def _done(self) -> bool:
         m = self.s.max_examples
         return m is not None and self.record.stats.examples >= m
-
-    def _next_segment(self) -> Segment | bool | None:
-        """The next segment in number order, True after quarantining one, None if none yet."""
-        r = self.record
-        if not self.known or self.known[0][0] < r.segment:
-            self.known = list_segments(self.s.source, after=r.segment - 1)
-            if self.known:
-                self.newest = self.known[-1][0]
-        if not self.known:
-            return None
-        number, _ = self.known.pop(0)
-        if number != r.segment:  # numbers need not be contiguous; the offset moves on
-            r.segment, r.row = number, 0
-        try:
-            segment = read_segment(self.s.source, number, self._payload_format())
-            self._check_labels(segment)
-        except CorruptSegmentError as exc:
-            self._quarantine(number, str(exc))
-            return True
-        return segment
 
     def _payload_format(self) -> str | None:
         return self.s.payload_format or self.record.meta.get("payload_format")
@@ -207,14 +195,11 @@ class StreamRunner:
         quarantine(self.s.source, number, reason, self.quarantine_location)
 
     # ---------------------------------------------------------------------------------- feed
-    def _feed(self, segment: Segment, bar) -> None:
-        """Prequential micro-batches over the segment from the record's row on."""
+    def _feed(self, segment: Segment, keys: torch.Tensor, bar) -> None:
+        """Prequential micro-batches over the segment (keys [R, key_dim]) from the record's
+        row on."""
         r = self.record
-        if self.encoder is None:
-            self.encoder = self.make_encoder(segment.payload_format)
-            if "payload_format" not in r.meta:
-                r.meta["payload_format"] = segment.payload_format
-        keys = self.encoder(segment.payloads)  # the whole segment: keys never depend on `row`
+        r.meta.setdefault("payload_format", segment.payload_format)
         if keys.shape[1] != self.memory.spec.key_dim:
             raise ConfigError(f"the encoder gives keys of size {keys.shape[1]}, the memory "
                               f"{self.memory.spec.name!r} holds {self.memory.spec.key_dim}")
@@ -264,7 +249,7 @@ class StreamRunner:
         now = time.perf_counter()
         since, examples_then = self._clock["interval"]
         stats = self.record.stats
-        live = {metrics.STREAM_LAG_SEGMENTS: max(0, self.newest - self.record.segment + 1)}
+        live = {metrics.STREAM_LAG_SEGMENTS: max(0, self.reader.newest - self.record.segment + 1)}
         if stats.examples > examples_then and now > since:
             live[metrics.STREAM_EXAMPLES_PER_S] = (stats.examples - examples_then) / (now - since)
         if getattr(self, "_last_event_us", None) is not None:
