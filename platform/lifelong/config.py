@@ -90,6 +90,19 @@ def _as_float(name: str, value: Any) -> Any:
     return value
 
 
+def _section_defaults(f: dataclasses.Field) -> dict[str, Any]:
+    """The values a job gives a section by default (e.g. its own MLflow experiment name): a
+    partial section in a config overrides them key by key instead of the class defaults."""
+    if f.default_factory is dataclasses.MISSING:
+        return {}
+    try:
+        default = f.default_factory()
+    except ConfigError:  # the section has required keys: no complete default
+        return {}
+    return {g.name: getattr(default, g.name) for g in dataclasses.fields(default)
+            if not dataclasses.is_dataclass(getattr(default, g.name))}
+
+
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> tuple[T | None, list[str]]:
     """Builds ``cls`` from ``data``; returns (the object or None, every problem found).
 
@@ -108,7 +121,8 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> tuple[T |
             if not isinstance(value, Mapping):
                 problems.append(f"{prefix}{f.name} must be a mapping, got {value!r}")
                 continue
-            value, nested = _build(hints[f.name], value, f"{prefix}{f.name}.")
+            value, nested = _build(hints[f.name], {**_section_defaults(f), **value},
+                                   f"{prefix}{f.name}.")
             problems += nested
             if value is None:
                 continue

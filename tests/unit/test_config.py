@@ -76,3 +76,11 @@ def test_the_shipped_training_configs_load():
     for name in ("train_omniglot.yaml", "demo.yaml", "bench_train_workers.yaml"):
         job = load_config(OmniglotTrainJob, CONFIG_DIR / name)
         assert job.ray.enabled
+
+
+def test_a_partial_section_keeps_the_jobs_own_defaults_for_it():
+    from lifelong.streaming.config import StreamJob
+
+    job = config_from_dict(StreamJob, {"stream": {"source": "x"},
+                                       "tracking": {"enabled": False}})
+    assert job.tracking.experiment == "stream" and not job.tracking.enabled

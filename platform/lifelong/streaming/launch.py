@@ -108,8 +108,9 @@ def open_memory(job: StreamJob, loader):
     return attach(m.name, storage, writer=writer)
 
 
-def run_stream_job(job: StreamJob, progress: bool = True, out=sys.stdout) -> StreamResult:
+def run_stream_job(job: StreamJob, progress: bool = True, out=None) -> StreamResult:
     """Runs the stream job until it stops (see ``StreamSettings``); returns what it did."""
+    out = out or sys.stdout
     import torch
 
     from lifelong.training.jobs import open_run
@@ -164,7 +165,9 @@ def run_stream_job(job: StreamJob, progress: bool = True, out=sys.stdout) -> Str
     return result
 
 
-def print_summary(job: StreamJob, result: StreamResult, memory, out=sys.stdout) -> None:
+def print_summary(job: StreamJob, result: StreamResult, memory, out=None) -> None:
+    """The run's figures as a markdown table."""
+    out = out or sys.stdout
     st = result.stats
     pct = lambda x: "-" if math.isnan(x) else f"{100 * x:.2f}"  # noqa: E731
     occupied = memory.occupancy()

@@ -80,7 +80,7 @@ class StreamGauges:
 
 
 def plot_kshot(stats: StreamStats, shots: Sequence[int], path: Path,
-               title: str = "", points: int = 40) -> Path:
+               title: str = "", points: int = 25) -> Path:
     """k-shot accuracy against examples streamed, one line per k, from the logged intervals
     (grouped into at most ``points`` bins so that rarely seen shots still have counts)."""
     import matplotlib
@@ -88,7 +88,7 @@ def plot_kshot(stats: StreamStats, shots: Sequence[int], path: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     n = len(stats.history_examples)
     if n:
         edges = np.unique(np.linspace(0, n, min(points, n) + 1).astype(int))
@@ -107,7 +107,7 @@ def plot_kshot(stats: StreamStats, shots: Sequence[int], path: Path,
     ax.set_ylim(0, 102)
     ax.set_title(title or "k-shot accuracy over time (predicted before written)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
