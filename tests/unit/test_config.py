@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lifelong.config import config_to_dict, load_config, parse_overrides
+from lifelong.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from lifelong.errors import ConfigError
 
 
