@@ -13,7 +13,7 @@ LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export LIFELONG_DATA_DIR
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-sharded bench-workers retention clean
+.PHONY: install demo test test-slow bench bench-sharded bench-workers retention stream clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ bench-workers: install
 RETENTION_CHECKPOINT ?= runs/omniglot/encoder.pt
 retention: install
 	$(PY) jobs/evaluate_retention.py --checkpoint $(RETENTION_CHECKPOINT)
+
+# 100,000 long-tailed Omniglot examples streamed into a named memory (prequential, exactly once);
+# the encoder of `make demo` by default. Run it again: it resumes, and ends at once when done.
+STREAM_CHECKPOINT ?= runs/demo/encoder.pt
+STREAM_EXAMPLES ?= 100000
+stream: install
+	$(VENV)/bin/lifelong stream produce --to runs/stream/segments --examples $(STREAM_EXAMPLES) --if-empty
+	$(PY) jobs/stream.py --source runs/stream/segments --checkpoint $(STREAM_CHECKPOINT) \
+	    memory.storage=runs/stream/memories stream.idle_timeout_s=0
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -137,6 +137,7 @@ def stream_produce_main(argv: Sequence[str], prog: str = "lifelong stream produc
     """Writes a long-tailed Omniglot stream of new classes into numbered segments."""
     from lifelong.data import load_omniglot
     from lifelong.streaming.produce import ProduceSettings, produce
+    from lifelong.streaming.segments import list_segments
 
     parser = argparse.ArgumentParser(prog=prog, description=(
         "Write an endless-source stream for demos and tests: the Omniglot evaluation characters "
@@ -153,8 +154,13 @@ def stream_produce_main(argv: Sequence[str], prog: str = "lifelong stream produc
     parser.add_argument("--distortion", type=float, default=defaults.distortion)
     parser.add_argument("--source-id", default=defaults.source_id)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--if-empty", action="store_true",
+                        help="write nothing if the folder already holds segments")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_intermixed_args(argv)
+    if args.if_empty and list_segments(args.to):
+        print(f"{args.to} already holds segments: nothing written (--if-empty)")
+        return 0
     settings = ProduceSettings(examples=args.examples, rows_per_segment=args.rows_per_segment,
                                rate=args.rate, zipf_exponent=args.zipf_exponent,
                                distortion=args.distortion, source_id=args.source_id,

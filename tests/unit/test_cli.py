@@ -40,3 +40,33 @@ def test_stream_produce_rejects_bad_settings_before_reading_data(capsys, tmp_pat
     assert cli.main(["stream", "produce", "--to", str(tmp_path), "--examples", "0"]) == 2
     assert "examples must be an int >= 1" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_stream_run_help_config_and_errors(capsys, tmp_path):
+    from lifelong.config import load_config
+    from lifelong.streaming.config import StreamJob
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["stream", "run", "--help"])
+    assert exit_.value.code == 0 and "--source" in capsys.readouterr().out
+    job = load_config(StreamJob, cli.CONFIG_DIR / "stream.yaml", ["stream.source=x"])
+    assert job.tracking.experiment == "stream" and job.memory.num_values == 2636
+    # No source, bad values, unknown keys: one line, exit 2, nothing started.
+    assert cli.main(["stream", "run", "stream.batch_size=0", "stream.windoes=[5]"]) == 2
+    err = capsys.readouterr().err
+    assert "stream.source is required" in err or "stream.batch_size" in err
+    assert "unknown key stream.windoes" in err
+    assert cli.main(["stream", "run", "--source", str(tmp_path), "--no-progress",
+                     "encoder.checkpoint=a.pt", "encoder.run_id=b"]) == 2
+    assert "at most one of encoder.checkpoint" in capsys.readouterr().err
+
+
+def test_stream_produce_if_empty_writes_nothing_into_a_filled_folder(capsys, tmp_path):
+    import numpy as np
+
+    from lifelong.streaming.segments import list_segments, write_segment
+
+    write_segment(str(tmp_path), 0, np.zeros((1, 2), np.float32), [0], "s", "float32[2]")
+    assert cli.main(["stream", "produce", "--to", str(tmp_path), "--if-empty"]) == 0
+    assert "nothing written" in capsys.readouterr().out
+    assert len(list_segments(str(tmp_path))) == 1

@@ -245,3 +245,26 @@ def test_stream_settings_reject_bad_values():
         StreamSettings(source="x", shots=(11,))
     with pytest.raises(ConfigError):
         StreamSettings(source="x", name="../up")
+
+
+def test_two_stream_jobs_feed_one_memory(tmp_path):
+    a = make_stream(str(tmp_path / "a"), segments=3, rows=20, seed=1)
+    b = make_stream(str(tmp_path / "b"), segments=2, rows=25, seed=2)
+    shards = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
+    jobs = {name: (StreamSettings(source=str(tmp_path / name), name=name, batch_size=6,
+                                  idle_timeout_s=0, poll_s=0.02, max_examples=n),
+                   CommitStore(str(tmp_path / f"state-{name}")))
+            for name, n in (("a", a), ("b", b))}
+    done = {}
+    for limit in (10, 30, 60):  # the two jobs take turns, each resuming where it stopped
+        for name, (settings, store) in jobs.items():
+            capped = StreamSettings(**{**settings.__dict__,
+                                       "max_examples": min(limit, settings.max_examples)})
+            done[name] = runner(capped, shards, store).run().stats.examples
+    assert done == {"a": a, "b": b}
+    status = [s.status() for s in shards.shards]
+    assert sum(s["inserts"] + s["refreshes"] for s in status) == a + b
+    # Each of the 4 restarts re-sent its last recorded batch: both shards answered it from
+    # memory, nothing applied twice.
+    assert sum(s["duplicates"] for s in status) == 4 * 2
+    assert set(shards.shards[0].writers) == {"stream:a", "stream:b"}
