@@ -13,7 +13,7 @@ LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export LIFELONG_DATA_DIR
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-sharded bench-workers retention stream clean
+.PHONY: install demo test test-slow bench bench-sharded bench-workers bench-stream retention stream clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-sharded: install
 # 1 vs 2 Ray Train workers, life-long against a 2-shard memory (about 30 minutes on 2 cores).
 bench-workers: install
 	$(PY) jobs/bench_train_workers.py
+
+# The stream job against its floors (encoder alone, memory alone), same segments, one run.
+bench-stream: install
+	$(PY) jobs/bench_stream.py --checkpoint $(STREAM_CHECKPOINT)
 
 # The life-long retention curve of a trained encoder (train first: `make demo` or the 1-hour run).
 RETENTION_CHECKPOINT ?= runs/omniglot/encoder.pt
