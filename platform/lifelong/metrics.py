@@ -99,7 +99,8 @@ STREAM_RARE_ACC = "stream.rare.acc"                # classes seen at most once b
 STREAM_EXAMPLES_PER_S = "stream.examples_per_s"    # this process, over the last interval
 STREAM_LAG_S = "stream.lag_s"                      # now - event time of the last row applied
 STREAM_LAG_SEGMENTS = "stream.lag_segments"        # segments present beyond the one read
-STREAM_QUARANTINED = "stream.quarantined"          # segments set aside
+STREAM_QUARANTINED = "stream.quarantined"          # segments set aside (wholly or in part)
+STREAM_DROPPED_ROWS = "stream.dropped_rows"        # bad rows left out of readable segments
 STREAM_KSHOT_PLOT = "stream_kshot.png"
 
 

@@ -98,3 +98,30 @@ def test_produced_stream_is_long_tailed_and_continues_numbering(tmp_path):
     for y, drawings in first.items():
         for x in drawings[:4]:
             assert any(np.array_equal(x, real) for real in rotated[y])
+
+
+def test_bad_rows_can_be_dropped_with_their_reasons(tmp_path):
+    loc = str(tmp_path)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    x[1, 2] = np.inf
+    write_segment(loc, 0, x, [0, 1, 2, 3], "s", "float32[3]")
+    with pytest.raises(CorruptSegmentError, match="1 bad rows .*row 1"):
+        read_segment(loc, 0)
+    seg = read_segment(loc, 0, bad_rows="drop")
+    assert list(seg.labels) == [0, 2, 3] and np.array_equal(seg.payloads, x[[0, 2, 3]])
+    assert list(seg.dropped) == [1] and "NaN or Inf" in seg.dropped[1]
+    fewer = seg.without({1: "label out of range"})  # positions in seg: file row 2
+    assert list(fewer.labels) == [0, 3] and sorted(fewer.dropped) == [1, 2]
+    table = pq.read_table(tmp_path / segment_name(0))  # a short payload and bad UTF-8 rows
+    rows = table.column("payload").to_pylist()
+    rows[3] = rows[3][:5]
+    pq.write_table(table.set_column(0, table.schema.field(0), pa.array(rows, pa.binary())),
+                   tmp_path / segment_name(1))
+    assert "of 5 bytes, not 12" in read_segment(loc, 1, bad_rows="drop").dropped[3]
+    write_segment(loc, 2, ["gut", "x"], [0, 1], "s", "utf-8")
+    table = pq.read_table(tmp_path / segment_name(2))
+    pq.write_table(table.set_column(0, table.schema.field(0),
+                                    pa.array([b"gut", b"\xff"], pa.binary())),
+                   tmp_path / segment_name(2))
+    text = read_segment(loc, 2, bad_rows="drop")
+    assert text.payloads == ["gut"] and "UTF-8" in text.dropped[1]

@@ -16,7 +16,7 @@ from lifelong.streaming.commit import CommitStore
 from lifelong.streaming.config import StreamSettings
 from lifelong.streaming.encoders import payload_encoder
 from lifelong.streaming.job import StreamRunner
-from lifelong.streaming.segments import segment_name, write_segment
+from lifelong.streaming.segments import read_segment, segment_name, write_segment
 
 DIM, CLASSES = 8, 40
 
@@ -145,21 +145,22 @@ def test_a_restart_goes_on_where_the_record_says(tmp_path):
 
 
 def corrupt_segments(src):
-    """Good segments 0, 2, 5; truncated 1, wrong schema 3, NaN payload 4, bad labels 6."""
+    """Good segments 0, 2, 5 (9 rows each); 1 truncated and 3 of another schema (nothing
+    readable); 4 with NaN payloads in rows 2 and 5, 6 with a label out of range in row 1 (the
+    other rows good). Returns the number of good rows."""
     rng = np.random.default_rng(0)
-    good = {}
-    for n in (0, 1, 2, 4, 5, 6):
+    for n in range(7):
         labels = rng.integers(CLASSES, size=9)
-        good[n] = labels
-        write_segment(str(src), n, rng.normal(size=(9, DIM)).astype(np.float32), labels, "t",
-                      f"float32[{DIM}]")
+        x = rng.normal(size=(9, DIM)).astype(np.float32)
+        if n == 4:
+            x[[2, 5], 3] = np.nan
+        if n == 6:
+            labels[1] = CLASSES
+        write_segment(str(src), n, x, labels, "t", f"float32[{DIM}]")
     path = src / segment_name(1)
     path.write_bytes(path.read_bytes()[:-40])
     pq.write_table(pa.table({"x": [1, 2, 3]}), src / segment_name(3))
-    bad = np.full((2, DIM), np.nan, np.float32)
-    write_segment(str(src), 4, bad, [0, 1], "t", f"float32[{DIM}]")
-    write_segment(str(src), 6, np.ones((2, DIM), np.float32), [0, CLASSES], "t", f"float32[{DIM}]")
-    return sum(len(good[n]) for n in (0, 2, 5))
+    return 3 * 9 + 7 + 8
 
 
 def test_bad_segments_are_quarantined_and_every_good_row_applied(tmp_path):
@@ -167,41 +168,62 @@ def test_bad_segments_are_quarantined_and_every_good_row_applied(tmp_path):
     good_rows = corrupt_segments(src)
     shards = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
     store = CommitStore(str(tmp_path / "state"))
-    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0, poll_s=0.02)
+    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0,
+                              poll_s=0.02)
     result = runner(settings, shards, store).run()
     assert result.stats.examples == good_rows
     assert sum(s.status()["inserts"] + s.status()["refreshes"] for s in shards.shards) == \
         good_rows
     assert [n for n, _ in result.quarantined] == [1, 3, 4, 6]
-    assert result.stats.quarantined == 4
+    assert (result.stats.quarantined, result.stats.dropped_rows) == (4, 3)
     reasons = dict(result.quarantined)
     assert "unreadable" in reasons[1] and "schema" in reasons[3]
-    assert "NaN" in reasons[4] and "labels outside" in reasons[6]
+    assert "2 of 9 rows" in reasons[4] and "NaN" in reasons[4]
+    assert "label 40 outside [0, 40)" in reasons[6]
     q = tmp_path / "state" / "quarantine"
     for n in (1, 3, 4, 6):
         assert (q / segment_name(n)).read_bytes() == (src / segment_name(n)).read_bytes()
         assert json.loads((q / f"{segment_name(n)}.reason.json").read_text())["segment"] == n
+    rows = json.loads((q / f"{segment_name(4)}.reason.json").read_text())["rows"]
+    assert sorted(rows) == ["2", "5"]
+    # The rows applied are exactly the good ones: segment 4's good rows, in order.
+    seen = np.zeros(CLASSES, np.int64)
+    for n in (0, 2, 4, 5, 6):
+        seg = read_segment(str(src), n, bad_rows="drop")
+        keep = seg.labels < CLASSES
+        np.add.at(seen, seg.labels[keep], 1)
+    np.testing.assert_array_equal(result.stats.seen, seen)
 
 
-def test_a_crash_after_committing_a_quarantine_copies_on_restart(tmp_path):
+def test_crashes_after_committing_quarantines_copy_on_restart_and_count_once(tmp_path):
     src = tmp_path / "src"
-    corrupt_segments(src)
+    good_rows = corrupt_segments(src)
     shards = LocalShards([MemoryShard(spec(), i, durable=False) for i in range(2)])
-    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0, poll_s=0.02)
+    settings = StreamSettings(source=str(src), name="t", batch_size=4, idle_timeout_s=0,
+                              poll_s=0.02)
+    crashed = set()
 
     class CrashingRunner(StreamRunner):
-        def _copy_to_quarantine(self, number, reason):
-            raise Crash("killed before the copy")
+        def _copy_to_quarantine(self, number, reason, rows):
+            if number not in crashed:  # killed once at each, before the copy
+                crashed.add(number)
+                raise Crash(f"killed before copying segment {number}")
+            super()._copy_to_quarantine(number, reason, rows)
 
     store = CommitStore(str(tmp_path / "state"))
-    memory = ShardedMemory(spec(), shards, writer="stream:t")
-    with pytest.raises(Crash):
-        CrashingRunner(settings, memory, store, lambda f: payload_encoder(f, None),
-                       str(tmp_path / "state" / "quarantine")).run()
-    assert store.load().quarantine[0] == 1 and store.load().segment == 2
-    result = runner(settings, shards, store).run()
-    assert (tmp_path / "state" / "quarantine" / segment_name(1)).exists()
-    assert result.stats.quarantined == 4
+    q = tmp_path / "state" / "quarantine"
+    while True:
+        memory = ShardedMemory(spec(), shards, writer="stream:t")
+        try:
+            result = CrashingRunner(settings, memory, store, lambda f: payload_encoder(f, None),
+                                    str(q)).run()
+            break
+        except Crash:
+            assert store.load().quarantine is not None  # committed before the copy
+    assert crashed == {1, 3, 4, 6}
+    assert (result.stats.quarantined, result.stats.dropped_rows) == (4, 3)
+    assert result.stats.examples == good_rows
+    assert all((q / segment_name(n)).exists() for n in crashed)
 
 
 def test_a_second_client_with_the_same_writer_id_is_refused():

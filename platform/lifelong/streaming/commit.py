@@ -43,7 +43,8 @@ class CommitRecord:
         segment, row: the next example to read (segment number, row in it).
         stats: prequential counts up to and including batch ``seq``.
         batch: the writes of batch ``seq`` (None when the last action was not a write).
-        quarantine: (segment, reason) when the last action set a segment aside.
+        quarantine: (segment, reason, {bad row: reason}) when the last action set a segment
+            (or some of its rows: then the dict is not empty) aside.
         run_id: the MLflow run the job logs into.
         meta: small JSON-able facts (memory name, payload format, ...).
     """
@@ -54,14 +55,16 @@ class CommitRecord:
     row: int
     stats: StreamStats
     batch: UpdateBatch | None = None
-    quarantine: tuple[int, str] | None = None
+    quarantine: tuple[int, str, dict] | None = None
     run_id: str | None = None
     meta: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------- encoding
     def to_bytes(self) -> bytes:
+        quarantine = self.quarantine and [self.quarantine[0], self.quarantine[1],
+                                          {str(k): v for k, v in self.quarantine[2].items()}]
         header = {"format_version": FORMAT_VERSION, "writer": self.writer, "seq": self.seq,
-                  "segment": self.segment, "row": self.row, "quarantine": self.quarantine,
+                  "segment": self.segment, "row": self.row, "quarantine": quarantine,
                   "run_id": self.run_id, "meta": self.meta,
                   "shards": len(self.batch.writes) if self.batch is not None else None}
         arrays = self.stats.to_arrays()
@@ -95,7 +98,10 @@ class CommitRecord:
                                     nearest=arrays["batch.nearest"],
                                     inserting=arrays["batch.inserting"],
                                     target=arrays["batch.target"])
-            quarantine = tuple(header["quarantine"]) if header["quarantine"] else None
+            quarantine = None
+            if header["quarantine"]:
+                number, reason, rows = header["quarantine"]
+                quarantine = (number, reason, {int(k): v for k, v in rows.items()})
             return cls(writer=header["writer"], seq=header["seq"], segment=header["segment"],
                        row=header["row"], stats=StreamStats.from_arrays(arrays), batch=batch,
                        quarantine=quarantine, run_id=header["run_id"], meta=header["meta"])

@@ -151,6 +151,10 @@ class StreamRunner:
                 elif item.error is not None:
                     raise item.error
                 else:
+                    dropped = item.segment.dropped
+                    if dropped and item.number > self.record.stats.last_quarantined:
+                        self._quarantine(item.number, _rows_reason(dropped, item.segment),
+                                         dropped)
                     self._feed(item.segment, item.keys, bar)
         finally:
             self.reader.close()
@@ -171,28 +175,34 @@ class StreamRunner:
     def _payload_format(self) -> str | None:
         return self.s.payload_format or self.record.meta.get("payload_format")
 
-    def _check_labels(self, segment: Segment) -> None:
+    def _check_labels(self, segment: Segment) -> dict[int, str]:
+        """Rows whose label lies outside the memory's [0, num_values)."""
         v = self.memory.spec.num_values
-        if len(segment) and (segment.labels.min() < 0 or segment.labels.max() >= v):
-            raise CorruptSegmentError(f"segment {segment.number}: labels outside the memory's "
-                                      f"[0, {v}) (min {segment.labels.min()}, max "
-                                      f"{segment.labels.max()})")
+        bad = np.flatnonzero((segment.labels < 0) | (segment.labels >= v))
+        return {int(i): f"label {segment.labels[i]} outside [0, {v})" for i in bad}
 
     # ---------------------------------------------------------------------------- quarantine
-    def _quarantine(self, number: int, reason: str) -> None:
+    def _quarantine(self, number: int, reason: str, rows: dict[int, str] | None = None) -> None:
+        """Sets segment ``number`` aside: wholly (the offset moves past it), or, with ``rows``,
+        only those rows (the offset stays; its good rows are fed next)."""
         r = self.record
         stats = r.stats.copy()
         stats.quarantined += 1
-        self._commit(CommitRecord(writer=r.writer, seq=r.seq, segment=number + 1, row=0,
-                                  stats=stats, quarantine=(number, reason), run_id=r.run_id,
+        stats.last_quarantined = number
+        stats.dropped_rows += len(rows or {})
+        whole = rows is None
+        self._commit(CommitRecord(writer=r.writer, seq=r.seq,
+                                  segment=number + 1 if whole else r.segment,
+                                  row=0 if whole else r.row, stats=stats,
+                                  quarantine=(number, reason, rows or {}), run_id=r.run_id,
                                   meta=r.meta))
-        self._copy_to_quarantine(number, reason)
+        self._copy_to_quarantine(number, reason, rows or {})
         self.quarantined.append((number, reason))
         log.warning("quarantined segment %d: %s", number, reason)
         print(f"quarantined segment {number}: {reason}", flush=True)
 
-    def _copy_to_quarantine(self, number: int, reason: str) -> None:
-        quarantine(self.s.source, number, reason, self.quarantine_location)
+    def _copy_to_quarantine(self, number: int, reason: str, rows: dict[int, str]) -> None:
+        quarantine(self.s.source, number, reason, self.quarantine_location, rows)
 
     # ---------------------------------------------------------------------------------- feed
     def _feed(self, segment: Segment, keys: torch.Tensor, bar) -> None:
@@ -271,3 +281,11 @@ class StreamRunner:
     def _restore_signals(handlers) -> None:
         for s, h in handlers.items():
             signal.signal(s, h)
+
+
+def _rows_reason(dropped: dict[int, str], segment: Segment, listed: int = 3) -> str:
+    """e.g. "2 of 9 rows set aside (row 3: payload holds NaN or Inf; row 5: ...)"."""
+    first = "; ".join(f"row {r}: {why}" for r, why in list(dropped.items())[:listed])
+    more = ", ..." if len(dropped) > listed else ""
+    return (f"{len(dropped)} of {len(dropped) + len(segment)} rows set aside "
+            f"({first}{more})")

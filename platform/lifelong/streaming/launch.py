@@ -182,7 +182,8 @@ def print_summary(job: StreamJob, result: StreamResult, memory, out=None) -> Non
     rows += [(f"{k}-shot accuracy (%), {st.shot_total[k]:,} examples", pct(st.shot_accuracy(k)))
              for k in job.stream.shots]
     rows += [("rare classes (seen at most once before) (%)", pct(st.rare_accuracy())),
-             ("segments quarantined", str(st.quarantined)),
+             ("segments quarantined (bad rows left out)",
+              f"{st.quarantined} ({st.dropped_rows} rows)"),
              (f"memory {memory.spec.name} occupancy", f"{occupied:,} / "
                                                       f"{memory.spec.num_slots:,} slots")]
     for name, value in rows:

@@ -39,14 +39,15 @@ class SegmentReader:
         source: The segment folder or URI.
         start: The first segment number to read.
         payload_format: The format every segment must have (None: the first good segment's).
-        check: Raises CorruptSegmentError for a segment the job cannot use (e.g. labels).
+        check: The rows of a segment the job cannot use (e.g. labels out of range), as
+            {row: reason}; they are dropped like the rows the file itself holds badly.
         make_encoder: payload format -> encoder (payloads -> keys), called once.
         poll_s: Seconds between listings while no new segment is there.
         ahead: Prepared segments held at most (the reader blocks when that many wait).
     """
 
     def __init__(self, source: str, start: int, payload_format: str | None,
-                 check: Callable[[Segment], None], make_encoder: Callable[[str], Callable],
+                 check: Callable[[Segment], dict[int, str]], make_encoder: Callable[[str], Callable],
                  poll_s: float = 1.0, ahead: int = 1):
         self.source, self.next_number = source, start
         self.payload_format = payload_format
@@ -94,8 +95,8 @@ class SegmentReader:
 
     def _prepare(self, number: int) -> ReadItem:
         try:
-            segment = read_segment(self.source, number, self.payload_format)
-            self.check(segment)
+            segment = read_segment(self.source, number, self.payload_format, bad_rows="drop")
+            segment = segment.without(self.check(segment))
             if self.encoder is None:
                 self.encoder = self.make_encoder(segment.payload_format)
             keys = self.encoder(segment.payloads)  # the whole segment: never depends on a row

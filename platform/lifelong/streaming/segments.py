@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -70,6 +70,7 @@ class Segment:
         event_times: [R] int64 microseconds since the epoch (UTC).
         source_ids: [R] object array of str.
         payload_format: As in the file.
+        dropped: Rows of the file left out (read with ``bad_rows="drop"``): row -> reason.
     """
 
     number: int
@@ -78,9 +79,25 @@ class Segment:
     event_times: np.ndarray
     source_ids: np.ndarray
     payload_format: str
+    dropped: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def without(self, bad: dict[int, str]) -> "Segment":
+        """The segment less the rows ``bad`` (positions in this segment -> reason); their file
+        rows join ``dropped``."""
+        if not bad:
+            return self
+        keep = np.setdiff1d(np.arange(len(self)), np.fromiter(bad, np.int64))
+        file_rows = np.setdiff1d(np.arange(len(self) + len(self.dropped)),
+                                 np.fromiter(self.dropped, np.int64))  # file row of each row
+        payloads = ([self.payloads[i] for i in keep] if isinstance(self.payloads, list)
+                    else self.payloads[keep])
+        dropped = {**self.dropped, **{int(file_rows[i]): why for i, why in bad.items()}}
+        return Segment(number=self.number, payloads=payloads, labels=self.labels[keep],
+                       event_times=self.event_times[keep], source_ids=self.source_ids[keep],
+                       payload_format=self.payload_format, dropped=dict(sorted(dropped.items())))
 
 
 def encode_payloads(payloads, payload_format: str) -> list[bytes]:
@@ -137,16 +154,22 @@ def list_segments(location: str, after: int = -1) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def read_segment(location: str, number: int, payload_format: str | None = None) -> Segment:
+def read_segment(location: str, number: int, payload_format: str | None = None,
+                 bad_rows: str = "raise") -> Segment:
     """Reads and checks segment ``number``.
 
     Args:
         payload_format: The format the reader expects (None: whatever the file says).
+        bad_rows: What a readable segment's bad rows (a payload of the wrong size, NaN/Inf,
+            invalid UTF-8) do: "raise" CorruptSegmentError, or "drop" them (listed in
+            ``Segment.dropped`` with their reason).
 
     Raises:
         CorruptSegmentError: unreadable or truncated file, another schema or payload format,
-            payloads of the wrong size, NaN/Inf in float payloads, or invalid UTF-8.
+            or (with bad_rows="raise") bad rows.
     """
+    if bad_rows not in ("raise", "drop"):
+        raise ConfigError(f"bad_rows must be 'raise' or 'drop', got {bad_rows!r}")
     fs, base = filesystem(location)
     path = f"{base}/{segment_name(number)}"
     try:
@@ -164,35 +187,52 @@ def read_segment(location: str, number: int, payload_format: str | None = None) 
         dtype, shape = check_format(found)
     except ConfigError as exc:
         raise CorruptSegmentError(f"{path}: {exc}") from None
-    return Segment(number=number, payloads=_decode(path, table.column("payload"), dtype, shape),
-                   labels=table.column("label").to_numpy(),
-                   event_times=table.column("event_time").cast(pa.int64()).to_numpy(),
-                   source_ids=np.asarray(table.column("source_id").to_pylist(), dtype=object),
-                   payload_format=found)
+    payloads, bad = _decode(table.column("payload"), dtype, shape)
+    if bad and bad_rows == "raise":
+        first = min(bad)
+        raise CorruptSegmentError(f"{path}: {len(bad)} bad rows (first: row {first}, "
+                                  f"{bad[first]})")
+    segment = Segment(number=number, payloads=payloads,
+                      labels=table.column("label").to_numpy(),
+                      event_times=table.column("event_time").cast(pa.int64()).to_numpy(),
+                      source_ids=np.asarray(table.column("source_id").to_pylist(), dtype=object),
+                      payload_format=found)
+    return segment.without(bad)
 
 
-def _decode(path: str, column: pa.ChunkedArray, dtype: str, shape: tuple[int, ...]):
+def _decode(column: pa.ChunkedArray, dtype: str, shape: tuple[int, ...]):
+    """(payloads of every row, {row: why it is bad}); a bad row decodes as zeros / ""."""
     rows = column.to_pylist()
+    bad: dict[int, str] = {}
     if dtype == "utf-8":
-        try:
-            return [row.decode("utf-8") for row in rows]
-        except UnicodeDecodeError as exc:
-            raise CorruptSegmentError(f"{path}: payload is not UTF-8 ({exc})") from None
+        texts = []
+        for i, row in enumerate(rows):
+            try:
+                texts.append(row.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                bad[i] = f"payload is not UTF-8 ({exc.reason})"
+                texts.append("")
+        return texts, bad
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    bad = [i for i, row in enumerate(rows) if len(row) != size]
-    if bad:
-        raise CorruptSegmentError(f"{path}: {len(bad)} payloads are not {size} bytes "
-                                  f"(first at row {bad[0]})")
-    array = np.frombuffer(b"".join(rows), dtype=np.dtype(dtype).newbyteorder("<"))
+    for i, row in enumerate(rows):
+        if len(row) != size:
+            bad[i] = f"payload of {len(row)} bytes, not {size}"
+    blank = bytes(size)
+    data = b"".join(blank if i in bad else row for i, row in enumerate(rows))
+    array = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
     array = array.astype(dtype).reshape(len(rows), *shape)
-    if dtype == "float32" and not np.isfinite(array).all():
-        raise CorruptSegmentError(f"{path}: payloads hold NaN or Inf")
-    return array
+    if dtype == "float32":
+        finite = np.isfinite(array.reshape(len(rows), -1)).all(axis=1)
+        for i in np.flatnonzero(~finite):
+            bad[int(i)] = "payload holds NaN or Inf"
+    return array, dict(sorted(bad.items()))
 
 
-def quarantine(location: str, number: int, reason: str, quarantine_location: str) -> str:
+def quarantine(location: str, number: int, reason: str, quarantine_location: str,
+               rows: dict[int, str] | None = None) -> str:
     """Copies segment ``number`` to the quarantine location, with ``<name>.reason.json`` beside
-    it; returns the copy's path. The source is left as it is (a reader never deletes its
+    it (the reason, and the bad rows with theirs when only some rows were set aside); returns
+    the copy's path. The source is left as it is (a reader never deletes its
     input: another job may read it, and a producer numbers on after the last segment there).
     Repeating it is harmless, also once the source is gone."""
     fs, base = filesystem(location)
@@ -204,6 +244,7 @@ def quarantine(location: str, number: int, reason: str, quarantine_location: str
         pafs.copy_files(f"{base}/{name}", target, source_filesystem=fs,
                         destination_filesystem=qfs)
     with qfs.open_output_stream(f"{target}.reason.json") as out:
-        out.write(json.dumps({"segment": number, "reason": reason,
-                              "source": location, "quarantined_at": time.time()}).encode())
+        out.write(json.dumps({"segment": number, "reason": reason, "source": location,
+                              "rows": {str(r): why for r, why in (rows or {}).items()},
+                              "quarantined_at": time.time()}).encode())
     return target

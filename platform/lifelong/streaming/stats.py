@@ -32,7 +32,9 @@ class StreamStats:
         interval_total, interval_correct: [K + 2] the same as shot_* since the last log point.
         history_examples: [P] examples at the end of each logged interval;
         history_total, history_correct: [P, K + 2] that interval's k-shot counts.
-        examples, correct: totals; quarantined: segments set aside.
+        examples, correct: totals; quarantined: segments set aside (wholly or some of their
+            rows); dropped_rows: bad rows left out of readable segments; last_quarantined:
+            the number of the last segment set aside (-1: none).
     """
 
     seen: np.ndarray
@@ -47,6 +49,8 @@ class StreamStats:
     examples: int = 0
     correct: int = 0
     quarantined: int = 0
+    dropped_rows: int = 0
+    last_quarantined: int = -1
 
     @classmethod
     def empty(cls, num_values: int, max_shot: int = 10, window: int = 10_000) -> "StreamStats":
