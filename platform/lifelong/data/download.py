@@ -22,13 +22,15 @@ _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 60.0
 
 
-def download_verified(url: str, destination: Path, md5: str, *, progress: bool = True) -> Path:
+def download_verified(url: str, destination: Path, md5: str | None, *,
+                      progress: bool = True) -> Path:
     """Downloads `url` to `destination`, accepting it only if its md5 matches.
 
     Args:
         url: Any URL urllib opens (https://, http://, file://).
         destination: Final path of the file; its parent directory is created if needed.
-        md5: Expected md5 hex digest of the downloaded bytes.
+        md5: Expected md5 hex digest of the downloaded bytes (None: the data set publishes none;
+            the caller checks the file's structure instead).
         progress: Show a tqdm progress bar (bytes) while downloading.
 
     Returns:
@@ -48,7 +50,7 @@ def download_verified(url: str, destination: Path, md5: str, *, progress: bool =
     try:
         with os.fdopen(fd, "wb") as out:
             digest = _stream(url, out, progress=progress, label=destination.name)
-        if digest != md5.lower():
+        if md5 is not None and digest != md5.lower():
             raise CorruptArchiveError(
                 f"download of {url} failed its checksum: md5 {digest}, expected {md5}; "
                 f"the file was removed")

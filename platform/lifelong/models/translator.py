@@ -1,0 +1,231 @@
+"""A sequence-to-sequence translator whose decoder consults the life-long memory.
+
+Encoder: embeddings and a bidirectional GRU. Decoder: a GRU over the target prefix with Luong
+("general") attention on the encoder states, giving an output state o_t [H] per position. The
+decoder's own distribution is softmax(W o_t). The memory is queried with q_t = W_q o_t [key_dim]
+(its values are target token ids); its softmax over the k neighbours, scattered onto their
+tokens, is p_mem. A learned gate mixes them:
+
+    p(y_t) = (1 - g_t) * p_dec(y_t) + g_t * p_mem(y_t),   g_t = sigmoid(w_g . o_t + b_g)
+
+(g_t = 0 where the memory returned no filled slot). Training adds the memory's margin loss to the
+translation loss and writes (q_t, y_t) into the memory, which is never cleared. With a local
+``Memory`` the neighbours' softmax carries a gradient to the query; with a ``ShardedMemory`` it is
+a constant (the keys stay on the shards) and the query learns from the margin loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.config import check_int
+from lifelong.errors import ConfigError
+from lifelong.memory import Memory
+from lifelong.models.vocab import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class TranslatorConfig:
+    """Sizes of the translator (section ``model``).
+
+    Attributes:
+        emb_dim, hidden: embedding and GRU sizes (the encoder's GRU has hidden / 2 per
+            direction).
+        dropout: on embeddings and output states during training.
+        key_dim: size of the memory's keys (the query projection's output).
+        use_memory: False builds the baseline: no query, no gate, the decoder alone.
+        gate_bias: initial bias of the gate (negative: trust the decoder at first).
+    """
+
+    emb_dim: int = 256
+    hidden: int = 512
+    dropout: float = 0.2
+    key_dim: int = 128
+    use_memory: bool = True
+    gate_bias: float = -2.0
+
+    def __post_init__(self) -> None:
+        for name in ("emb_dim", "hidden", "key_dim"):
+            check_int(f"model.{name}", getattr(self, name))
+        if self.hidden % 2:
+            raise ConfigError("model.hidden must be even (two encoder directions)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.dropout must lie in [0, 1)")
+
+
+@dataclass
+class TranslatorOutput:
+    """loss = nll + memory_loss (scalars); tokens: positions scored."""
+
+    loss: torch.Tensor
+    nll: torch.Tensor
+    memory_loss: torch.Tensor
+    tokens: int
+
+
+class Translator(nn.Module):
+    """Args: src_vocab, tgt_vocab: vocabulary sizes; config: ``TranslatorConfig``."""
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, config: TranslatorConfig):
+        super().__init__()
+        c = self.config = config
+        self.tgt_vocab = tgt_vocab
+        self.src_emb = nn.Embedding(src_vocab, c.emb_dim, padding_idx=PAD)
+        self.tgt_emb = nn.Embedding(tgt_vocab, c.emb_dim, padding_idx=PAD)
+        self.encoder = nn.GRU(c.emb_dim, c.hidden // 2, batch_first=True, bidirectional=True)
+        self.bridge = nn.Linear(c.hidden, c.hidden)
+        self.decoder = nn.GRU(c.emb_dim, c.hidden, batch_first=True)
+        self.attn = nn.Linear(c.hidden, c.hidden, bias=False)
+        self.combine = nn.Linear(2 * c.hidden, c.hidden)
+        self.out = nn.Linear(c.hidden, tgt_vocab)
+        self.drop = nn.Dropout(c.dropout)
+        if c.use_memory:
+            self.query = nn.Linear(c.hidden, c.key_dim)
+            self.gate = nn.Linear(c.hidden, 1)
+            nn.init.constant_(self.gate.bias, c.gate_bias)
+
+    # ------------------------------------------------------------------------------ network
+    def encode(self, src: torch.Tensor):
+        """src [B, S] ids (PAD-padded) -> (states [B, S, H], mask [B, S], h0 [1, B, H])."""
+        mask = src != PAD
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.src_emb(src)), lengths,
+                                                   batch_first=True, enforce_sorted=False)
+        states, h = self.encoder(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True,
+                                                     total_length=src.shape[1])
+        h0 = torch.tanh(self.bridge(torch.cat([h[0], h[1]], dim=1))).unsqueeze(0)
+        return states, mask, h0
+
+    def decode(self, prefix: torch.Tensor, enc, h: torch.Tensor):
+        """Output states o [B, T, H] of prefix [B, T] ids, and the GRU state after it."""
+        states, mask, _ = enc
+        y, h = self.decoder(self.drop(self.tgt_emb(prefix)), h)
+        scores = torch.bmm(self.attn(y), states.transpose(1, 2))  # [B, T, S]
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        context = torch.bmm(scores.softmax(-1), states)
+        return self.drop(torch.tanh(self.combine(torch.cat([y, context], -1)))), h
+
+    def log_probs(self, o: torch.Tensor, memory=None, labels: torch.Tensor | None = None,
+                  update: bool = False):
+        """log p(y) [N, V] for output states o [N, H], mixing in the memory's answer.
+
+        Args:
+            memory: a ``Memory`` / ``ShardedMemory`` (None, or a model without memory: the
+                decoder alone).
+            labels: [N] the true next tokens: with them the memory loss is computed, and
+                written into memory when ``update``.
+
+        Returns:
+            (log_probs [N, V], memory loss scalar (0 without memory or labels)).
+        """
+        logits = self.out(o)
+        zero = o.new_zeros(())
+        if memory is None or not self.config.use_memory:
+            return logits.log_softmax(-1), zero
+        kwargs = {"grad_similarities": True} if isinstance(memory, Memory) else {}
+        answer = memory.query(self.query(o), labels, update=update and labels is not None,
+                              **kwargs)
+        values = answer.neighbour_values.to(o.device)
+        filled = values >= 0
+        weights = answer.softmax.to(o.device) * filled
+        p_mem = torch.zeros_like(logits).scatter_add(1, values.clamp(min=0), weights)
+        gate = torch.sigmoid(self.gate(o)) * filled.any(1, keepdim=True)
+        p = (1 - gate) * logits.softmax(-1) + gate * p_mem
+        loss = answer.loss.to(o.device) if answer.loss is not None else zero
+        return p.clamp_min(1e-9).log(), loss
+
+    # ------------------------------------------------------------------------------ training
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, memory=None,
+                update: bool = True) -> TranslatorOutput:
+        """Teacher-forced loss of src [B, S] -> tgt [B, T] (tgt ends in EOS, PAD-padded)."""
+        enc = self.encode(src)
+        prefix = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
+        o, _ = self.decode(prefix, enc, enc[2])
+        scored = tgt != PAD
+        log_p, memory_loss = self.log_probs(o[scored], memory, tgt[scored], update)
+        nll = F.nll_loss(log_p, tgt[scored])
+        return TranslatorOutput(loss=nll + memory_loss, nll=nll, memory_loss=memory_loss,
+                                tokens=int(scored.sum()))
+
+    @torch.no_grad()
+    def remember(self, src: torch.Tensor, tgt: torch.Tensor, memory) -> None:
+        """Writes the pairs' target tokens into memory, keyed by the decoder's states, with no
+        gradient step (what the one-shot protocol shows the model)."""
+        was = self.training
+        self.eval()
+        try:
+            self.forward(src, tgt, memory, update=True)
+        finally:
+            self.train(was)
+
+    # ------------------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def greedy(self, src: torch.Tensor, memory=None, max_len: int = 80) -> list[list[int]]:
+        """The most likely token at each step, until EOS; a list of ids per sentence."""
+        was = self.training
+        self.eval()
+        try:
+            enc = self.encode(src)
+            h, token = enc[2], torch.full((src.shape[0], 1), BOS, device=src.device)
+            out = torch.zeros(src.shape[0], 0, dtype=torch.long, device=src.device)
+            done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+            for _ in range(max_len):
+                o, h = self.decode(token, enc, h)
+                log_p, _ = self.log_probs(o[:, 0], memory)
+                token = log_p.argmax(-1, keepdim=True).masked_fill(done.unsqueeze(1), PAD)
+                out = torch.cat([out, token], 1)
+                done |= token[:, 0] == EOS
+                if done.all():
+                    break
+        finally:
+            self.train(was)
+        return [_until_eos(row) for row in out.tolist()]
+
+    @torch.no_grad()
+    def beam(self, src: torch.Tensor, memory=None, beam: int = 5, max_len: int = 80,
+             length_penalty: float = 1.0) -> list[list[int]]:
+        """Beam search per sentence; hypotheses ranked by log p / length ** length_penalty."""
+        was = self.training
+        self.eval()
+        try:
+            return [self._beam_one(src[i:i + 1], memory, beam, max_len, length_penalty)
+                    for i in range(src.shape[0])]
+        finally:
+            self.train(was)
+
+    def _beam_one(self, src, memory, beam, max_len, alpha) -> list[int]:
+        states, mask, h = self.encode(src)
+        hyps = [([], 0.0, h)]  # (tokens, log p, GRU state)
+        finished: list[tuple[list[int], float]] = []
+        for _ in range(max_len):
+            tokens = torch.tensor([[t[-1] if t else BOS] for t, _, _ in hyps], device=src.device)
+            h = torch.cat([hh for _, _, hh in hyps], dim=1)
+            enc = (states.expand(len(hyps), -1, -1), mask.expand(len(hyps), -1), None)
+            o, h = self.decode(tokens, enc, h)
+            log_p, _ = self.log_probs(o[:, 0], memory)
+            scores = torch.tensor([s for _, s, _ in hyps], device=src.device)[:, None] + log_p
+            top = scores.view(-1).topk(min(beam, scores.numel()))
+            vocab = log_p.shape[1]
+            hyps_next = []
+            for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+                i, token = divmod(flat, vocab)
+                tokens_i = hyps[i][0] + [token]
+                if token == EOS:
+                    finished.append((tokens_i, score / len(tokens_i) ** alpha))
+                else:
+                    hyps_next.append((tokens_i, score, h[:, i:i + 1]))
+            hyps = hyps_next
+            if not hyps or len(finished) >= beam:
+                break
+        finished += [(t, s / len(t) ** alpha) for t, s, _ in hyps]
+        best = max(finished, key=lambda f: (f[1], [-x for x in f[0]]))  # ties: stable
+        return _until_eos(best[0])
+
+
+def _until_eos(ids: list[int]) -> list[int]:
+    return ids[: ids.index(EOS)] if EOS in ids else [i for i in ids if i != PAD]
