@@ -65,6 +65,37 @@ def train_omniglot_main(argv: Sequence[str], prog: str = "lifelong train omniglo
     return 0
 
 
+def train_translation_main(argv: Sequence[str],
+                           prog: str = "lifelong train translation") -> int:
+    """Trains the Multi30k English-German translator (with or without the memory)."""
+    import yaml
+
+    from lifelong.config import config_to_dict
+    from lifelong.training.jobs import open_run
+    from lifelong.training.translation import TranslationJob, train_translation
+
+    args = _job_parser(prog, "Train the Multi30k English-German translator, its decoder "
+                       "consulting the life-long memory (model.use_memory=false: the "
+                       "baseline); logs to MLflow, writes <output_dir>/translator.pt.",
+                       _default_config("train_translation.yaml")).parse_intermixed_args(argv)
+    job = load_config(TranslationJob, args.config, args.overrides)
+    run = open_run(job.tracking, tags={"job": "train_translation"}) \
+        if job.tracking.enabled else None
+    if run is not None:
+        run.log_params(config_to_dict(job))
+        run.log_text(yaml.safe_dump(config_to_dict(job), sort_keys=False), "config.yaml")
+        print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
+    result = train_translation(job, logger=run, progress=not args.no_progress)
+    print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
+          f"({result.sentences_per_s:.0f} sentences/s); model: {result.checkpoint}")
+    if run is not None:
+        run.log_metrics({"train.steps": result.steps, "train.wall_s": result.wall_s},
+                        step=result.steps)
+        run.log_artifact(result.checkpoint, "translator")
+        run.end()
+    return 0
+
+
 def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate omniglot") -> int:
     """Evaluates a trained encoder: N-way, k-shot accuracy with 95% intervals."""
     from lifelong.training.jobs import OmniglotEvaluateJob, run_evaluate_job
@@ -202,6 +233,7 @@ _USAGE = """usage: lifelong COMMAND [--config PATH] [key=value ...]
 
 commands:
   train omniglot      episodic training of the Omniglot one-shot encoder
+  train translation   the Multi30k En-De translator with the memory on its decoder
   evaluate omniglot   N-way k-shot evaluation of a trained encoder (--checkpoint or --run-id)
   evaluate retention  life-long recall of classes seen once, D examples earlier (never reset)
   demo                quick train + evaluation, logged to MLflow
@@ -214,7 +246,8 @@ Run `lifelong COMMAND --help` for a command's options."""
 
 _JOBS = {"train_omniglot": train_omniglot_main, "evaluate_omniglot": evaluate_omniglot_main,
          "evaluate_retention": evaluate_retention_main, "demo": demo_main,
-         "stream_produce": stream_produce_main, "stream_run": stream_run_main}
+         "stream_produce": stream_produce_main, "stream_run": stream_run_main,
+         "train_translation": train_translation_main}
 
 
 def job_main(name: str, argv: Sequence[str], prog: str) -> int:
@@ -235,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return memory_main(argv[1:])
     if argv[:1] == ["demo"]:
         return job_main("demo", argv[1:], prog="lifelong demo")
-    if tuple(argv[:2]) in (("train", "omniglot"), ("evaluate", "omniglot"),
+    if tuple(argv[:2]) in (("train", "omniglot"), ("train", "translation"),
+                           ("evaluate", "omniglot"),
                            ("evaluate", "retention"), ("stream", "produce"),
                            ("stream", "run")):
         return job_main(f"{argv[0]}_{argv[1]}", argv[2:], prog=f"lifelong {argv[0]} {argv[1]}")
