@@ -96,6 +96,22 @@ def train_translation_main(argv: Sequence[str],
     return 0
 
 
+def evaluate_translation_main(argv: Sequence[str],
+                              prog: str = "lifelong evaluate translation") -> int:
+    """BLEU and the one-shot rare-word table of a translator checkpoint."""
+    from lifelong.training.translation_job import TranslationEvalJob, evaluate_translation
+
+    parser = _job_parser(prog, "Translate test_2016_flickr (BLEU with sacrebleu, its signature "
+                         "recorded) and run the one-shot rare-word protocol: a test sentence "
+                         "with a word rare in training, translated without and after one "
+                         "showing of another pair holding it (memory written, no gradient).",
+                         _default_config("evaluate_translation.yaml"))
+    args, overrides = _parse_with_encoder(parser, argv)
+    job = load_config(TranslationEvalJob, args.config, overrides)
+    evaluate_translation(job, progress=not args.no_progress)
+    return 0
+
+
 def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate omniglot") -> int:
     """Evaluates a trained encoder: N-way, k-shot accuracy with 95% intervals."""
     from lifelong.training.jobs import OmniglotEvaluateJob, run_evaluate_job
@@ -235,6 +251,7 @@ commands:
   train omniglot      episodic training of the Omniglot one-shot encoder
   train translation   the Multi30k En-De translator with the memory on its decoder
   evaluate omniglot   N-way k-shot evaluation of a trained encoder (--checkpoint or --run-id)
+  evaluate translation  BLEU and one-shot rare words of a translator (--checkpoint)
   evaluate retention  life-long recall of classes seen once, D examples earlier (never reset)
   demo                quick train + evaluation, logged to MLflow
   memory ...          named memories on a Ray cluster: create | list | status | snapshot | delete
@@ -247,7 +264,8 @@ Run `lifelong COMMAND --help` for a command's options."""
 _JOBS = {"train_omniglot": train_omniglot_main, "evaluate_omniglot": evaluate_omniglot_main,
          "evaluate_retention": evaluate_retention_main, "demo": demo_main,
          "stream_produce": stream_produce_main, "stream_run": stream_run_main,
-         "train_translation": train_translation_main}
+         "train_translation": train_translation_main,
+         "evaluate_translation": evaluate_translation_main}
 
 
 def job_main(name: str, argv: Sequence[str], prog: str) -> int:
@@ -269,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["demo"]:
         return job_main("demo", argv[1:], prog="lifelong demo")
     if tuple(argv[:2]) in (("train", "omniglot"), ("train", "translation"),
-                           ("evaluate", "omniglot"),
+                           ("evaluate", "omniglot"), ("evaluate", "translation"),
                            ("evaluate", "retention"), ("stream", "produce"),
                            ("stream", "run")):
         return job_main(f"{argv[0]}_{argv[1]}", argv[2:], prog=f"lifelong {argv[0]} {argv[1]}")

@@ -1,0 +1,107 @@
+"""``lifelong evaluate translation``: BLEU on test_2016_flickr and the one-shot rare-word table of
+a translator checkpoint, printed and logged to MLflow (jobs/configs/evaluate_translation.yaml)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+from lifelong.config import check_int, config_to_dict
+from lifelong.data import load_multi30k
+from lifelong.errors import ConfigError
+from lifelong.training.omniglot import TrackingConfig
+from lifelong.training.translation import TranslationModel
+from lifelong.training.translation_eval import (
+    bleu,
+    rare_word_items,
+    run_rare_words,
+    translate,
+)
+
+
+@dataclass(frozen=True)
+class TranslationEvalJob:
+    """Attributes:
+        checkpoint: translator.pt written by ``lifelong train translation``.
+        run_id: an MLflow run to log into (e.g. the training run; None: a new run).
+        split: the test split; beam: beam size (1: greedy); max_sentences: a prefix of it
+            (None: all).
+        rare_counts: the protocol's max_train_count values, one table row each.
+    """
+
+    checkpoint: str | None = None
+    run_id: str | None = None
+    split: str = "test_2016_flickr"
+    beam: int = 5
+    max_sentences: int | None = None
+    rare_counts: tuple[int, ...] = (1, 5)
+    data_root: str | None = None
+    threads: int = 0
+    tracking: TrackingConfig = field(
+        default_factory=lambda: TrackingConfig(experiment="translation"))
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ConfigError("give the translator: checkpoint=PATH (or --checkpoint)")
+        check_int("beam", self.beam)
+        check_int("threads", self.threads, minimum=0)
+        if self.max_sentences is not None:
+            check_int("max_sentences", self.max_sentences)
+        object.__setattr__(self, "rare_counts", tuple(self.rare_counts))
+
+
+def evaluate_translation(job: TranslationEvalJob, progress: bool = True, out=None) -> dict:
+    """Runs the evaluation; returns the metrics it logged."""
+    import torch
+
+    from lifelong.training.jobs import open_run
+
+    out = out or sys.stdout
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    tm = TranslationModel.load(job.checkpoint)
+    test = load_multi30k(job.split, root=job.data_root, progress=progress)
+    n = job.max_sentences or len(test)
+    start = time.perf_counter()
+    hyps = translate(tm, test.source[:n], beam=job.beam)
+    score, signature = bleu(hyps, test.target[:n])
+    results = {"eval.bleu": score, "eval.translate_s": time.perf_counter() - start}
+    kind = "memory" if tm.memory is not None else "no memory"
+    print(f"\nBLEU on {job.split} ({n} sentences, beam {job.beam}, {kind}): {score:.2f}\n"
+          f"  {signature}", file=out)
+    train = load_multi30k("train", root=job.data_root, progress=progress)
+    val = load_multi30k("val", root=job.data_root, progress=progress)
+    print("\nOne-shot rare words (the asked test sentence translated without / after one "
+          "showing of another pair holding the word):\n", file=out)
+    print("| rare = seen in training at most | words | hit rate without | hit rate with | "
+          "BLEU without | BLEU with |\n| --- | --- | --- | --- | --- | --- |", file=out)
+    table = []
+    for count in job.rare_counts:
+        items = rare_word_items((train.source, train.target), (test.source, test.target),
+                                (val.source, val.target), max_train_count=count)
+        r = run_rare_words(tm, items, test.source, test.target)
+        row = {"max_train_count": count, "words": len(items),
+               "hit_without": r.hit_rate(r.without), "hit_with": r.hit_rate(r.with_shown),
+               "bleu_without": r.bleu(r.without), "bleu_with": r.bleu(r.with_shown),
+               "examples": [{"word": i.word, "shown_from": i.shown_from,
+                             "translations": i.translations, "without": a, "with": b}
+                            for i, a, b in zip(items, r.without, r.with_shown)]}
+        table.append(row)
+        print(f"| {count} | {len(items)} | {100 * row['hit_without']:.1f}% | "
+              f"{100 * row['hit_with']:.1f}% | {row['bleu_without']:.2f} | "
+              f"{row['bleu_with']:.2f} |", file=out)
+        for key in ("hit_without", "hit_with", "bleu_without", "bleu_with", "words"):
+            results[f"rare.{count}.{key}"] = row[key]
+    out.flush()
+    if job.tracking.enabled:
+        run = open_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_translation"})
+        if job.run_id is None:
+            run.log_params(config_to_dict(job))
+        run.log_metrics(results)
+        run.log_text(signature, "bleu_signature.txt")
+        run.log_text("\n".join(hyps), f"translations_{job.split}.de")
+        run.log_text(json.dumps(table, indent=1, ensure_ascii=False), "rare_words.json")
+        print(f"\nlogged to MLflow run {run.run_id}", file=out)
+    return results
