@@ -85,7 +85,14 @@ def train_translation_main(argv: Sequence[str],
         run.log_params(config_to_dict(job))
         run.log_text(yaml.safe_dump(config_to_dict(job), sort_keys=False), "config.yaml")
         print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
-    result = train_translation(job, logger=run, progress=not args.no_progress)
+    if job.ray.enabled:
+        from lifelong.training.translation_ray import train_translation_on_ray
+
+        result = train_translation_on_ray(job, run.run_id if run else None,
+                                          run.tracking_uri if run else None,
+                                          progress=not args.no_progress)
+    else:
+        result = train_translation(job, logger=run, progress=not args.no_progress)
     print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
           f"({result.sentences_per_s:.0f} sentences/s); model: {result.checkpoint}")
     if run is not None:

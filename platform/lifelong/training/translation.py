@@ -21,20 +21,26 @@ from lifelong.errors import ConfigError
 from lifelong.memory import Memory
 from lifelong.models.translator import Translator, TranslatorConfig
 from lifelong.models.vocab import PAD, SubwordVocab
+from lifelong.training.cluster_config import RayTrainConfig, SharedMemoryConfig
+from lifelong.training.context import TrainContext
 from lifelong.training.omniglot import TrackingConfig
 
 
 @dataclass(frozen=True)
 class TranslationData:
-    """Section ``data``: vocabulary sizes and the longest training pair kept (in pieces)."""
+    """Section ``data``: vocabulary sizes, the longest training pair kept (in pieces), and
+    optionally only the first ``max_pairs`` training pairs (quick tests)."""
 
     vocab_size: int = 8000
     max_len: int = 64
+    max_pairs: int | None = None
     root: str | None = None
 
     def __post_init__(self) -> None:
         check_int("data.vocab_size", self.vocab_size, minimum=8)
         check_int("data.max_len", self.max_len, minimum=2)
+        if self.max_pairs is not None:
+            check_int("data.max_pairs", self.max_pairs)
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,15 @@ class TranslationJob:
     train: TranslationTrain = field(default_factory=TranslationTrain)
     tracking: TrackingConfig = field(
         default_factory=lambda: TrackingConfig(experiment="translation"))
+    ray: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(enabled=False))
+    shared_memory: SharedMemoryConfig = field(
+        default_factory=lambda: SharedMemoryConfig(name="translation-memory", num_slots=16384))
     output_dir: str = "runs/translation"
+
+    def __post_init__(self) -> None:
+        if self.ray.enabled and self.train.batch_size % self.ray.num_workers:
+            raise ConfigError(f"train.batch_size {self.train.batch_size} must split evenly "
+                              f"over ray.num_workers {self.ray.num_workers}")
 
 
 @dataclass
@@ -135,6 +149,10 @@ class TranslationModel:
 def _memory_args(memory: Memory | None) -> dict | None:
     if memory is None:
         return None
+    if not isinstance(memory, Memory):  # a ShardedMemory: its spec
+        s = memory.spec
+        return {"key_dim": s.key_dim, "num_slots": s.num_slots, "num_values": s.num_values,
+                "choose_k": s.choose_k, "alpha": s.alpha, "age_noise": s.age_noise}
     return {"key_dim": memory.key_dim, "num_slots": memory.num_slots,
             "num_values": memory.num_values, "choose_k": memory.choose_k,
             "alpha": memory.alpha, "age_noise": memory.age_noise}
@@ -164,9 +182,10 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 def build(job: TranslationJob, progress: bool = True):
     """Vocabularies (training split only), encoded training pairs, model and memory."""
     train = load_multi30k("train", root=job.data.root, progress=progress)
-    sv = SubwordVocab.train(train.source, job.data.vocab_size)
-    tv = SubwordVocab.train(train.target, job.data.vocab_size)
-    src, tgt = sv.encode(train.source), tv.encode(train.target)
+    sources, targets = train.source[:job.data.max_pairs], train.target[:job.data.max_pairs]
+    sv = SubwordVocab.train(sources, job.data.vocab_size)
+    tv = SubwordVocab.train(targets, job.data.vocab_size)
+    src, tgt = sv.encode(sources), tv.encode(targets)
     keep = [i for i in range(len(src)) if max(len(src[i]), len(tgt[i])) <= job.data.max_len]
     torch.manual_seed(job.train.seed)
     model = Translator(len(sv), len(tv), job.model)
@@ -188,33 +207,48 @@ class TranslationTrainResult:
     sentences_per_s: float
 
 
-def train_translation(job: TranslationJob, logger=None,
-                      progress: bool = True) -> TranslationTrainResult:
-    """Trains until train.steps or train.max_minutes; writes ``<output_dir>/translator.pt``."""
+def train_translation(job: TranslationJob, logger=None, progress: bool = True,
+                      ctx: TrainContext | None = None) -> TranslationTrainResult | None:
+    """Trains until train.steps or train.max_minutes.
+
+    Alone (``ctx`` None) it writes ``<output_dir>/translator.pt`` and returns where. As one
+    rank of a Ray Train group (``ctx`` from ``translation_ray``) each rank takes every
+    world_size-th batch of the same shuffled order (batch_size / world_size sentences each),
+    the model is DDP-wrapped, the memory is the shared one, and the final state goes to
+    ``ctx.save``; it returns None.
+    """
     from tqdm import tqdm
 
+    ctx = ctx or TrainContext()
     t = job.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    tm, src, tgt = build(job, progress)
-    model, memory = tm.model, tm.memory
+    tm, src, tgt = build(job, progress and ctx.rank == 0)
+    memory = ctx.shared_memory if ctx.shared_memory is not None else tm.memory
+    model = ctx.prepare_model(tm.model)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr)
     rng = np.random.default_rng(t.seed)
     lengths = np.asarray([len(s) + len(g) for s, g in zip(src, tgt)])
+    per_rank = t.batch_size // ctx.world_size
     deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else None
     start, step, sentences, epoch = time.perf_counter(), 0, 0, 0
     sums = {"nll": 0.0, "memory_loss": 0.0, "tokens": 0}
     model.train()
-    bar = tqdm(total=t.steps, desc="train translation", unit="step", disable=not progress)
-    while step < t.steps and (deadline is None or time.monotonic() < deadline):
+    bar = tqdm(total=t.steps, desc="train translation", unit="step",
+               disable=not progress or ctx.rank != 0)
+    stop = False
+    while not stop:
         for idx in length_batches(lengths, t.batch_size, rng):
+            idx = idx[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
+            if len(idx) == 0:
+                idx = np.asarray([0])  # the last short batch: every rank must step
             out = model(pad_batch([src[i] for i in idx]), pad_batch([tgt[i] for i in idx]),
                         memory)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
-            step, sentences = step + 1, sentences + len(idx)
+            step, sentences = step + 1, sentences + len(idx) * ctx.world_size
             sums["nll"] += out.nll.item() * out.tokens
             sums["memory_loss"] += out.memory_loss.item() * out.tokens
             sums["tokens"] += out.tokens
@@ -228,11 +262,20 @@ def train_translation(job: TranslationJob, logger=None,
                 if logger is not None:
                     logger.log_metrics(values, step=step)
                 sums = {"nll": 0.0, "memory_loss": 0.0, "tokens": 0}
-            if step >= t.steps or (deadline is not None and time.monotonic() >= deadline):
+            stop = ctx.any_rank(step >= t.steps or
+                                (deadline is not None and time.monotonic() >= deadline))
+            if stop:
                 break
         epoch += 1
     bar.close()
     wall = time.perf_counter() - start
-    path = tm.save(Path(job.output_dir) / "translator.pt",
-                   extra={"steps": step, "wall_s": wall, "epochs": epoch})
+    extra = {"steps": step, "wall_s": wall, "epochs": epoch}
+    if ctx.save is not None:
+        ctx.save(step, {"model": tm.model.state_dict(), "optimizer": opt.state_dict(),
+                        "step": step, "elapsed_s": wall, "meta": extra,
+                        "source_vocab": tm.source_vocab.model,
+                        "target_vocab": tm.target_vocab.model},
+                 {"train.steps": step})
+        return None
+    path = tm.save(Path(job.output_dir) / "translator.pt", extra=extra)
     return TranslationTrainResult(path, step, wall, sentences / wall)
