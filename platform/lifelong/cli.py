@@ -68,38 +68,15 @@ def train_omniglot_main(argv: Sequence[str], prog: str = "lifelong train omniglo
 def train_translation_main(argv: Sequence[str],
                            prog: str = "lifelong train translation") -> int:
     """Trains the Multi30k English-German translator (with or without the memory)."""
-    import yaml
-
-    from lifelong.config import config_to_dict
-    from lifelong.training.jobs import open_run
-    from lifelong.training.translation import TranslationJob, train_translation
+    from lifelong.training.translation import TranslationJob
+    from lifelong.training.translation_job import run_translation_train_job
 
     args = _job_parser(prog, "Train the Multi30k English-German translator, its decoder "
                        "consulting the life-long memory (model.use_memory=false: the "
                        "baseline); logs to MLflow, writes <output_dir>/translator.pt.",
                        _default_config("train_translation.yaml")).parse_intermixed_args(argv)
     job = load_config(TranslationJob, args.config, args.overrides)
-    run = open_run(job.tracking, tags={"job": "train_translation"}) \
-        if job.tracking.enabled else None
-    if run is not None:
-        run.log_params(config_to_dict(job))
-        run.log_text(yaml.safe_dump(config_to_dict(job), sort_keys=False), "config.yaml")
-        print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
-    if job.ray.enabled:
-        from lifelong.training.translation_ray import train_translation_on_ray
-
-        result = train_translation_on_ray(job, run.run_id if run else None,
-                                          run.tracking_uri if run else None,
-                                          progress=not args.no_progress)
-    else:
-        result = train_translation(job, logger=run, progress=not args.no_progress)
-    print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
-          f"({result.sentences_per_s:.0f} sentences/s); model: {result.checkpoint}")
-    if run is not None:
-        run.log_metrics({"train.steps": result.steps, "train.wall_s": result.wall_s},
-                        step=result.steps)
-        run.log_artifact(result.checkpoint, "translator")
-        run.end()
+    run_translation_train_job(job, progress=not args.no_progress)
     return 0
 
 

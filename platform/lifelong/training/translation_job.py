@@ -1,5 +1,6 @@
-"""``lifelong evaluate translation``: BLEU on test_2016_flickr and the one-shot rare-word table of
-a translator checkpoint, printed and logged to MLflow (jobs/configs/evaluate_translation.yaml)."""
+"""The translation jobs: ``lifelong train translation`` (in process or on Ray Train, logged to
+MLflow) and ``lifelong evaluate translation`` (BLEU on test_2016_flickr and the one-shot
+rare-word table of a checkpoint; jobs/configs/evaluate_translation.yaml)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,49 @@ from lifelong.config import check_int, config_to_dict
 from lifelong.data import load_multi30k
 from lifelong.errors import ConfigError
 from lifelong.training.omniglot import TrackingConfig
-from lifelong.training.translation import TranslationModel
+from lifelong.training.translation import (
+    TranslationJob,
+    TranslationModel,
+    TranslationTrainResult,
+    train_translation,
+)
 from lifelong.training.translation_eval import (
     bleu,
     rare_word_items,
     run_rare_words,
     translate,
 )
+
+
+def run_translation_train_job(job: TranslationJob,
+                              progress: bool = True) -> TranslationTrainResult:
+    """Trains (Ray Train when ``job.ray.enabled``), logging config, metrics and the
+    translator to one MLflow run."""
+    import yaml
+
+    from lifelong.training.jobs import open_run
+
+    run = open_run(job.tracking, tags={"job": "train_translation"}) \
+        if job.tracking.enabled else None
+    if run is not None:
+        run.log_params(config_to_dict(job))
+        run.log_text(yaml.safe_dump(config_to_dict(job), sort_keys=False), "config.yaml")
+        print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
+    if job.ray.enabled:
+        from lifelong.training.translation_ray import train_translation_on_ray
+
+        result = train_translation_on_ray(job, run.run_id if run else None,
+                                          run.tracking_uri if run else None, progress)
+    else:
+        result = train_translation(job, logger=run, progress=progress)
+    print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
+          f"({result.sentences_per_s:.0f} sentences/s); model: {result.checkpoint}")
+    if run is not None:
+        run.log_metrics({"train.steps": result.steps, "train.wall_s": result.wall_s},
+                        step=result.steps)
+        run.log_artifact(result.checkpoint, "translator")
+        run.end()
+    return result
 
 
 @dataclass(frozen=True)
