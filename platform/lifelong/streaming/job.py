@@ -125,8 +125,10 @@ class StreamRunner:
         self._redo()
         start_examples = self.record.stats.examples
         self.quarantined: list[tuple[int, str]] = []
-        self._clock = {"start": None, "last": None, "interval": (time.perf_counter(),
-                                                                 start_examples)}
+        # This process's timing: first and last batch, and the start of the log interval.
+        self._first_batch_at = self._last_batch_at = None
+        self._interval = (time.perf_counter(), start_examples)
+        self._last_event_us: int | None = None
         idle_since = time.monotonic()
         old_handlers = self._trap_signals()
         self.reader = SegmentReader(self.s.source, self.record.segment, self._payload_format(),
@@ -162,8 +164,8 @@ class StreamRunner:
             self._restore_signals(old_handlers)
         if self.plot is not None:
             self.plot(self.record.stats)
-        c = self._clock
-        wall = (c["last"] - c["start"]) if c["start"] is not None else 0.0
+        wall = (self._last_batch_at - self._first_batch_at
+                if self._first_batch_at is not None else 0.0)
         return StreamResult(stats=self.record.stats,
                             examples=self.record.stats.examples - start_examples, wall_s=wall,
                             resumed_at=start_examples, quarantined=self.quarantined)
@@ -226,8 +228,8 @@ class StreamRunner:
     def _step(self, segment: Segment, keys: torch.Tensor, labels: torch.Tensor,
               end: int) -> None:
         r = self.record
-        if self._clock["start"] is None:
-            self._clock["start"] = time.perf_counter()
+        if self._first_batch_at is None:
+            self._first_batch_at = time.perf_counter()
         out, batch = self.memory.predict_and_plan(keys, labels)
         stats = r.stats.copy()
         stats.record(labels.numpy(), out.correct.numpy())
@@ -241,7 +243,7 @@ class StreamRunner:
                                   run_id=r.run_id, meta=r.meta))
         self.memory.apply_update(batch)
         now = time.perf_counter()
-        self._clock["last"] = now
+        self._last_batch_at = now
         self._last_event_us = int(segment.event_times[end - 1])
         if log_due and self.log_point is not None:
             self.log_point(stats, self._metrics())
@@ -257,14 +259,14 @@ class StreamRunner:
     def _metrics(self) -> dict[str, float]:
         """This log point's metrics, with the live throughput and lag."""
         now = time.perf_counter()
-        since, examples_then = self._clock["interval"]
+        since, examples_then = self._interval
         stats = self.record.stats
         live = {metrics.STREAM_LAG_SEGMENTS: max(0, self.reader.newest - self.record.segment + 1)}
         if stats.examples > examples_then and now > since:
             live[metrics.STREAM_EXAMPLES_PER_S] = (stats.examples - examples_then) / (now - since)
-        if getattr(self, "_last_event_us", None) is not None:
+        if self._last_event_us is not None:
             live[metrics.STREAM_LAG_S] = max(0.0, time.time() - self._last_event_us / 1e6)
-        self._clock["interval"] = (now, stats.examples)
+        self._interval = (now, stats.examples)
         return stream_metrics(stats, self.s.windows, self.s.shots, live)
 
     # ------------------------------------------------------------------------------- signals
