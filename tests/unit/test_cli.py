@@ -70,3 +70,20 @@ def test_stream_produce_if_empty_writes_nothing_into_a_filled_folder(capsys, tmp
     assert cli.main(["stream", "produce", "--to", str(tmp_path), "--if-empty"]) == 0
     assert "nothing written" in capsys.readouterr().out
     assert len(list_segments(str(tmp_path))) == 1
+
+
+def test_translation_configs_load_and_check():
+    from lifelong.config import config_from_dict, load_config
+    from lifelong.errors import ConfigError
+    from lifelong.training.translation import TranslationJob
+    from lifelong.training.translation_job import TranslationEvalJob
+
+    job = load_config(TranslationJob, cli.CONFIG_DIR / "train_translation.yaml")
+    assert job.model.use_memory and job.tracking.experiment == "translation"
+    load_config(TranslationEvalJob, cli.CONFIG_DIR / "evaluate_translation.yaml",
+                ["checkpoint=x.pt"])
+    with pytest.raises(ConfigError, match="split evenly"):
+        config_from_dict(TranslationJob, {"train": {"batch_size": 63},
+                                          "ray": {"enabled": True, "num_workers": 2}})
+    with pytest.raises(ConfigError, match="checkpoint"):
+        config_from_dict(TranslationEvalJob, {})
