@@ -38,10 +38,12 @@ def _job_parser(prog: str, description: str, default_config: str | None) -> argp
     return parser
 
 
-def _parse_with_encoder(parser: argparse.ArgumentParser, argv: Sequence[str]):
-    """Adds --checkpoint / --run-id (the encoder to evaluate) and turns them into overrides."""
-    parser.add_argument("--checkpoint", help="encoder checkpoint (.pt) written by training")
-    parser.add_argument("--run-id", help="MLflow run id whose encoder artifact to evaluate")
+def _parse_with_encoder(parser: argparse.ArgumentParser, argv: Sequence[str],
+                        model: str = "encoder", run_help: str | None = None):
+    """Adds --checkpoint / --run-id (the model to evaluate) and turns them into overrides."""
+    parser.add_argument("--checkpoint", help=f"{model} checkpoint (.pt) written by training")
+    parser.add_argument("--run-id", help=run_help
+                        or f"MLflow run id whose {model} artifact to evaluate")
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     if args.checkpoint:
@@ -90,7 +92,9 @@ def evaluate_translation_main(argv: Sequence[str],
                          "with a word rare in training, translated without and after one "
                          "showing of another pair holding it (memory written, no gradient).",
                          _default_config("evaluate_translation.yaml"))
-    args, overrides = _parse_with_encoder(parser, argv)
+    args, overrides = _parse_with_encoder(
+        parser, argv, model="translator",
+        run_help="MLflow run to log the results into (e.g. the training run)")
     job = load_config(TranslationEvalJob, args.config, overrides)
     evaluate_translation(job, progress=not args.no_progress)
     return 0
