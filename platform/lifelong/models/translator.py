@@ -2,13 +2,20 @@
 
 Encoder: embeddings and a bidirectional GRU. Decoder: a GRU over the target prefix with Luong
 ("general") attention on the encoder states, giving an output state o_t [H] per position. The
-decoder's own distribution is softmax(W o_t). The memory is queried with q_t = W_q o_t [key_dim]
-(its values are target token ids); its softmax over the k neighbours, scattered onto their
-tokens, is p_mem. A learned gate mixes them:
+decoder's own distribution is softmax(W o_t). The memory is queried with
+q_t = W_q [o_t; e_t] [key_dim], where e_t is the attention-weighted average of the *source
+embeddings* (not the encoder's contextual states): at a word the decoder is translating, e_t is
+nearly that word's own embedding in any sentence, so a rare word shown once in one sentence
+is found again in another (``query_source``; without it q_t = W_q o_t). The memory's values are
+target token ids; its softmax over the k neighbours, scattered onto their tokens, is p_mem. A
+learned gate mixes them:
 
-    p(y_t) = (1 - g_t) * p_dec(y_t) + g_t * p_mem(y_t),   g_t = sigmoid(w_g . o_t + b_g)
+    p(y_t) = (1 - g_t) * p_dec(y_t) + g_t * p_mem(y_t),
+    g_t = sigmoid(w_g . o_t + v_g . [s_t, max p_mem, max p_dec] + b_g)
 
-(g_t = 0 where the memory returned no filled slot). Training adds the memory's margin loss to the
+where s_t is the similarity of the nearest neighbour (``gate_on_memory``): the gate sees how
+close the memory's answer is and how sure the decoder is, so it can open for a close match the
+decoder does not know. g_t = 0 where the memory returned no filled slot. Training adds the memory's margin loss to the
 translation loss and writes (q_t, y_t) into the memory, which is never cleared. With a local
 ``Memory`` the neighbours' softmax carries a gradient to the query; with a ``ShardedMemory`` it is
 a constant (the keys stay on the shards) and the query learns from the margin loss.
@@ -39,6 +46,9 @@ class TranslatorConfig:
         key_dim: size of the memory's keys (the query projection's output).
         use_memory: False builds the baseline: no query, no gate, the decoder alone.
         gate_bias: initial bias of the gate (negative: trust the decoder at first).
+        query_source: the query also sees the attention-weighted source embeddings.
+        gate_on_memory: the gate also sees the nearest similarity and both distributions'
+            peaks.
     """
 
     emb_dim: int = 256
@@ -47,6 +57,8 @@ class TranslatorConfig:
     key_dim: int = 128
     use_memory: bool = True
     gate_bias: float = -2.0
+    query_source: bool = True
+    gate_on_memory: bool = True
 
     def __post_init__(self) -> None:
         for name in ("emb_dim", "hidden", "key_dim"):
@@ -84,37 +96,50 @@ class Translator(nn.Module):
         self.out = nn.Linear(c.hidden, tgt_vocab)
         self.drop = nn.Dropout(c.dropout)
         if c.use_memory:
-            self.query = nn.Linear(c.hidden, c.key_dim)
+            self.query = nn.Linear(c.hidden + (c.emb_dim if c.query_source else 0), c.key_dim)
             self.gate = nn.Linear(c.hidden, 1)
             nn.init.constant_(self.gate.bias, c.gate_bias)
+            if c.gate_on_memory:
+                self.gate_memory = nn.Linear(3, 1, bias=False)
 
     # ------------------------------------------------------------------------------ network
-    def encode(self, src: torch.Tensor):
-        """src [B, S] ids (PAD-padded) -> (states [B, S, H], mask [B, S], h0 [1, B, H])."""
+    def encode(self, src: torch.Tensor) -> "Encoded":
+        """src [B, S] ids (PAD-padded) -> the encoder's states, mask, embeddings and h0."""
         mask = src != PAD
         lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.src_emb(src)), lengths,
+        emb = self.src_emb(src)
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(emb), lengths,
                                                    batch_first=True, enforce_sorted=False)
         states, h = self.encoder(packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True,
                                                      total_length=src.shape[1])
         h0 = torch.tanh(self.bridge(torch.cat([h[0], h[1]], dim=1))).unsqueeze(0)
-        return states, mask, h0
+        return Encoded(states, mask, emb, h0)
 
-    def decode(self, prefix: torch.Tensor, enc, h: torch.Tensor):
-        """Output states o [B, T, H] of prefix [B, T] ids, and the GRU state after it."""
-        states, mask, _ = enc
+    def decode(self, prefix: torch.Tensor, enc: "Encoded", h: torch.Tensor):
+        """Decodes prefix [B, T] ids from GRU state h [1, B, H].
+
+        Returns:
+            (o [B, T, H] output states, the memory's features [B, T, H (+ E)]: o and, with
+            ``query_source``, the attention-weighted source embeddings; the GRU state after
+            the prefix).
+        """
         y, h = self.decoder(self.drop(self.tgt_emb(prefix)), h)
-        scores = torch.bmm(self.attn(y), states.transpose(1, 2))  # [B, T, S]
-        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        context = torch.bmm(scores.softmax(-1), states)
-        return self.drop(torch.tanh(self.combine(torch.cat([y, context], -1)))), h
+        scores = torch.bmm(self.attn(y), enc.states.transpose(1, 2))  # [B, T, S]
+        attention = scores.masked_fill(~enc.mask.unsqueeze(1), float("-inf")).softmax(-1)
+        context = torch.bmm(attention, enc.states)
+        o = self.drop(torch.tanh(self.combine(torch.cat([y, context], -1))))
+        features = o
+        if self.config.use_memory and self.config.query_source:
+            features = torch.cat([o, torch.bmm(attention, enc.embeddings)], -1)
+        return o, features, h
 
-    def log_probs(self, o: torch.Tensor, memory=None, labels: torch.Tensor | None = None,
-                  update: bool = False):
+    def log_probs(self, o: torch.Tensor, features: torch.Tensor, memory=None,
+                  labels: torch.Tensor | None = None, update: bool = False):
         """log p(y) [N, V] for output states o [N, H], mixing in the memory's answer.
 
         Args:
+            features: [N, H (+ E)] what the memory's query is made from (``decode``).
             memory: a ``Memory`` / ``ShardedMemory`` (None, or a model without memory: the
                 decoder alone).
             labels: [N] the true next tokens: with them the memory loss is computed, and
@@ -128,14 +153,21 @@ class Translator(nn.Module):
         if memory is None or not self.config.use_memory:
             return logits.log_softmax(-1), zero
         kwargs = {"grad_similarities": True} if isinstance(memory, Memory) else {}
-        answer = memory.query(self.query(o), labels, update=update and labels is not None,
-                              **kwargs)
+        answer = memory.query(self.query(features), labels,
+                              update=update and labels is not None, **kwargs)
         values = answer.neighbour_values.to(o.device)
         filled = values >= 0
         weights = answer.softmax.to(o.device) * filled
         p_mem = torch.zeros_like(logits).scatter_add(1, values.clamp(min=0), weights)
-        gate = torch.sigmoid(self.gate(o)) * filled.any(1, keepdim=True)
-        p = (1 - gate) * logits.softmax(-1) + gate * p_mem
+        p_dec = logits.softmax(-1)
+        gate_logit = self.gate(o)
+        if self.config.gate_on_memory:
+            nearest = answer.similarities.to(o.device).detach().max(1).values
+            peaks = torch.stack([nearest.masked_fill(~filled.any(1), 0.0),
+                                 p_mem.detach().max(1).values, p_dec.detach().max(1).values], 1)
+            gate_logit = gate_logit + self.gate_memory(peaks)
+        gate = torch.sigmoid(gate_logit) * filled.any(1, keepdim=True)
+        p = (1 - gate) * p_dec + gate * p_mem
         loss = answer.loss.to(o.device) if answer.loss is not None else zero
         return p.clamp_min(1e-9).log(), loss
 
@@ -145,9 +177,10 @@ class Translator(nn.Module):
         """Teacher-forced loss of src [B, S] -> tgt [B, T] (tgt ends in EOS, PAD-padded)."""
         enc = self.encode(src)
         prefix = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
-        o, _ = self.decode(prefix, enc, enc[2])
+        o, features, _ = self.decode(prefix, enc, enc.h0)
         scored = tgt != PAD
-        log_p, memory_loss = self.log_probs(o[scored], memory, tgt[scored], update)
+        log_p, memory_loss = self.log_probs(o[scored], features[scored], memory, tgt[scored],
+                                            update)
         nll = F.nll_loss(log_p, tgt[scored])
         return TranslatorOutput(loss=nll + memory_loss, nll=nll, memory_loss=memory_loss,
                                 tokens=int(scored.sum()))
@@ -171,12 +204,12 @@ class Translator(nn.Module):
         self.eval()
         try:
             enc = self.encode(src)
-            h, token = enc[2], torch.full((src.shape[0], 1), BOS, device=src.device)
+            h, token = enc.h0, torch.full((src.shape[0], 1), BOS, device=src.device)
             out = torch.zeros(src.shape[0], 0, dtype=torch.long, device=src.device)
             done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
             for _ in range(max_len):
-                o, h = self.decode(token, enc, h)
-                log_p, _ = self.log_probs(o[:, 0], memory)
+                o, features, h = self.decode(token, enc, h)
+                log_p, _ = self.log_probs(o[:, 0], features[:, 0], memory)
                 token = log_p.argmax(-1, keepdim=True).masked_fill(done.unsqueeze(1), PAD)
                 out = torch.cat([out, token], 1)
                 done |= token[:, 0] == EOS
@@ -199,15 +232,14 @@ class Translator(nn.Module):
             self.train(was)
 
     def _beam_one(self, src, memory, beam, max_len, alpha) -> list[int]:
-        states, mask, h = self.encode(src)
-        hyps = [([], 0.0, h)]  # (tokens, log p, GRU state)
+        enc = self.encode(src)
+        hyps = [([], 0.0, enc.h0)]  # (tokens, log p, GRU state)
         finished: list[tuple[list[int], float]] = []
         for _ in range(max_len):
             tokens = torch.tensor([[t[-1] if t else BOS] for t, _, _ in hyps], device=src.device)
             h = torch.cat([hh for _, _, hh in hyps], dim=1)
-            enc = (states.expand(len(hyps), -1, -1), mask.expand(len(hyps), -1), None)
-            o, h = self.decode(tokens, enc, h)
-            log_p, _ = self.log_probs(o[:, 0], memory)
+            o, features, h = self.decode(tokens, enc.expand(len(hyps)), h)
+            log_p, _ = self.log_probs(o[:, 0], features[:, 0], memory)
             scores = torch.tensor([s for _, s, _ in hyps], device=src.device)[:, None] + log_p
             top = scores.view(-1).topk(min(beam, scores.numel()))
             vocab = log_p.shape[1]
@@ -225,6 +257,22 @@ class Translator(nn.Module):
         finished += [(t, s / len(t) ** alpha) for t, s, _ in hyps]
         best = max(finished, key=lambda f: (f[1], [-x for x in f[0]]))  # ties: stable
         return _until_eos(best[0])
+
+
+@dataclass
+class Encoded:
+    """The encoder's output: states [B, S, H], mask [B, S] (True at real tokens), the source
+    embeddings [B, S, E] and the decoder's initial state h0 [1, B, H]."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    embeddings: torch.Tensor
+    h0: torch.Tensor
+
+    def expand(self, n: int) -> "Encoded":
+        """The encoding of one sentence repeated n times (beam hypotheses)."""
+        return Encoded(self.states.expand(n, -1, -1), self.mask.expand(n, -1),
+                       self.embeddings.expand(n, -1, -1), self.h0.expand(-1, n, -1))
 
 
 def _until_eos(ids: list[int]) -> list[int]:

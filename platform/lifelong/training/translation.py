@@ -24,6 +24,7 @@ from lifelong.models.vocab import PAD, SubwordVocab
 from lifelong.training.cluster_config import RayTrainConfig, SharedMemoryConfig
 from lifelong.training.context import TrainContext
 from lifelong.training.omniglot import TrackingConfig
+from lifelong.training.showings import Showings
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,13 @@ class TranslationMemory:
 
 @dataclass(frozen=True)
 class TranslationTrain:
-    """Section ``train``: sentences per batch, bounds on steps and minutes, Adam."""
+    """Section ``train``: sentences per batch, bounds on steps and minutes, Adam.
+
+    show_per_batch: with the memory, up to this many *other* training pairs holding a word of
+    the batch that is rare in training (show_min_count..show_max_count source sentences) are
+    written into the memory before each step, with no gradient: show-then-ask training, the
+    one-shot protocol's situation (``lifelong.training.showings``). 0: off.
+    """
 
     batch_size: int = 64
     steps: int = 100_000
@@ -71,11 +78,17 @@ class TranslationTrain:
     log_every: int = 50
     threads: int = 0
     seed: int = 0
+    show_per_batch: int = 16
+    show_min_count: int = 2
+    show_max_count: int = 20
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "log_every"):
             check_int(f"train.{name}", getattr(self, name))
         check_int("train.threads", self.threads, minimum=0)
+        check_int("train.show_per_batch", self.show_per_batch, minimum=0)
+        check_int("train.show_min_count", self.show_min_count, minimum=2)
+        check_int("train.show_max_count", self.show_max_count, minimum=self.show_min_count)
         if not self.lr > 0 or not self.grad_clip > 0:
             raise ConfigError("train.lr and train.grad_clip must be > 0")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -136,7 +149,9 @@ class TranslationModel:
         if not isinstance(p, dict) or p.get("format_version") != 1:
             raise ConfigError(f"{path} is not a translator checkpoint")
         sv, tv = SubwordVocab(p["source_vocab"]), SubwordVocab(p["target_vocab"])
-        model = Translator(len(sv), len(tv), TranslatorConfig(**p["model_config"]))
+        # checkpoints from before query_source / gate_on_memory had neither
+        config = {"query_source": False, "gate_on_memory": False, **p["model_config"]}
+        model = Translator(len(sv), len(tv), TranslatorConfig(**config))
         model.load_state_dict(p["state_dict"])
         model.eval()
         memory = None
@@ -180,7 +195,8 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def build(job: TranslationJob, progress: bool = True):
-    """Vocabularies (training split only), encoded training pairs, model and memory."""
+    """Vocabularies (training split only), the training pairs kept (encoded, and their source
+    texts), model and memory."""
     train = load_multi30k("train", root=job.data.root, progress=progress)
     sources, targets = train.source[:job.data.max_pairs], train.target[:job.data.max_pairs]
     sv = SubwordVocab.train(sources, job.data.vocab_size)
@@ -196,7 +212,7 @@ def build(job: TranslationJob, progress: bool = True):
                         choose_k=m.choose_k, alpha=m.alpha, age_noise=m.age_noise,
                         seed=job.train.seed)
     return (TranslationModel(model, sv, tv, memory), [src[i] for i in keep],
-            [tgt[i] for i in keep])
+            [tgt[i] for i in keep], [sources[i] for i in keep])
 
 
 @dataclass
@@ -223,8 +239,10 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
     t = job.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    tm, src, tgt = build(job, progress and ctx.rank == 0)
+    tm, src, tgt, texts = build(job, progress and ctx.rank == 0)
     memory = ctx.shared_memory if ctx.shared_memory is not None else tm.memory
+    showings = Showings(texts, t.show_min_count, t.show_max_count) \
+        if memory is not None and t.show_per_batch else None
     model = ctx.prepare_model(tm.model)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr)
     rng = np.random.default_rng(t.seed)
@@ -242,6 +260,11 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
             idx = idx[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
             if len(idx) == 0:
                 idx = np.asarray([0])  # the last short batch: every rank must step
+            if showings is not None:
+                shown = showings.plan(idx, t.show_per_batch, rng)
+                if shown:
+                    tm.model.remember(pad_batch([src[i] for i in shown]),
+                                      pad_batch([tgt[i] for i in shown]), memory)
             out = model(pad_batch([src[i] for i in idx]), pad_batch([tgt[i] for i in idx]),
                         memory)
             opt.zero_grad(set_to_none=True)

@@ -21,22 +21,14 @@ translated.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from lifelong.training.showings import words
 from lifelong.training.translation import TranslationModel, pad_batch
-
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-
-
-def words(sentence: str) -> list[str]:
-    """Lower-cased words of a sentence (letters only)."""
-    return _WORD.findall(sentence.lower())
-
 
 def translate(tm: TranslationModel, sentences: Sequence[str], memory="model", beam: int = 1,
               batch_size: int = 64) -> list[str]:
