@@ -96,3 +96,22 @@ def test_translation_reads_the_memory_only_and_bleu_is_sacrebleus(model):
     score, signature = bleu([same], [same])
     assert score == pytest.approx(100.0) and signature.startswith("nrefs:1")
     assert bleu(["ein baum steht im park ."], [same])[0] < 10
+
+
+def test_checkpoints_round_trip_and_older_ones_still_load(model, tmp_path):
+    tm, (src, _) = model
+    ids = pad_batch(tm.source_vocab.encode(src[:4]))
+    back = TranslationModel.load(tm.save(tmp_path / "t.pt"))
+    assert back.model.greedy(ids, back.memory) == tm.model.greedy(ids, tm.memory)
+    # a checkpoint written before query_source / gate_on_memory existed
+    torch.manual_seed(1)
+    old_config = TranslatorConfig(emb_dim=32, hidden=64, key_dim=16, query_source=False,
+                                  gate_on_memory=False)
+    old = TranslationModel(Translator(len(tm.source_vocab), len(tm.target_vocab), old_config),
+                           tm.source_vocab, tm.target_vocab, None)
+    payload = torch.load(old.save(tmp_path / "old.pt"), weights_only=True)
+    del payload["model_config"]["query_source"], payload["model_config"]["gate_on_memory"]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = TranslationModel.load(tmp_path / "old.pt")
+    assert not loaded.model.config.query_source and not loaded.model.config.gate_on_memory
+    assert loaded.model.greedy(ids) == old.model.greedy(ids)
