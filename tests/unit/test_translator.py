@@ -95,3 +95,25 @@ def test_remember_writes_without_a_gradient_step(data):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert int((memory.values >= 0).sum()) == int((tgt[:2] != PAD).sum())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_blind_positions_leave_the_true_token_to_the_memory(data):
+    sv, tv, src, tgt = data
+    model = small(sv, tv)
+    memory = Memory(key_dim=16, num_slots=256, num_values=len(tv), choose_k=16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        out = model(src, tgt, memory)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    blind = tgt != PAD
+    model.eval()
+    with torch.no_grad():
+        seen = model(src, tgt, memory, update=False)
+        blinded = model(src, tgt, memory, update=False, blind=blind)
+        alone = model(src, tgt, None, update=False, blind=blind)
+        decoder = model(src, tgt, None, update=False)
+    floor = -np.log(1e-9)  # log p is clamped at 1e-9: what a blind decoder alone would get
+    assert seen.nll.item() < blinded.nll.item() < floor - 1  # the memory supplies the tokens
+    assert alone.nll.item() == decoder.nll.item()  # no memory: nothing to leave them to

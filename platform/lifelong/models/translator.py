@@ -135,7 +135,8 @@ class Translator(nn.Module):
         return o, features, h
 
     def log_probs(self, o: torch.Tensor, features: torch.Tensor, memory=None,
-                  labels: torch.Tensor | None = None, update: bool = False):
+                  labels: torch.Tensor | None = None, update: bool = False,
+                  blind: torch.Tensor | None = None):
         """log p(y) [N, V] for output states o [N, H], mixing in the memory's answer.
 
         Args:
@@ -144,6 +145,10 @@ class Translator(nn.Module):
                 decoder alone).
             labels: [N] the true next tokens: with them the memory loss is computed, and
                 written into memory when ``update``.
+            blind: [N] bool, training only: positions where the decoder is made blind to the
+                true token (its logit is -inf), as it is to a word it never learned; only the
+                memory can supply it there (show-then-ask training; see ``showings``).
+                Ignored without a memory.
 
         Returns:
             (log_probs [N, V], memory loss scalar (0 without memory or labels)).
@@ -152,6 +157,9 @@ class Translator(nn.Module):
         zero = o.new_zeros(())
         if memory is None or not self.config.use_memory:
             return logits.log_softmax(-1), zero
+        if blind is not None and labels is not None and bool(blind.any()):
+            rows = blind.nonzero().squeeze(1)
+            logits = logits.index_put((rows, labels[rows]), logits.new_tensor(float("-inf")))
         kwargs = {"grad_similarities": True} if isinstance(memory, Memory) else {}
         answer = memory.query(self.query(features), labels,
                               update=update and labels is not None, **kwargs)
@@ -173,14 +181,15 @@ class Translator(nn.Module):
 
     # ------------------------------------------------------------------------------ training
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, memory=None,
-                update: bool = True) -> TranslatorOutput:
-        """Teacher-forced loss of src [B, S] -> tgt [B, T] (tgt ends in EOS, PAD-padded)."""
+                update: bool = True, blind: torch.Tensor | None = None) -> TranslatorOutput:
+        """Teacher-forced loss of src [B, S] -> tgt [B, T] (tgt ends in EOS, PAD-padded);
+        blind: [B, T] bool positions the decoder may not predict (see ``log_probs``)."""
         enc = self.encode(src)
         prefix = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
         o, features, _ = self.decode(prefix, enc, enc.h0)
         scored = tgt != PAD
         log_p, memory_loss = self.log_probs(o[scored], features[scored], memory, tgt[scored],
-                                            update)
+                                            update, None if blind is None else blind[scored])
         nll = F.nll_loss(log_p, tgt[scored])
         return TranslatorOutput(loss=nll + memory_loss, nll=nll, memory_loss=memory_loss,
                                 tokens=int(scored.sum()))

@@ -67,7 +67,9 @@ class TranslationTrain:
     show_per_batch: with the memory, up to this many *other* training pairs holding a word of
     the batch that is rare in training (show_min_count..show_max_count source sentences) are
     written into the memory before each step, with no gradient: show-then-ask training, the
-    one-shot protocol's situation (``lifelong.training.showings``). 0: off.
+    one-shot protocol's situation (``lifelong.training.showings``). 0: off. At the batch
+    sentence's target tokens the shown target also holds and that occur in at most
+    blind_max_count training targets, the decoder is blind to the true token (0: never).
     """
 
     batch_size: int = 64
@@ -81,6 +83,7 @@ class TranslationTrain:
     show_per_batch: int = 16
     show_min_count: int = 2
     show_max_count: int = 20
+    blind_max_count: int = 50
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "log_every"):
@@ -89,6 +92,7 @@ class TranslationTrain:
         check_int("train.show_per_batch", self.show_per_batch, minimum=0)
         check_int("train.show_min_count", self.show_min_count, minimum=2)
         check_int("train.show_max_count", self.show_max_count, minimum=self.show_min_count)
+        check_int("train.blind_max_count", self.blind_max_count, minimum=0)
         if not self.lr > 0 or not self.grad_clip > 0:
             raise ConfigError("train.lr and train.grad_clip must be > 0")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -241,7 +245,7 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
         torch.set_num_threads(t.threads)
     tm, src, tgt, texts = build(job, progress and ctx.rank == 0)
     memory = ctx.shared_memory if ctx.shared_memory is not None else tm.memory
-    showings = Showings(texts, t.show_min_count, t.show_max_count) \
+    showings = Showings(texts, tgt, t.show_min_count, t.show_max_count, t.blind_max_count) \
         if memory is not None and t.show_per_batch else None
     model = ctx.prepare_model(tm.model)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr)
@@ -260,13 +264,16 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
             idx = idx[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
             if len(idx) == 0:
                 idx = np.asarray([0])  # the last short batch: every rank must step
+            src_batch = pad_batch([src[i] for i in idx])
+            tgt_batch = pad_batch([tgt[i] for i in idx])
+            blind = None
             if showings is not None:
-                shown = showings.plan(idx, t.show_per_batch, rng)
-                if shown:
-                    tm.model.remember(pad_batch([src[i] for i in shown]),
-                                      pad_batch([tgt[i] for i in shown]), memory)
-            out = model(pad_batch([src[i] for i in idx]), pad_batch([tgt[i] for i in idx]),
-                        memory)
+                plan = showings.plan(idx, t.show_per_batch, rng)
+                if plan:
+                    tm.model.remember(pad_batch([src[j] for _, j in plan]),
+                                      pad_batch([tgt[j] for _, j in plan]), memory)
+                    blind = showings.blind(idx, plan, tuple(tgt_batch.shape))
+            out = model(src_batch, tgt_batch, memory, blind=blind)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
