@@ -38,7 +38,8 @@ def test_two_workers_train_against_the_shared_memory(ray_local, tmp_path):
     assert result.steps == 3 and result.checkpoint.is_file()
     shared = attach("tr-mem", str(tmp_path / "mem"))
     status = shared.status()
-    assert [s["updates"] for s in status] == [2 * 3, 2 * 3]  # both workers, every step
+    # both workers write every step, plus the pairs they show first (show-then-ask)
+    assert all(2 * 3 <= s["updates"] <= 2 * 2 * 3 for s in status), status
     assert sum(s["inserts"] + s["refreshes"] for s in status) > 0
     history = run.client.get_metric_history(run.run_id, "train.nll")
     assert sorted(m.step for m in history) == [1, 2, 3]  # rank 0 alone
