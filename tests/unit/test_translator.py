@@ -44,36 +44,37 @@ def small(sv, tv, use_memory=True, seed=0):
                                                          dropout=0.0, use_memory=use_memory))
 
 
+def fit(model, memory, src, tgt, steps):
+    """Adam steps on the whole corpus; the nll of each step."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        out = model(src, tgt, memory)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.nll.item())
+    return losses
+
+
 @pytest.mark.parametrize("use_memory", [True, False])
 def test_loss_falls_on_a_tiny_corpus(data, use_memory):
     sv, tv, src, tgt = data
     model = small(sv, tv, use_memory)
     memory = Memory(key_dim=16, num_slots=256, num_values=len(tv), choose_k=16) \
         if use_memory else None
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        out = model(src, tgt, memory)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.nll.item())
+    losses = fit(model, memory, src, tgt, 40)
     assert losses[-1] < 0.3 * losses[0], losses[::8]
     if use_memory:
         assert int((memory.values >= 0).sum()) > 0  # written, never cleared
-        assert out.memory_loss.item() >= 0
+        assert model(src, tgt, memory, update=False).memory_loss.item() >= 0
 
 
 def test_decoding_is_deterministic_and_learns_the_corpus(data):
     sv, tv, src, tgt = data
     model = small(sv, tv)
     memory = Memory(key_dim=16, num_slots=256, num_values=len(tv), choose_k=16)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        out = model(src, tgt, memory)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    fit(model, memory, src, tgt, 60)
     state = {k: v.clone() for k, v in memory.state_dict().items()}
     greedy = model.greedy(src[:8], memory)
     assert greedy == model.greedy(src[:8], memory)
@@ -101,12 +102,7 @@ def test_blind_positions_leave_the_true_token_to_the_memory(data):
     sv, tv, src, tgt = data
     model = small(sv, tv)
     memory = Memory(key_dim=16, num_slots=256, num_values=len(tv), choose_k=16)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(30):
-        out = model(src, tgt, memory)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    fit(model, memory, src, tgt, 30)
     blind = tgt != PAD
     model.eval()
     with torch.no_grad():

@@ -26,6 +26,7 @@ from lifelong.data import load_omniglot
 from lifelong.distributed.actor import NAMESPACE
 from lifelong.errors import ConfigError, MemoryNotFoundError
 from lifelong.training.checkpoint import save_encoder
+from lifelong.training.cluster_config import RayTrainConfig
 from lifelong.models import build_encoder
 from lifelong.training.context import TrainContext
 from lifelong.training.omniglot import OmniglotTrainJob, TrainResult, train_omniglot
@@ -151,17 +152,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def ensure_ray(job: OmniglotTrainJob) -> None:
     """Joins the job's cluster, or starts an embedded local Ray sized for the job."""
+    shards = job.shared_memory
+    ensure_ray_for(job.ray, shards.shards * shards.num_cpus if job.train.mode == "lifelong"
+                   else 0.0)
+
+
+def ensure_ray_for(config: RayTrainConfig, memory_cpus: float = 0.0) -> None:
+    """Joins ``config.address`` (or RAY_ADDRESS), or starts an embedded local Ray with
+    enough logical CPUs for the workers and ``memory_cpus`` of shard actors, which mostly wait
+    on each other, even where the machine has fewer cores."""
     if ray.is_initialized():
         return
-    address = job.ray.address or os.environ.get("RAY_ADDRESS")
+    address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         return
-    # Embedded local Ray: enough logical CPUs for the workers and the shard actors, which
-    # mostly wait on each other, even where the machine has fewer cores.
-    needed = job.ray.num_workers * job.ray.cpus_per_worker + 1
-    if job.train.mode == "lifelong":
-        needed += job.shared_memory.shards * job.shared_memory.num_cpus
+    needed = config.num_workers * config.cpus_per_worker + 1 + memory_cpus
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), namespace=NAMESPACE)
 
 

@@ -5,8 +5,6 @@ Train checkpoint; the driver writes ``<output_dir>/translator.pt`` with the memo
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +21,8 @@ from lifelong.memory import Memory
 from lifelong.models.translator import Translator
 from lifelong.models.vocab import SubwordVocab
 from lifelong.training.context import TrainContext
-from lifelong.training.ray_train import STATE_FILE, _any_rank, _report, prepare_shared_memory
+from lifelong.training.ray_train import (
+    STATE_FILE, _any_rank, _report, ensure_ray_for, prepare_shared_memory)
 from lifelong.training.translation import (
     TranslationJob,
     TranslationModel,
@@ -57,19 +56,6 @@ def _loop(config: dict[str, Any]) -> None:
                                        any_rank=_any_rank))
 
 
-def _ensure_ray(job: TranslationJob) -> None:
-    if ray.is_initialized():
-        return
-    address = job.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
-        return
-    needed = job.ray.num_workers * job.ray.cpus_per_worker + 1
-    if job.model.use_memory:
-        needed += job.shared_memory.shards * job.shared_memory.num_cpus
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(needed)), namespace=NAMESPACE)
-
-
 def train_translation_on_ray(job: TranslationJob, run_id: str | None,
                              tracking_uri: str | None,
                              progress: bool = True) -> TranslationTrainResult:
@@ -78,7 +64,8 @@ def train_translation_on_ray(job: TranslationJob, run_id: str | None,
     from ray.train.torch import TorchTrainer
 
     load_multi30k("train", root=job.data.root, progress=progress)  # missing data fails here
-    _ensure_ray(job)
+    shards = job.shared_memory
+    ensure_ray_for(job.ray, shards.shards * shards.num_cpus if job.model.use_memory else 0.0)
     storage = None
     if job.model.use_memory:  # values: target subword ids, < data.vocab_size
         storage = prepare_shared_memory(job, num_classes=job.data.vocab_size)
