@@ -113,3 +113,26 @@ def test_blind_positions_leave_the_true_token_to_the_memory(data):
     floor = -np.log(1e-9)  # log p is clamped at 1e-9: what a blind decoder alone would get
     assert seen.nll.item() < blinded.nll.item() < floor - 1  # the memory supplies the tokens
     assert alone.nll.item() == decoder.nll.item()  # no memory: nothing to leave them to
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_training_scores_equal_the_full_mixture_at_the_true_tokens(data, use_memory):
+    """gold_log_probs (training, no [N, V] mixture) against log_probs (decoding) gathered."""
+    sv, tv, src, tgt = data
+    model = small(sv, tv, use_memory)
+    memory = Memory(key_dim=16, num_slots=512, num_values=len(tv), choose_k=8) \
+        if use_memory else None
+    fit(model, memory, src[:16], tgt[:16], 5)  # a memory with repeated values among the k
+    model.eval()
+    with torch.no_grad():
+        enc = model.encode(src)
+        prefix = torch.cat([torch.full_like(tgt[:, :1], 2), tgt[:, :-1]], 1)
+        o, features, _ = model.decode(prefix, enc, enc.h0)
+        scored = tgt != PAD
+        o, features, labels = o[scored], features[scored], tgt[scored]
+        blind = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+        for b in (None, blind):
+            full, loss_full = model.log_probs(o, features, memory, labels, blind=b)
+            gold, loss_gold = model.gold_log_probs(o, features, labels, memory, blind=b)
+            torch.testing.assert_close(gold, full.gather(1, labels[:, None])[:, 0])
+            assert torch.equal(loss_gold, loss_full)

@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lifelong.config import check_int
@@ -137,7 +136,8 @@ class Translator(nn.Module):
     def log_probs(self, o: torch.Tensor, features: torch.Tensor, memory=None,
                   labels: torch.Tensor | None = None, update: bool = False,
                   blind: torch.Tensor | None = None):
-        """log p(y) [N, V] for output states o [N, H], mixing in the memory's answer.
+        """log p(y) [N, V] for output states o [N, H], mixing in the memory's answer (what
+        decoding needs; training scores only the true tokens, with ``gold_log_probs``).
 
         Args:
             features: [N, H (+ E)] what the memory's query is made from (``decode``).
@@ -154,30 +154,62 @@ class Translator(nn.Module):
             (log_probs [N, V], memory loss scalar (0 without memory or labels)).
         """
         logits = self.out(o)
-        zero = o.new_zeros(())
         if memory is None or not self.config.use_memory:
-            return logits.log_softmax(-1), zero
-        if blind is not None and labels is not None and bool(blind.any()):
-            rows = blind.nonzero().squeeze(1)
-            logits = logits.index_put((rows, labels[rows]), logits.new_tensor(float("-inf")))
+            return logits.log_softmax(-1), o.new_zeros(())
+        logits = _blinded(logits, labels, blind)
+        a = self._consult(o, features, memory, labels, update)
+        p_mem = torch.zeros_like(logits).scatter_add(1, a.values.clamp(min=0), a.weights)
+        p_dec = logits.softmax(-1)
+        gate = self._gate(o, a, p_mem.detach().max(1).values, p_dec.detach().max(1).values)
+        p = (1 - gate) * p_dec + gate * p_mem
+        return p.clamp_min(1e-9).log(), a.loss
+
+    def gold_log_probs(self, o: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                       memory=None, update: bool = False,
+                       blind: torch.Tensor | None = None):
+        """log p(labels) [N]: ``log_probs(...)`` at the true tokens, computed without the
+        [N, V] mixture (the memory's mass on a token is summed over its k neighbours), which
+        is most of the memory's cost in training. Arguments as ``log_probs``.
+
+        Returns:
+            (log p(labels) [N], memory loss scalar).
+        """
+        logits = self.out(o)
+        if memory is None or not self.config.use_memory:
+            return logits.log_softmax(-1).gather(1, labels[:, None])[:, 0], o.new_zeros(())
+        log_p_dec = _blinded(logits, labels, blind).log_softmax(-1)
+        a = self._consult(o, features, memory, labels, update)
+        p_mem_gold = (a.weights * (a.values == labels[:, None])).sum(1, keepdim=True)
+        with torch.no_grad():  # the memory's peak: the largest mass any one token gets
+            same = a.values.unsqueeze(2) == a.values.unsqueeze(1)  # [N, k, k]
+            mem_peak = (same * a.weights.unsqueeze(1)).sum(2).max(1).values
+        gate = self._gate(o, a, mem_peak, log_p_dec.detach().max(1).values.exp())
+        p = (1 - gate) * log_p_dec.gather(1, labels[:, None]).exp() + gate * p_mem_gold
+        return p.clamp_min(1e-9).log()[:, 0], a.loss
+
+    def _consult(self, o, features, memory, labels, update) -> "_Answer":
+        """Queries the memory with the projection of features [N, H (+ E)]."""
         kwargs = {"grad_similarities": True} if isinstance(memory, Memory) else {}
         answer = memory.query(self.query(features), labels,
                               update=update and labels is not None, **kwargs)
         values = answer.neighbour_values.to(o.device)
         filled = values >= 0
-        weights = answer.softmax.to(o.device) * filled
-        p_mem = torch.zeros_like(logits).scatter_add(1, values.clamp(min=0), weights)
-        p_dec = logits.softmax(-1)
+        nearest = answer.similarities.to(o.device).detach().max(1).values
+        return _Answer(values=values, weights=answer.softmax.to(o.device) * filled,
+                       any_filled=filled.any(1, keepdim=True),
+                       nearest=nearest.masked_fill(~filled.any(1), 0.0),
+                       loss=answer.loss.to(o.device) if answer.loss is not None
+                       else o.new_zeros(()))
+
+    def _gate(self, o, a: "_Answer", mem_peak: torch.Tensor,
+              dec_peak: torch.Tensor) -> torch.Tensor:
+        """g [N, 1] from o [N, H] and, with ``gate_on_memory``, the nearest similarity and the
+        peaks [N] of the memory's and the decoder's distributions; 0 where nothing matched."""
         gate_logit = self.gate(o)
         if self.config.gate_on_memory:
-            nearest = answer.similarities.to(o.device).detach().max(1).values
-            peaks = torch.stack([nearest.masked_fill(~filled.any(1), 0.0),
-                                 p_mem.detach().max(1).values, p_dec.detach().max(1).values], 1)
+            peaks = torch.stack([a.nearest, mem_peak, dec_peak], 1)
             gate_logit = gate_logit + self.gate_memory(peaks)
-        gate = torch.sigmoid(gate_logit) * filled.any(1, keepdim=True)
-        p = (1 - gate) * p_dec + gate * p_mem
-        loss = answer.loss.to(o.device) if answer.loss is not None else zero
-        return p.clamp_min(1e-9).log(), loss
+        return torch.sigmoid(gate_logit) * a.any_filled
 
     # ------------------------------------------------------------------------------ training
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, memory=None,
@@ -188,9 +220,10 @@ class Translator(nn.Module):
         prefix = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
         o, features, _ = self.decode(prefix, enc, enc.h0)
         scored = tgt != PAD
-        log_p, memory_loss = self.log_probs(o[scored], features[scored], memory, tgt[scored],
-                                            update, None if blind is None else blind[scored])
-        nll = F.nll_loss(log_p, tgt[scored])
+        log_p, memory_loss = self.gold_log_probs(o[scored], features[scored], tgt[scored],
+                                                 memory, update,
+                                                 None if blind is None else blind[scored])
+        nll = -log_p.mean()
         return TranslatorOutput(loss=nll + memory_loss, nll=nll, memory_loss=memory_loss,
                                 tokens=int(scored.sum()))
 
@@ -266,6 +299,27 @@ class Translator(nn.Module):
         finished += [(t, s / len(t) ** alpha) for t, s, _ in hyps]
         best = max(finished, key=lambda f: (f[1], [-x for x in f[0]]))  # ties: stable
         return _until_eos(best[0])
+
+
+@dataclass
+class _Answer:
+    """The memory's answer as the mixture uses it: values and weights [N, k] of the
+    neighbours (weights 0 for empty ones), any_filled [N, 1], nearest similarity [N]."""
+
+    values: torch.Tensor
+    weights: torch.Tensor
+    any_filled: torch.Tensor
+    nearest: torch.Tensor
+    loss: torch.Tensor
+
+
+def _blinded(logits: torch.Tensor, labels: torch.Tensor | None,
+             blind: torch.Tensor | None) -> torch.Tensor:
+    """logits [N, V] with the true token's logit -inf at the blind positions [N]."""
+    if blind is None or labels is None or not bool(blind.any()):
+        return logits
+    rows = blind.nonzero().squeeze(1)
+    return logits.index_put((rows, labels[rows]), logits.new_tensor(float("-inf")))
 
 
 @dataclass
