@@ -38,7 +38,7 @@ def _job_parser(prog: str, description: str, default_config: str | None) -> argp
     return parser
 
 
-def _parse_with_encoder(parser: argparse.ArgumentParser, argv: Sequence[str],
+def _parse_with_checkpoint(parser: argparse.ArgumentParser, argv: Sequence[str],
                         model: str = "encoder", run_help: str | None = None):
     """Adds --checkpoint / --run-id (the model to evaluate) and turns them into overrides."""
     parser.add_argument("--checkpoint", help=f"{model} checkpoint (.pt) written by training")
@@ -92,7 +92,7 @@ def evaluate_translation_main(argv: Sequence[str],
                          "with a word rare in training, translated without and after one "
                          "showing of another pair holding it (memory written, no gradient).",
                          _default_config("evaluate_translation.yaml"))
-    args, overrides = _parse_with_encoder(
+    args, overrides = _parse_with_checkpoint(
         parser, argv, model="translator",
         run_help="MLflow run to log the results into (e.g. the training run)")
     job = load_config(TranslationEvalJob, args.config, overrides)
@@ -107,7 +107,7 @@ def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate o
     parser = _job_parser(prog, "Evaluate a trained encoder on the 659 Omniglot evaluation "
                          "characters (memory cleared per episode; accuracy per presentation).",
                          _default_config("evaluate_omniglot.yaml"))
-    args, overrides = _parse_with_encoder(parser, argv)
+    args, overrides = _parse_with_checkpoint(parser, argv)
     job = load_config(OmniglotEvaluateJob, args.config, overrides)
     run_evaluate_job(job, progress=not args.no_progress)
     return 0
@@ -123,7 +123,7 @@ def evaluate_retention_main(argv: Sequence[str],
                          "class shown once and asked again D examples later. Prints a table, "
                          "logs metrics and a plot to MLflow.",
                          _default_config("evaluate_retention.yaml"))
-    args, overrides = _parse_with_encoder(parser, argv)
+    args, overrides = _parse_with_checkpoint(parser, argv)
     job = load_config(RetentionJob, args.config, overrides)
     run_retention_job(job, progress=not args.no_progress)
     return 0

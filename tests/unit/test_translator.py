@@ -44,6 +44,11 @@ def small(sv, tv, use_memory=True, seed=0):
                                                          dropout=0.0, use_memory=use_memory))
 
 
+def tiny_memory(tv, num_slots, choose_k):
+    """A memory for ``small`` models (key_dim 16) whose values are tv's tokens."""
+    return Memory(key_dim=16, num_slots=num_slots, num_values=len(tv), choose_k=choose_k)
+
+
 def fit(model, memory, src, tgt, steps):
     """Adam steps on the whole corpus; the nll of each step."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -61,19 +66,20 @@ def fit(model, memory, src, tgt, steps):
 def test_loss_falls_on_a_tiny_corpus(data, use_memory):
     sv, tv, src, tgt = data
     model = small(sv, tv, use_memory)
-    memory = Memory(key_dim=16, num_slots=256, num_values=len(tv), choose_k=16) \
-        if use_memory else None
+    memory = tiny_memory(tv, 256, 16) if use_memory else None
     losses = fit(model, memory, src, tgt, 40)
     assert losses[-1] < 0.3 * losses[0], losses[::8]
     if use_memory:
         assert int((memory.values >= 0).sum()) > 0  # written, never cleared
-        assert model(src, tgt, memory, update=False).memory_loss.item() >= 0
+        out = model(src, tgt, memory, update=False)
+        assert out.memory_loss.item() >= 0
+        assert torch.equal(out.loss, out.nll + out.memory_loss)  # the margin loss is trained
 
 
 def test_decoding_is_deterministic_and_learns_the_corpus(data):
     sv, tv, src, tgt = data
     model = small(sv, tv)
-    memory = Memory(key_dim=16, num_slots=256, num_values=len(tv), choose_k=16)
+    memory = tiny_memory(tv, 256, 16)
     fit(model, memory, src, tgt, 60)
     state = {k: v.clone() for k, v in memory.state_dict().items()}
     greedy = model.greedy(src[:8], memory)
@@ -90,7 +96,7 @@ def test_decoding_is_deterministic_and_learns_the_corpus(data):
 def test_remember_writes_without_a_gradient_step(data):
     sv, tv, src, tgt = data
     model = small(sv, tv)
-    memory = Memory(key_dim=16, num_slots=64, num_values=len(tv), choose_k=8)
+    memory = tiny_memory(tv, 64, 8)
     before = [p.clone() for p in model.parameters()]
     model.remember(src[:2], tgt[:2], memory)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -101,7 +107,7 @@ def test_remember_writes_without_a_gradient_step(data):
 def test_blind_positions_leave_the_true_token_to_the_memory(data):
     sv, tv, src, tgt = data
     model = small(sv, tv)
-    memory = Memory(key_dim=16, num_slots=256, num_values=len(tv), choose_k=16)
+    memory = tiny_memory(tv, 256, 16)
     fit(model, memory, src, tgt, 30)
     blind = tgt != PAD
     model.eval()
@@ -120,8 +126,7 @@ def test_training_scores_equal_the_full_mixture_at_the_true_tokens(data, use_mem
     """gold_log_probs (training, no [N, V] mixture) against log_probs (decoding) gathered."""
     sv, tv, src, tgt = data
     model = small(sv, tv, use_memory)
-    memory = Memory(key_dim=16, num_slots=512, num_values=len(tv), choose_k=8) \
-        if use_memory else None
+    memory = tiny_memory(tv, 512, 8) if use_memory else None
     fit(model, memory, src[:16], tgt[:16], 5)  # a memory with repeated values among the k
     model.eval()
     with torch.no_grad():

@@ -15,8 +15,9 @@ learned gate mixes them:
 
 where s_t is the similarity of the nearest neighbour (``gate_on_memory``): the gate sees how
 close the memory's answer is and how sure the decoder is, so it can open for a close match the
-decoder does not know. g_t = 0 where the memory returned no filled slot. Training adds the memory's margin loss to the
-translation loss and writes (q_t, y_t) into the memory, which is never cleared. With a local
+decoder does not know. g_t = 0 where the memory returned no filled slot. Training adds the
+memory's margin loss to the translation loss and writes (q_t, y_t) into the memory, which is
+never cleared. With a local
 ``Memory`` the neighbours' softmax carries a gradient to the query; with a ``ShardedMemory`` it is
 a constant (the keys stay on the shards) and the query learns from the margin loss.
 """
@@ -194,10 +195,10 @@ class Translator(nn.Module):
                               update=update and labels is not None, **kwargs)
         values = answer.neighbour_values.to(o.device)
         filled = values >= 0
+        any_filled = filled.any(1, keepdim=True)
         nearest = answer.similarities.to(o.device).detach().max(1).values
         return _Answer(values=values, weights=answer.softmax.to(o.device) * filled,
-                       any_filled=filled.any(1, keepdim=True),
-                       nearest=nearest.masked_fill(~filled.any(1), 0.0),
+                       any_filled=any_filled, nearest=nearest.masked_fill(~any_filled[:, 0], 0.0),
                        loss=answer.loss.to(o.device) if answer.loss is not None
                        else o.new_zeros(()))
 

@@ -51,9 +51,9 @@ class Showings:
 
     def __init__(self, sources: Sequence[str], targets: Sequence[Sequence[int]],
                  min_count: int = 2, max_count: int = 20, blind_max_count: int = 50):
-        check_int("train.show_min_count", min_count, minimum=2)
-        check_int("train.show_max_count", max_count, minimum=min_count)
-        check_int("train.blind_max_count", blind_max_count, minimum=0)
+        check_int("min_count", min_count, minimum=2)
+        check_int("max_count", max_count, minimum=min_count)
+        check_int("blind_max_count", blind_max_count, minimum=0)
         if len(sources) != len(targets):
             raise ConfigError(f"{len(sources)} sources but {len(targets)} targets")
         self.targets = targets
