@@ -34,19 +34,14 @@ import torch
 
 from lifelong.data import load_multi30k
 from lifelong.models.translator import Translator
-from lifelong.models.vocab import BOS, PAD
 from lifelong.training.showings import Showings
 from lifelong.training.translation import TranslationModel, length_batches, pad_batch
 
 
 def full_mixture_loss(model: Translator, src, tgt, memory, blind=None) -> torch.Tensor:
     """The training loss read off ``log_probs`` (the dense mixture), as before gold_log_probs."""
-    enc = model.encode(src)
-    prefix = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
-    o, features, _ = model.decode(prefix, enc, enc.h0)
-    scored = tgt != PAD
-    log_p, memory_loss = model.log_probs(o[scored], features[scored], memory, tgt[scored],
-                                         update=True,
+    o, features, scored = model.teacher_forced(src, tgt)
+    log_p, memory_loss = model.log_probs(o, features, memory, tgt[scored], update=True,
                                          blind=None if blind is None else blind[scored])
     return -log_p.gather(1, tgt[scored][:, None]).mean() + memory_loss
 

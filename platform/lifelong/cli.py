@@ -39,7 +39,7 @@ def _job_parser(prog: str, description: str, default_config: str | None) -> argp
 
 
 def _parse_with_checkpoint(parser: argparse.ArgumentParser, argv: Sequence[str],
-                        model: str = "encoder", run_help: str | None = None):
+                           model: str = "encoder", run_help: str | None = None):
     """Adds --checkpoint / --run-id (the model to evaluate) and turns them into overrides."""
     parser.add_argument("--checkpoint", help=f"{model} checkpoint (.pt) written by training")
     parser.add_argument("--run-id", help=run_help

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.data import load_omniglot
+from lifelong.data import load_multi30k, load_omniglot
 from lifelong.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,8 +64,6 @@ def test_submitted_training_job_logs_its_run(ray_head, tmp_path):
 
 
 def test_submitted_translation_job_trains_on_ray_against_a_shared_memory(ray_head, tmp_path):
-    from lifelong.data import load_multi30k
-
     try:
         load_multi30k("train", download=False, progress=False)
     except DataError as exc:

@@ -130,11 +130,8 @@ def test_training_scores_equal_the_full_mixture_at_the_true_tokens(data, use_mem
     fit(model, memory, src[:16], tgt[:16], 5)  # a memory with repeated values among the k
     model.eval()
     with torch.no_grad():
-        enc = model.encode(src)
-        prefix = torch.cat([torch.full_like(tgt[:, :1], 2), tgt[:, :-1]], 1)
-        o, features, _ = model.decode(prefix, enc, enc.h0)
-        scored = tgt != PAD
-        o, features, labels = o[scored], features[scored], tgt[scored]
+        o, features, scored = model.teacher_forced(src, tgt)
+        labels = tgt[scored]
         blind = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)) < 0.3
         for b in (None, blind):
             full, loss_full = model.log_probs(o, features, memory, labels, blind=b)

@@ -17,9 +17,9 @@ where s_t is the similarity of the nearest neighbour (``gate_on_memory``): the g
 close the memory's answer is and how sure the decoder is, so it can open for a close match the
 decoder does not know. g_t = 0 where the memory returned no filled slot. Training adds the
 memory's margin loss to the translation loss and writes (q_t, y_t) into the memory, which is
-never cleared. With a local
-``Memory`` the neighbours' softmax carries a gradient to the query; with a ``ShardedMemory`` it is
-a constant (the keys stay on the shards) and the query learns from the margin loss.
+never cleared. With a local ``Memory`` the neighbours' softmax carries a gradient to the query;
+with a ``ShardedMemory`` it is a constant (the keys stay on the shards) and the query learns
+from the margin loss.
 """
 
 from __future__ import annotations
@@ -217,25 +217,36 @@ class Translator(nn.Module):
                 update: bool = True, blind: torch.Tensor | None = None) -> TranslatorOutput:
         """Teacher-forced loss of src [B, S] -> tgt [B, T] (tgt ends in EOS, PAD-padded);
         blind: [B, T] bool positions the decoder may not predict (see ``log_probs``)."""
-        enc = self.encode(src)
-        prefix = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
-        o, features, _ = self.decode(prefix, enc, enc.h0)
-        scored = tgt != PAD
-        log_p, memory_loss = self.gold_log_probs(o[scored], features[scored], tgt[scored],
-                                                 memory, update,
+        o, features, scored = self.teacher_forced(src, tgt)
+        log_p, memory_loss = self.gold_log_probs(o, features, tgt[scored], memory, update,
                                                  None if blind is None else blind[scored])
         nll = -log_p.mean()
         return TranslatorOutput(loss=nll + memory_loss, nll=nll, memory_loss=memory_loss,
                                 tokens=int(scored.sum()))
 
+    def teacher_forced(self, src: torch.Tensor, tgt: torch.Tensor):
+        """Decodes tgt [B, T] (ends in EOS, PAD-padded) given itself shifted right after BOS.
+
+        Returns:
+            (o [N, H], the memory's features [N, H (+ E)], scored [B, T] bool): the output
+            states and features at the N non-PAD target positions, and where those are.
+        """
+        enc = self.encode(src)
+        prefix = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
+        o, features, _ = self.decode(prefix, enc, enc.h0)
+        scored = tgt != PAD
+        return o[scored], features[scored], scored
+
     @torch.no_grad()
     def remember(self, src: torch.Tensor, tgt: torch.Tensor, memory) -> None:
         """Writes the pairs' target tokens into memory, keyed by the decoder's states, with no
-        gradient step (what the one-shot protocol shows the model)."""
+        gradient step (what the one-shot protocol shows the model). Only the memory is
+        consulted: no output layer, no loss."""
         was = self.training
         self.eval()
         try:
-            self.forward(src, tgt, memory, update=True)
+            o, features, scored = self.teacher_forced(src, tgt)
+            self._consult(o, features, memory, tgt[scored], update=True)
         finally:
             self.train(was)
 
