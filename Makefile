@@ -34,18 +34,18 @@ test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: install
-	$(PY) jobs/bench_memory.py
+	$(PY) benchmarks/bench_memory.py
 
 bench-sharded: install
-	$(PY) jobs/bench_sharded.py
+	$(PY) benchmarks/bench_sharded.py
 
 # 1 vs 2 Ray Train workers, life-long against a 2-shard memory (about 30 minutes on 2 cores).
 bench-workers: install
-	$(PY) jobs/bench_train_workers.py
+	$(PY) benchmarks/bench_train_workers.py
 
 # The stream job against its floors (encoder alone, memory alone), same segments, one run.
 bench-stream: install
-	$(PY) jobs/bench_stream.py --checkpoint $(STREAM_CHECKPOINT)
+	$(PY) benchmarks/bench_stream.py --checkpoint $(STREAM_CHECKPOINT)
 
 # The life-long retention curve of a trained encoder (train first: `make demo` or the 1-hour run).
 RETENTION_CHECKPOINT ?= runs/omniglot/encoder.pt
@@ -59,7 +59,7 @@ STREAM_EXAMPLES ?= 100000
 stream: install
 	$(VENV)/bin/lifelong stream produce --to runs/stream/segments --examples $(STREAM_EXAMPLES) --if-empty
 	$(PY) jobs/stream.py --source runs/stream/segments --checkpoint $(STREAM_CHECKPOINT) \
-	    memory.storage=runs/stream/memories stream.idle_timeout_s=0
+	    shared_memory.storage=runs/stream/memories stream.idle_timeout_s=0
 
 clean:
 	rm -rf $(VENV) .pytest_cache

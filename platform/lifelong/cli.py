@@ -56,8 +56,8 @@ def _parse_with_checkpoint(parser: argparse.ArgumentParser, argv: Sequence[str],
 def train_omniglot_main(argv: Sequence[str], prog: str = "lifelong train omniglot") -> int:
     """Trains the Omniglot one-shot encoder (episodic or life-long, on Ray Train or in
     process); see jobs/configs/train_omniglot.yaml."""
-    from lifelong.training.jobs import run_train_job
-    from lifelong.training.omniglot import OmniglotTrainJob
+    from lifelong.experiments.omniglot.config import OmniglotTrainJob
+    from lifelong.experiments.omniglot.jobs import run_train_job
 
     args = _job_parser(prog, "Train the Omniglot one-shot encoder with the memory loss "
                        "(Kaiser et al. 2017), log to MLflow, optionally evaluate.",
@@ -70,8 +70,8 @@ def train_omniglot_main(argv: Sequence[str], prog: str = "lifelong train omniglo
 def train_translation_main(argv: Sequence[str],
                            prog: str = "lifelong train translation") -> int:
     """Trains the Multi30k English-German translator (with or without the memory)."""
-    from lifelong.training.translation import TranslationJob
-    from lifelong.training.translation_job import run_translation_train_job
+    from lifelong.experiments.translation.config import TranslationJob
+    from lifelong.experiments.translation.jobs import run_translation_train_job
 
     args = _job_parser(prog, "Train the Multi30k English-German translator, its decoder "
                        "consulting the life-long memory (model.use_memory=false: the "
@@ -85,7 +85,8 @@ def train_translation_main(argv: Sequence[str],
 def evaluate_translation_main(argv: Sequence[str],
                               prog: str = "lifelong evaluate translation") -> int:
     """BLEU and the one-shot rare-word table of a translator checkpoint."""
-    from lifelong.training.translation_job import TranslationEvalJob, evaluate_translation
+    from lifelong.experiments.translation.config import TranslationEvalJob
+    from lifelong.experiments.translation.jobs import evaluate_translation
 
     parser = _job_parser(prog, "Translate test_2016_flickr (BLEU with sacrebleu, its signature "
                          "recorded) and run the one-shot rare-word protocol: a test sentence "
@@ -102,7 +103,8 @@ def evaluate_translation_main(argv: Sequence[str],
 
 def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate omniglot") -> int:
     """Evaluates a trained encoder: N-way, k-shot accuracy with 95% intervals."""
-    from lifelong.training.jobs import OmniglotEvaluateJob, run_evaluate_job
+    from lifelong.experiments.omniglot.config import OmniglotEvaluateJob
+    from lifelong.experiments.omniglot.jobs import run_evaluate_job
 
     parser = _job_parser(prog, "Evaluate a trained encoder on the 659 Omniglot evaluation "
                          "characters (memory cleared per episode; accuracy per presentation).",
@@ -116,7 +118,7 @@ def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate o
 def evaluate_retention_main(argv: Sequence[str],
                             prog: str = "lifelong evaluate retention") -> int:
     """Life-long Omniglot: recall of a class seen once, D examples later, memory never reset."""
-    from lifelong.training.retention_job import RetentionJob, run_retention_job
+    from lifelong.experiments.omniglot.retention_job import RetentionJob, run_retention_job
 
     parser = _job_parser(prog, "Retention curve of a trained encoder: a stream of evaluation "
                          "characters fed to memories of several sizes, never reset; each probe "
@@ -132,8 +134,8 @@ def evaluate_retention_main(argv: Sequence[str],
 def demo_main(argv: Sequence[str], prog: str = "lifelong demo") -> int:
     """The platform end to end on embedded defaults (what `make demo` runs)."""
     from lifelong.tracking import ui_command
-    from lifelong.training.jobs import run_train_job
-    from lifelong.training.omniglot import OmniglotTrainJob
+    from lifelong.experiments.omniglot.config import OmniglotTrainJob
+    from lifelong.experiments.omniglot.jobs import run_train_job
 
     args = _job_parser(prog, "Demo of the platform: an embedded Ray, a named 2-shard memory, a "
                        "short Ray Train run (2 workers, life-long against the shared memory), "

@@ -24,10 +24,13 @@ T = TypeVar("T")
 def check_int(name: str, value: Any, minimum: int = 1) -> None:
     """Raises ConfigError unless ``value`` is an int (numpy ints too) >= ``minimum``.
 
+    ``name`` is the field's name in its own section (``"steps"``, not ``"train.steps"``): the
+    loader adds the section's path.
+
     bool is an int subclass, but ``way=True`` is a bug, not 1.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ConfigError(f"must be an int >= {minimum}, got {value!r}", key=name)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -135,11 +138,11 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> tuple[T |
         elif typing.get_origin(hints[f.name]) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
-    whole = _construct(cls, kwargs)
+    whole = _construct(cls, kwargs, prefix)
     if isinstance(whole, str):
-        if not isinstance(_construct(cls, {}), str):
+        if not isinstance(_construct(cls, {}, prefix), str):
             for name, value in kwargs.items():  # the defaults are valid: blame field by field
-                alone = _construct(cls, {name: value})
+                alone = _construct(cls, {name: value}, prefix)
                 if isinstance(alone, str) and alone not in problems:
                     problems.append(alone)
         if whole not in problems:
@@ -148,12 +151,12 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> tuple[T |
     return (whole if not problems else None), problems
 
 
-def _construct(cls: type[T], kwargs: Mapping[str, Any]) -> T | str:
-    """cls(**kwargs), or the message of the ConfigError it raised."""
+def _construct(cls: type[T], kwargs: Mapping[str, Any], prefix: str = "") -> T | str:
+    """cls(**kwargs), or the message of the ConfigError it raised (its key under ``prefix``)."""
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        return str(exc)
+        return exc.at(prefix)
     except (TypeError, ValueError) as exc:
         return f"{cls.__name__}: {exc}"
 
@@ -213,7 +216,7 @@ def config_from_args(cls: type[T], description: str, argv: Sequence[str] | None,
         cls: The job's config dataclass.
         description: The ``--help`` text (the job's docstring).
         argv: The arguments (None: sys.argv[1:]).
-        example_config: The YAML to mention in ``--help``, e.g. jobs/configs/bench_memory.yaml.
+        example_config: The YAML to mention in ``--help``, e.g. benchmarks/configs/bench_memory.yaml.
     """
     import argparse
 

@@ -22,7 +22,22 @@ class MemoryStateError(LifelongError, ValueError):
 
 
 class ConfigError(LifelongError, ValueError):
-    """A configuration has unknown keys or invalid values."""
+    """A configuration has unknown keys or invalid values.
+
+    Args:
+        message: What is wrong.
+        key: The field it is about, relative to its config section (e.g. ``"alpha"``): the
+            config loader names it by its full path (``shared_memory.alpha``), so a section
+            used in several jobs never hard-codes where it sits.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message if key is None else f"{key} {message}")
+        self.key, self.detail = key, message
+
+    def at(self, prefix: str) -> str:
+        """The message with the key's full path, the section's ``prefix`` (``"train."``) first."""
+        return str(self) if self.key is None else f"{prefix}{self.key} {self.detail}"
 
 
 class DataError(LifelongError):

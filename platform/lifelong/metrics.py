@@ -24,6 +24,30 @@ TRAIN_STEPS = "train.steps"
 TRAIN_WALL_S = "train.wall_s"
 # Logged when a Ray Train worker group resumed from a checkpoint (value: the step).
 TRAIN_RESUMED_AT = "train.resumed_at_step"
+# The translator's training (by step): per-token NLL and memory loss, epoch, throughput.
+TRAIN_NLL = "train.nll"
+TRAIN_MEMORY_LOSS = "train.memory_loss"
+TRAIN_EPOCH = "train.epoch"
+TRAIN_SENTENCES_PER_S = "train.sentences_per_s"
+
+# The translator's evaluation: BLEU (sacrebleu) on the test split and the time it took.
+EVAL_BLEU = "eval.bleu"
+EVAL_TRANSLATE_S = "eval.translate_s"
+BLEU_SIGNATURE = "bleu_signature.txt"
+RARE_WORDS_JSON = "rare_words.json"
+TRANSLATOR_ARTIFACT_DIR = "translator"
+
+
+def rare_word_metric(max_train_count: int, stat: str) -> str:
+    """One-shot rare words seen at most ``max_train_count`` times in training, e.g.
+    ``"rare.5.hit_with"`` (stat: hit_without, hit_with, bleu_without, bleu_with, words)."""
+    return f"rare.{max_train_count}.{stat}"
+
+
+def translations_artifact(split: str) -> str:
+    """The artifact holding a split's translations, one per line."""
+    return f"translations_{split}.de"
+
 
 # Statistics of a one-shot accuracy cell.
 ACC = "acc"
@@ -36,7 +60,7 @@ ENCODER_ARTIFACT_DIR = "encoder"
 CONFIG_ARTIFACT = "config.yaml"
 
 
-# Life-long retention (training/retention.py): retention.<slots>slots.<D>delay.<stat>, stat acc
+# Life-long retention (experiments/omniglot/retention.py): retention.<slots>slots.<D>delay.<stat>, stat acc
 # (N-way), ci95, open_acc (nearest slot of the whole memory), inserts (median between showing and
 # ask); plus the smallest memory within the tolerance of the episodic figure.
 OPEN_ACC = "open_acc"

@@ -8,7 +8,7 @@ import torch
 from lifelong.config import load_config
 from lifelong.data import load_omniglot
 from lifelong.errors import DataError
-from lifelong.training.omniglot import OmniglotTrainJob
+from lifelong.experiments.omniglot.config import OmniglotTrainJob
 
 pytestmark = pytest.mark.ray
 
@@ -44,8 +44,8 @@ def metric_steps(run, name):
 
 def test_two_workers_train_against_the_shared_memory(background, ray_local, tmp_path):
     from lifelong.distributed import attach
-    from lifelong.training.checkpoint import load_encoder
-    from lifelong.training.ray_train import train_on_ray
+    from lifelong.models.checkpoint import load_encoder
+    from lifelong.experiments.omniglot.on_ray import train_on_ray
 
     job = tiny_job(tmp_path)
     run = open_run(tmp_path)
@@ -65,7 +65,8 @@ def test_two_workers_train_against_the_shared_memory(background, ray_local, tmp_
 
 def test_a_dead_worker_is_restarted_and_resumes_from_its_checkpoint(background, ray_local,
                                                                     tmp_path, monkeypatch):
-    from lifelong.training import ray_train
+    from lifelong.experiments.omniglot.on_ray import train_on_ray
+    from lifelong.runtime import ray_train
 
     marker = tmp_path / "died"
     # Workers inherit the environment of the raylet, which this process started.
@@ -73,7 +74,7 @@ def test_a_dead_worker_is_restarted_and_resumes_from_its_checkpoint(background, 
     monkeypatch.setenv(ray_train.FAULT_MARKER_ENV, str(marker))
     job = tiny_job(tmp_path, "ray.max_failures=1", "train.mode=episodic")
     run = open_run(tmp_path)
-    result = ray_train.train_on_ray(job, run.run_id, run.tracking_uri, progress=False)
+    result = train_on_ray(job, run.run_id, run.tracking_uri, progress=False)
     assert marker.exists(), "the fault was not injected"
     assert result.steps == 4
     resumed = run.client.get_metric_history(run.run_id, "train.resumed_at_step")
@@ -83,7 +84,7 @@ def test_a_dead_worker_is_restarted_and_resumes_from_its_checkpoint(background, 
 
 
 def test_a_run_started_again_under_its_name_resumes(background, ray_local, tmp_path):
-    from lifelong.training.ray_train import train_on_ray
+    from lifelong.experiments.omniglot.on_ray import train_on_ray
 
     first = train_on_ray(tiny_job(tmp_path, "train.mode=episodic", "ray.num_workers=1",
                                   "ray.run_name=resumable"), None, None, progress=False)

@@ -35,8 +35,9 @@ def job(tmp_path, **stream):
         "stream": {"source": str(tmp_path / "src"), "name": "t", "batch_size": 16,
                    "idle_timeout_s": 0, "poll_s": 0.05, "log_every": 100, "plot_every": 300,
                    "windows": [100], **stream},
-        "memory": {"name": "stream-mem", "storage": str(tmp_path / "mem"), "num_slots": 512,
-                   "num_values": 30, "choose_k": 16, "shards": 2, "num_cpus": 0.5},
+        "memory": {"choose_k": 16},
+        "shared_memory": {"name": "stream-mem", "storage": str(tmp_path / "mem"),
+                          "num_slots": 512, "num_values": 30, "shards": 2, "num_cpus": 0.5},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}",
                      "artifact_location": str(tmp_path / "art")}})
 

@@ -16,7 +16,7 @@ import torch
 from lifelong.models import build_encoder
 from lifelong.streaming.commit import CommitStore
 from lifelong.streaming.produce import ProduceSettings, produce
-from lifelong.training.checkpoint import save_encoder
+from lifelong.models.checkpoint import save_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ray
@@ -45,9 +45,9 @@ def start_job(tmp_path, head, memory, source):
     cmd = [sys.executable, str(REPO / "jobs" / "stream.py"), "--no-progress",
            "--source", str(source), "--checkpoint", str(tmp_path / "encoder.pt"),
            "stream.name=kill-test", "stream.batch_size=8", "stream.idle_timeout_s=0",
-           "stream.poll_s=0.05", "stream.log_every=200", f"memory.name={memory}",
-           f"memory.storage={tmp_path / 'memories'}", "memory.num_slots=1024",
-           "memory.num_values=160", "memory.shards=2", "memory.choose_k=32",
+           "stream.poll_s=0.05", "stream.log_every=200", f"shared_memory.name={memory}",
+           f"shared_memory.storage={tmp_path / 'memories'}", "shared_memory.num_slots=1024",
+           "shared_memory.num_values=160", "shared_memory.shards=2", "memory.choose_k=32",
            "tracking.enabled=false", "threads=1"]
     log = open(tmp_path / f"{memory}.log", "ab")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -18,9 +18,10 @@ def test_two_workers_train_against_the_shared_memory(ray_local, tmp_path):
     except DataError as exc:
         pytest.skip(f"real Multi30k not available (set LIFELONG_DATA_DIR): {exc}")
     from lifelong.distributed import attach
-    from lifelong.training.translation import TranslationJob, TranslationModel
-    from lifelong.training.translation_eval import translate
-    from lifelong.training.translation_ray import train_translation_on_ray
+    from lifelong.experiments.translation.config import TranslationJob
+    from lifelong.models.checkpoint import TranslationModel
+    from lifelong.experiments.translation.evaluate import translate
+    from lifelong.experiments.translation.on_ray import train_translation_on_ray
     from lifelong.tracking import TrackedRun
 
     job = config_from_dict(TranslationJob, {

@@ -27,8 +27,8 @@ def test_config_errors_print_one_line(capsys, tmp_path):
 
 def test_shipped_configs_load():
     from lifelong.config import load_config
-    from lifelong.training.jobs import OmniglotEvaluateJob
-    from lifelong.training.omniglot import OmniglotTrainJob
+    from lifelong.experiments.omniglot.config import OmniglotEvaluateJob
+    from lifelong.experiments.omniglot.config import OmniglotTrainJob
 
     for name in ("train_omniglot.yaml", "train_omniglot_paper.yaml", "demo.yaml"):
         load_config(OmniglotTrainJob, cli.CONFIG_DIR / name)
@@ -50,7 +50,7 @@ def test_stream_run_help_config_and_errors(capsys, tmp_path):
         cli.main(["stream", "run", "--help"])
     assert exit_.value.code == 0 and "--source" in capsys.readouterr().out
     job = load_config(StreamJob, cli.CONFIG_DIR / "stream.yaml", ["stream.source=x"])
-    assert job.tracking.experiment == "stream" and job.memory.num_values == 2636
+    assert job.tracking.experiment == "stream" and job.shared_memory.num_values == 2636
     # No source, bad values, unknown keys: one line, exit 2, nothing started.
     assert cli.main(["stream", "run", "stream.batch_size=0", "stream.windoes=[5]"]) == 2
     err = capsys.readouterr().err
@@ -75,8 +75,8 @@ def test_stream_produce_if_empty_writes_nothing_into_a_filled_folder(capsys, tmp
 def test_translation_configs_load_and_check():
     from lifelong.config import config_from_dict, load_config
     from lifelong.errors import ConfigError
-    from lifelong.training.translation import TranslationJob
-    from lifelong.training.translation_job import TranslationEvalJob
+    from lifelong.experiments.translation.config import TranslationJob
+    from lifelong.experiments.translation.config import TranslationEvalJob
 
     job = load_config(TranslationJob, cli.CONFIG_DIR / "train_translation.yaml")
     assert job.model.use_memory and job.tracking.experiment == "translation"

@@ -56,7 +56,7 @@ def test_invalid_values_and_files_raise_config_errors(tmp_path):
 
 
 def test_every_wrong_key_of_a_training_job_is_named_before_any_work():
-    from lifelong.training.omniglot import OmniglotTrainJob
+    from lifelong.experiments.omniglot.config import OmniglotTrainJob
 
     with pytest.raises(ConfigError) as info:
         load_config(OmniglotTrainJob, None, [
@@ -71,10 +71,12 @@ def test_every_wrong_key_of_a_training_job_is_named_before_any_work():
 
 def test_the_shipped_training_configs_load():
     from lifelong.cli import CONFIG_DIR
-    from lifelong.training.omniglot import OmniglotTrainJob
+    from lifelong.experiments.omniglot.config import OmniglotTrainJob
 
-    for name in ("train_omniglot.yaml", "demo.yaml", "bench_train_workers.yaml"):
-        job = load_config(OmniglotTrainJob, CONFIG_DIR / name)
+    bench = CONFIG_DIR.parents[1] / "benchmarks" / "configs"
+    for path in (CONFIG_DIR / "train_omniglot.yaml", CONFIG_DIR / "demo.yaml",
+                 bench / "bench_train_workers.yaml"):
+        job = load_config(OmniglotTrainJob, path)
         assert job.ray.enabled
 
 

@@ -6,9 +6,17 @@ import pytest
 from torch import nn
 
 from lifelong.errors import ConfigError
-from lifelong.training.evaluate import MemoryConfig
-from lifelong.training.retention import (ASK, FILLER, SHOW, RetentionSettings, _batches,
-                                         build_stream, evaluate_retention, rotated_classes)
+from lifelong.memory import MemoryConfig
+from lifelong.data.augment import rotated_classes
+from lifelong.experiments.omniglot.retention import (
+    ASK,
+    FILLER,
+    SHOW,
+    RetentionSettings,
+    _batches,
+    build_stream,
+    evaluate_retention,
+)
 
 
 def settings(**kw):
@@ -79,9 +87,13 @@ def test_bad_settings_are_rejected():
 
 
 def test_table_plot_and_slot_count(tmp_path):
-    from lifelong.training.evaluate import ShotAccuracy
-    from lifelong.training.retention import RetentionResult
-    from lifelong.training.retention_job import plot_retention, retention_table, slots_needed
+    from lifelong.experiments.omniglot.evaluate import ShotAccuracy
+    from lifelong.experiments.omniglot.retention import RetentionResult
+    from lifelong.experiments.omniglot.retention_job import (
+        plot_retention,
+        retention_table,
+        slots_needed,
+    )
 
     s = settings(delays=(10, 1000), memory_sizes=(64, 512, 4096))
     result = RetentionResult(settings=s)
@@ -101,9 +113,9 @@ def test_table_plot_and_slot_count(tmp_path):
 
 def test_log_retention_keeps_its_reference_apart_from_eval_metrics(tmp_path):
     from lifelong.tracking import TrackedRun
-    from lifelong.training.evaluate import ShotAccuracy
-    from lifelong.training.retention import RetentionResult
-    from lifelong.training.retention_job import RetentionReport, log_retention
+    from lifelong.experiments.omniglot.evaluate import ShotAccuracy
+    from lifelong.experiments.omniglot.retention import RetentionResult
+    from lifelong.experiments.omniglot.retention_job import RetentionReport, log_retention
 
     s = settings(delays=(10,), memory_sizes=(64,))
     result = RetentionResult(settings=s)

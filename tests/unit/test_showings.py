@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.training.showings import Showings, words
+from lifelong.experiments.translation.showings import Showings, words
 
 SOURCES = [
     "A dog runs on the beach.",         # 0  beach x3

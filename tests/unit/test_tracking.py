@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lifelong import metrics
-from lifelong.training.evaluate import ShotAccuracy, accuracy_table
+from lifelong.experiments.omniglot.evaluate import ShotAccuracy, accuracy_table
 
 mlflow = pytest.importorskip("mlflow")
 

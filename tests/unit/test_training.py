@@ -7,11 +7,11 @@ import torch
 from lifelong.config import load_config
 from lifelong.errors import ConfigError
 from lifelong.models import build_encoder
-from lifelong.training.checkpoint import load_encoder
-from lifelong.training.evaluate import MemoryConfig, ShotAccuracy, accuracy_table, \
-    evaluate_encoder
-from lifelong.training.jobs import OmniglotEvaluateJob
-from lifelong.training.omniglot import OmniglotTrainJob, split_validation, train_omniglot
+from lifelong.models.checkpoint import load_encoder
+from lifelong.experiments.omniglot.config import OmniglotEvaluateJob, OmniglotTrainJob
+from lifelong.experiments.omniglot.evaluate import ShotAccuracy, accuracy_table, evaluate_encoder
+from lifelong.memory import MemoryConfig
+from lifelong.experiments.omniglot.train import split_validation, train_omniglot
 from omniglot_fakes import fake_split
 
 

@@ -8,8 +8,14 @@ import torch
 from lifelong.memory import Memory
 from lifelong.models.translator import Translator, TranslatorConfig
 from lifelong.models.vocab import SubwordVocab
-from lifelong.training.translation import TranslationModel, pad_batch
-from lifelong.training.translation_eval import bleu, rare_word_items, run_rare_words, translate
+from lifelong.experiments.translation.train import pad_batch
+from lifelong.models.checkpoint import TranslationModel
+from lifelong.experiments.translation.evaluate import (
+    bleu,
+    rare_word_items,
+    run_rare_words,
+    translate,
+)
 from test_translator import GERMAN, corpus
 
 GERMAN = {**GERMAN, "zebra": "zebrafell", "lion": "loewe"}

@@ -19,12 +19,12 @@ def real_data():
 
 
 def job(tmp_path, show: int):
-    from lifelong.training.translation import TranslationJob
+    from lifelong.experiments.translation.config import TranslationJob
 
     return config_from_dict(TranslationJob, {
         "data": {"vocab_size": 300, "max_pairs": 600},
         "model": {"emb_dim": 16, "hidden": 32, "key_dim": 8},
-        "memory": {"num_slots": 4096, "choose_k": 16},
+        "memory": {"choose_k": 16}, "shared_memory": {"num_slots": 4096},
         "train": {"batch_size": 16, "steps": 3, "max_minutes": None, "log_every": 1,
                   "show_per_batch": show, "threads": 1},
         "tracking": {"enabled": False},
@@ -32,8 +32,9 @@ def job(tmp_path, show: int):
 
 
 def test_show_then_ask_writes_the_shown_pairs_first(real_data, tmp_path):
-    from lifelong.training.translation import TranslationModel, train_translation
-    from lifelong.training.translation_eval import translate
+    from lifelong.experiments.translation.train import train_translation
+    from lifelong.models.checkpoint import TranslationModel
+    from lifelong.experiments.translation.evaluate import translate
 
     plain = TranslationModel.load(train_translation(job(tmp_path, 0), progress=False).checkpoint)
     shown = TranslationModel.load(train_translation(job(tmp_path, 8), progress=False).checkpoint)

@@ -10,14 +10,14 @@ The default storage location is ``$LIFELONG_MEMORY_STORAGE``, else ``~/.lifelong
 
 from __future__ import annotations
 
-import os
 
 import pyarrow.fs as pafs
 import ray
 
 from lifelong.distributed.actor import NAMESPACE, RayShards, ShardActor, actor_name
 from lifelong.distributed.client import ShardedMemory
-from lifelong.distributed.spec import MemorySpec, check_name
+from lifelong.distributed.cluster import ensure_ray
+from lifelong.distributed.spec import MemorySpec, check_name, default_storage
 from lifelong.distributed.storage import filesystem
 from lifelong.errors import (ConfigError, MemoryExistsError, MemoryNotFoundError,
                              ShardUnavailableError)
@@ -25,19 +25,9 @@ from lifelong.errors import (ConfigError, MemoryExistsError, MemoryNotFoundError
 MANIFEST = "memory.json"
 
 
-def default_storage() -> str:
-    return os.environ.get("LIFELONG_MEMORY_STORAGE",
-                          os.path.join(os.path.expanduser("~"), ".lifelong", "memories"))
-
-
 def _manifest_path(storage: str, name: str) -> tuple[pafs.FileSystem, str]:
     fs, base = filesystem(storage)
     return fs, f"{base.rstrip('/')}/{check_name(name)}/{MANIFEST}"  # = spec.location
-
-
-def _ensure_ray(address: str | None) -> None:
-    if not ray.is_initialized():
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
 
 
 def _cluster_has_gpus() -> bool:
@@ -73,7 +63,7 @@ def create_memory(spec: MemorySpec, address: str | None = None,
     fs, path = _manifest_path(spec.storage, spec.name)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         raise MemoryExistsError(f"memory {spec.name!r} already exists in {spec.storage}")
-    _ensure_ray(address)
+    ensure_ray(address)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as fh:
         fh.write(spec.to_json().encode())
@@ -88,7 +78,7 @@ def attach(name: str, storage: str | None = None, address: str | None = None,
         writer: the client's writer id (default: a fresh one); see ``ShardedMemory``.
     """
     spec = read_spec(name, storage)
-    _ensure_ray(address)
+    ensure_ray(address)
     return _client(spec, [_start_shard(spec, i) for i in range(spec.shards)], timeout_s,
                    writer)
 
@@ -130,7 +120,36 @@ def _stop_shards(spec: MemorySpec) -> None:
 def delete_memory(name: str, storage: str | None = None, address: str | None = None) -> None:
     """Stops the shards and deletes the memory's files."""
     spec = read_spec(name, storage)
-    _ensure_ray(address)
+    ensure_ray(address)
     _stop_shards(spec)
     fs, path = filesystem(spec.location)
     fs.delete_dir(path)
+
+
+def ensure_memory(spec: MemorySpec, *, create: bool = True, recreate: bool = False) -> MemorySpec:
+    """Makes the memory of ``spec`` exist: created when missing (``create``), deleted and
+    created again with ``recreate``; an existing one is kept and must hold keys of the same size
+    and the same label range. Returns the spec of the memory in use (the stored one if kept).
+
+    Raises:
+        MemoryNotFoundError: it is missing and ``create`` is False.
+        ConfigError: an existing memory does not fit.
+    """
+    try:
+        existing = read_spec(spec.name, spec.storage)
+    except MemoryNotFoundError:
+        existing = None
+    if existing is not None and recreate:
+        delete_memory(spec.name, spec.storage)
+        existing = None
+    if existing is None:
+        if not create:
+            raise MemoryNotFoundError(f"no memory named {spec.name!r} in {spec.storage} "
+                                      "(and create is false)")
+        create_memory(spec)
+        return spec
+    if (existing.key_dim, existing.num_values) != (spec.key_dim, spec.num_values):
+        raise ConfigError(f"memory {spec.name!r} holds keys of size {existing.key_dim} and "
+                          f"{existing.num_values} values; this job needs {spec.key_dim} and "
+                          f"{spec.num_values} (shared_memory.recreate=true starts afresh)")
+    return existing

@@ -62,11 +62,11 @@ class TranslatorConfig:
 
     def __post_init__(self) -> None:
         for name in ("emb_dim", "hidden", "key_dim"):
-            check_int(f"model.{name}", getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.hidden % 2:
-            raise ConfigError("model.hidden must be even (two encoder directions)")
+            raise ConfigError("must be even (two encoder directions)", key="hidden")
         if not 0 <= self.dropout < 1:
-            raise ConfigError("model.dropout must lie in [0, 1)")
+            raise ConfigError("must lie in [0, 1)", key="dropout")
 
 
 @dataclass

@@ -5,16 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lifelong.config import check_int
-from lifelong.distributed.spec import check_name
+from lifelong.distributed.spec import SharedMemoryConfig, check_name
 from lifelong.errors import ConfigError, MemoryNameError
-from lifelong.training.omniglot import TrackingConfig
-
-
-def _name(section: str, name: object) -> None:
-    try:
-        check_name(name)
-    except MemoryNameError as exc:
-        raise ConfigError(f"{section}.name: {exc}") from None
+from lifelong.memory import MemoryConfig
+from lifelong.tracking.config import TrackingConfig
 
 
 @dataclass(frozen=True)
@@ -57,58 +51,26 @@ class StreamSettings:
 
     def __post_init__(self) -> None:
         if not self.source:
-            raise ConfigError("stream.source is required: the segment folder or URI")
-        _name("stream", self.name)
+            raise ConfigError("is required: the segment folder or URI", key="source")
+        try:
+            check_name(self.name)
+        except MemoryNameError as exc:
+            raise ConfigError(str(exc), key="name") from None
         for name in ("batch_size", "log_every", "plot_every", "max_shot"):
-            check_int(f"stream.{name}", getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.max_examples is not None:
-            check_int("stream.max_examples", self.max_examples)
+            check_int("max_examples", self.max_examples)
         if not self.poll_s > 0:
-            raise ConfigError(f"stream.poll_s must be > 0, got {self.poll_s!r}")
+            raise ConfigError(f"must be > 0, got {self.poll_s!r}", key="poll_s")
         if self.idle_timeout_s is not None and not self.idle_timeout_s >= 0:
-            raise ConfigError("stream.idle_timeout_s must be >= 0 or null")
+            raise ConfigError("must be >= 0 or null", key="idle_timeout_s")
         windows, shots = tuple(self.windows), tuple(self.shots)
         object.__setattr__(self, "windows", windows)
         object.__setattr__(self, "shots", shots)
         if not windows or any(not isinstance(w, int) or w < 1 for w in windows):
-            raise ConfigError(f"stream.windows must be ints >= 1, got {list(windows)}")
+            raise ConfigError(f"must be ints >= 1, got {list(windows)}", key="windows")
         if any(not isinstance(k, int) or not 0 <= k <= self.max_shot for k in shots):
-            raise ConfigError(f"stream.shots must lie in [0, max_shot={self.max_shot}]")
-
-
-@dataclass(frozen=True)
-class StreamMemoryConfig:
-    """The named memory the stream feeds (section ``memory``); created when missing with
-    these sizes (the key size is the encoder's), attached to by name otherwise.
-
-    Attributes:
-        name, storage: The memory (storage None: ``$LIFELONG_MEMORY_STORAGE`` or
-            ~/.lifelong/memories).
-        create: Create the memory when it does not exist (False: it must).
-        num_slots, shards, num_values: Its size, shard actors and label range [0, V).
-        choose_k, alpha, age_noise, snapshot_every, num_cpus, seed: As ``MemorySpec``.
-    """
-
-    name: str = "omniglot-stream"
-    storage: str | None = None
-    create: bool = True
-    num_slots: int = 65536
-    shards: int = 2
-    num_values: int = 2636  # the Omniglot evaluation characters x4 rotations
-    choose_k: int = 256
-    alpha: float = 0.1
-    age_noise: float = 8.0
-    snapshot_every: int = 1000
-    num_cpus: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _name("memory", self.name)
-        for name in ("num_slots", "shards", "num_values", "choose_k", "snapshot_every"):
-            check_int(f"memory.{name}", getattr(self, name))
-        check_int("memory.seed", self.seed, minimum=0)
-        if not self.alpha > 0 or not self.age_noise >= 0 or not self.num_cpus >= 0:
-            raise ConfigError("memory.alpha must be > 0, age_noise and num_cpus >= 0")
+            raise ConfigError(f"must lie in [0, max_shot={self.max_shot}]", key="shots")
 
 
 @dataclass(frozen=True)
@@ -129,13 +91,19 @@ class StreamJob:
     """jobs/configs/stream.yaml: ``lifelong stream run``.
 
     Attributes:
+        memory: The memory's hyper-parameters (of a memory the job creates).
+        shared_memory: The named memory the stream feeds; created when missing with these
+            sizes (the key size is the encoder's, or a vector stream's), attached to by name
+            otherwise. ``num_values`` is its label range [0, V).
         ray_address: The cluster holding the memory (None: $RAY_ADDRESS, else an embedded
             local Ray whose shards stop with the job; the memory's files keep its state).
         threads: Torch threads for the encoder (0: torch's default).
     """
 
     stream: StreamSettings = field(default_factory=StreamSettings)
-    memory: StreamMemoryConfig = field(default_factory=StreamMemoryConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    shared_memory: SharedMemoryConfig = field(default_factory=lambda: SharedMemoryConfig(
+        name="omniglot-stream", num_values=2636))  # the evaluation characters x4 rotations
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="stream"))
     ray_address: str | None = None

@@ -4,16 +4,13 @@ memory, the commit record, the encoder, MLflow, Ray gauges), runs it and prints 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from lifelong import metrics
-from lifelong.config import config_to_dict
+from lifelong.distributed.spec import absolute_location
 from lifelong.errors import ConfigError, CorruptSegmentError, MemoryNotFoundError
 from lifelong.streaming.commit import CommitStore
 from lifelong.streaming.config import StreamJob
@@ -22,31 +19,22 @@ from lifelong.streaming.job import StreamResult, StreamRunner
 from lifelong.streaming.report import StreamGauges, plot_kshot
 from lifelong.streaming.segments import check_format, list_segments, read_segment
 from lifelong.streaming.stats import StreamStats
+from lifelong.tracking import job_run
 
 
 def _absolute(location: str | None) -> str | None:
     """Relative paths made absolute: shard actors and workers run in other directories."""
-    return location if location is None or "://" in location else os.path.abspath(location)
+    return None if location is None else absolute_location(location)
 
 
 def ensure_ray(job: StreamJob) -> None:
     """Joins the job's cluster, or starts an embedded local Ray with room for the shards."""
-    import ray
+    from lifelong.distributed.cluster import ensure_ray as join
 
-    from lifelong.distributed.actor import NAMESPACE
-
-    if ray.is_initialized():
-        return
-    address = job.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
-        return
-    needed = math.ceil(job.memory.shards * job.memory.num_cpus) + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed), namespace=NAMESPACE,
-             log_to_driver=False)
+    join(job.ray_address, local_cpus=job.shared_memory.shards * job.shared_memory.num_cpus + 1)
 
 
-def _encoder_loader(job: StreamJob):
+def encoder_loader(job: StreamJob):
     """A function loading the named encoder checkpoint once (None: no encoder named)."""
     if job.encoder.checkpoint is None and job.encoder.run_id is None:
         return None
@@ -54,7 +42,7 @@ def _encoder_loader(job: StreamJob):
 
     def load():
         if "encoder" not in cache:
-            from lifelong.training.jobs import resolve_encoder
+            from lifelong.tracking import resolve_encoder
 
             encoder, meta, _ = resolve_encoder(job.encoder.checkpoint, job.encoder.run_id,
                                                job.tracking.tracking_uri)
@@ -89,23 +77,17 @@ def _key_dim(job: StreamJob, loader) -> int:
 
 def open_memory(job: StreamJob, loader):
     """Attaches to the job's memory (creating it if allowed) with the job's writer id."""
-    from lifelong.distributed import MemorySpec
-    from lifelong.distributed.registry import attach, create_memory, default_storage, read_spec
+    from lifelong.distributed.registry import attach, create_memory, read_spec
 
-    m = job.memory
-    storage = _absolute(m.storage or default_storage())
-    writer = f"stream:{job.stream.name}"
+    shared = job.shared_memory
+    storage = shared.storage_location()
     try:
-        read_spec(m.name, storage)
+        read_spec(shared.name, storage)
     except MemoryNotFoundError:
-        if not m.create:
+        if not shared.create:
             raise
-        spec = MemorySpec(name=m.name, key_dim=_key_dim(job, loader), num_slots=m.num_slots,
-                          num_values=m.num_values, storage=storage, shards=m.shards,
-                          choose_k=m.choose_k, alpha=m.alpha, age_noise=m.age_noise,
-                          snapshot_every=m.snapshot_every, num_cpus=m.num_cpus, seed=m.seed)
-        create_memory(spec)
-    return attach(m.name, storage, writer=writer)
+        create_memory(shared.spec(job.memory, key_dim=_key_dim(job, loader)))
+    return attach(shared.name, storage, writer=f"stream:{job.stream.name}")
 
 
 def run_stream_job(job: StreamJob, progress: bool = True, out=None) -> StreamResult:
@@ -113,27 +95,32 @@ def run_stream_job(job: StreamJob, progress: bool = True, out=None) -> StreamRes
     out = out or sys.stdout
     import torch
 
-    from lifelong.training.jobs import open_run
-
     if job.threads:
         torch.set_num_threads(job.threads)
     s = job.stream
     source = _absolute(s.source)
     ensure_ray(job)
-    loader = _encoder_loader(job)
+    loader = encoder_loader(job)
     memory = open_memory(job, loader)
     state = _absolute(s.state) or f"{memory.spec.location}/streams/{s.name}"
     store = CommitStore(state)
     previous = store.load()
-    run = None
-    if job.tracking.enabled:
-        run = open_run(job.tracking, run_id=previous.run_id if previous else None,
-                       tags={"job": "stream", "stream": s.name, "memory": memory.spec.name})
-        if previous is None:
-            run.log_params(config_to_dict(job))
-            run.log_text(yaml.safe_dump(config_to_dict(job), sort_keys=False),
-                         metrics.CONFIG_ARTIFACT)
-        print(f"MLflow run {run.run_id} ({run.tracking_uri})", file=out, flush=True)
+    with job_run(job.tracking, run_id=previous.run_id if previous else None,
+                 tags={"job": "stream", "stream": s.name, "memory": memory.spec.name}) as run:
+        if run is not None:
+            if previous is None:
+                run.log_config(job)
+            print(f"MLflow run {run.run_id} ({run.tracking_uri})", file=out, flush=True)
+        result = _run(job, memory, store, state, source, loader, run, previous is not None,
+                      progress, out)
+    print_summary(job, result, memory, out)
+    return result
+
+
+def _run(job: StreamJob, memory, store: CommitStore, state: str, source: str, loader, run,
+         resuming: bool, progress: bool, out) -> StreamResult:
+    """The stream job proper, logging into ``run`` (None: no MLflow)."""
+    s = job.stream
     gauges = StreamGauges(s.name, memory.spec.name, s.windows, s.shots)
     plot_dir = Path(tempfile.mkdtemp(prefix="lifelong-stream-"))
 
@@ -158,11 +145,9 @@ def run_stream_job(job: StreamJob, progress: bool = True, out=None) -> StreamRes
           f"shards, {memory.spec.num_slots:,} slots, keys {memory.spec.key_dim}); commit "
           f"record {store.path}" + (f"; resuming at segment {runner.record.segment} row "
                                     f"{runner.record.row}, {runner.record.stats.examples} "
-                                    "examples applied" if previous else ""),
+                                    "examples applied" if resuming else ""),
           file=out, flush=True)
-    result = runner.run()
-    print_summary(job, result, memory, out)
-    return result
+    return runner.run()
 
 
 def print_summary(job: StreamJob, result: StreamResult, memory, out=None) -> None:

@@ -19,7 +19,7 @@ import torch
 from lifelong.config import check_int
 from lifelong.errors import ConfigError
 from lifelong.streaming.segments import list_segments, write_segment
-from lifelong.training.retention import distort, rotated_classes
+from lifelong.data.augment import distort, rotated_classes
 
 
 @dataclass(frozen=True)

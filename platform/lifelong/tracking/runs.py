@@ -7,15 +7,17 @@ URI in the job's config points it anywhere else. Metric names come from ``lifelo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from lifelong import metrics
 from lifelong.errors import ConfigError
+from lifelong.tracking.config import TrackingConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 # MLflow rejects longer param values; longer ones are cut with a marker.
@@ -94,6 +96,17 @@ class TrackedRun:
         """Marks the run terminated."""
         self.client.set_terminated(self.run_id, status)
 
+    def log_config(self, config: Any, extra: Mapping[str, Any] | None = None) -> None:
+        """A job's config dataclass as params (``section.field``, plus ``extra``) and as the
+        artifact ``config.yaml``."""
+        import yaml
+
+        from lifelong.config import config_to_dict
+
+        flat = config_to_dict(config)
+        self.log_params({**flat, **(extra or {})})
+        self.log_text(yaml.safe_dump(flat, sort_keys=False), metrics.CONFIG_ARTIFACT)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``)."""
         from mlflow.entities import Param
@@ -147,6 +160,43 @@ class TrackedRun:
         self.log_text(json.dumps(table, indent=2), metrics.ACCURACY_TABLE_JSON)
         self.log_text(markdown + "\n", metrics.ACCURACY_TABLE_MD)
         return values
+
+
+def open_run(tracking: TrackingConfig, run_id: str | None = None,
+             tags: Mapping[str, str] | None = None) -> TrackedRun | None:
+    """The job's MLflow run (a new one, or ``run_id``); None when tracking is off. The caller
+    ends it; ``job_run`` does that for a block."""
+    if not tracking.enabled:
+        return None
+    return TrackedRun(tracking.experiment, absolute_tracking_uri(tracking.tracking_uri),
+                      run_name=tracking.run_name, artifact_location=tracking.artifact_location,
+                      tags=tags, run_id=run_id)
+
+
+@contextlib.contextmanager
+def job_run(tracking: TrackingConfig, run_id: str | None = None,
+            tags: Mapping[str, str] | None = None,
+            end: bool = True) -> Iterator[TrackedRun | None]:
+    """The life cycle of a job's run: ``with job_run(job.tracking) as run:`` gives the run
+    (None when tracking is off) and ends it FINISHED, or FAILED when the block raises (also on
+    Ctrl-C).
+
+    Args:
+        tracking: The job's ``tracking:`` section.
+        run_id: Log into this existing run (e.g. an evaluation joining its training run).
+        tags: Tags of a new run.
+        end: False leaves a run that finished its block open (a stream job that resumes into
+            it later); a failed block still marks it FAILED.
+    """
+    run = open_run(tracking, run_id=run_id, tags=tags)
+    try:
+        yield run
+    except BaseException:
+        if run is not None:
+            run.end("FAILED")
+        raise
+    if run is not None and end:
+        run.end("FINISHED")
 
 
 def _param_str(value: Any) -> str:

@@ -1,0 +1,124 @@
+"""The Omniglot jobs behind ``jobs/*.py`` and the ``lifelong`` command: train, evaluate, demo.
+
+Each job reads its frozen config, runs, logs to MLflow (config as params, metrics by step, the
+accuracy table, the encoder) and prints a per-shot accuracy table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lifelong import metrics
+from lifelong.data import load_omniglot
+from lifelong.experiments.omniglot.config import DataConfig, OmniglotEvaluateJob, OmniglotTrainJob
+from lifelong.experiments.omniglot.evaluate import (
+    EvalSettings,
+    ShotAccuracy,
+    accuracy_table,
+    evaluate_encoder,
+)
+from lifelong.experiments.omniglot.retention_job import retention_stage
+from lifelong.experiments.omniglot.train import TrainResult, train_omniglot
+from lifelong.memory import MemoryConfig
+from lifelong.models.checkpoint import load_encoder
+from lifelong.tracking import job_run, resolve_encoder
+
+
+@dataclass
+class JobResult:
+    """What a job produced: the table, the MLflow run (None when tracking is off)."""
+
+    results: list[ShotAccuracy]
+    table: str
+    run_id: str | None
+    tracking_uri: str | None
+    train: TrainResult | None = None
+    wall_s: float = 0.0
+    retention: Any = None  # a retention_job.RetentionReport when the job ran one
+
+
+def evaluate(encoder: torch.nn.Module, settings: EvalSettings, memory: MemoryConfig,
+             data: DataConfig, progress: bool = True) -> list[ShotAccuracy]:
+    """Evaluates on the 659 evaluation characters, one ShotAccuracy per way."""
+    images = load_omniglot("evaluation", root=data.root, cache_dir=data.cache_dir,
+                           progress=progress).images
+    return [evaluate_encoder(encoder, images, way=way, presentations=settings.presentations,
+                             episodes=settings.episodes, seed=settings.seed, memory=memory,
+                             episodes_per_chunk=settings.episodes_per_chunk, progress=progress,
+                             desc=f"evaluate {way}-way")
+            for way in settings.ways]
+
+
+def _print_table(table: str, results: list[ShotAccuracy], out=sys.stdout) -> None:
+    episodes = ", ".join(f"{r.way}-way: {r.episodes}" for r in results)
+    print(f"\nOne-shot accuracy (%) on the evaluation characters, mean ± 95% CI "
+          f"(episodes {episodes}); k-shot = the (k+1)-th presentation:\n", file=out)
+    print(table, file=out)
+    out.flush()
+
+
+def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
+    """Trains (and, if job.evaluation.episodes > 0, evaluates), logging to MLflow."""
+    start = time.perf_counter()
+    with job_run(job.tracking, tags={"job": "train_omniglot"}) as run:
+        if run is not None:
+            run.log_config(job)
+            print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
+        if job.ray.enabled:
+            from lifelong.experiments.omniglot.on_ray import train_on_ray
+
+            result = train_on_ray(job, run.run_id if run else None,
+                                  run.tracking_uri if run else None, progress=progress)
+        else:
+            result = train_omniglot(job, logger=run, progress=progress)
+        print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
+              f"({result.images_per_s:.0f} images/s); encoder: {result.checkpoint}", flush=True)
+        if run is not None:
+            run.log_encoder(result.checkpoint)
+            run.log_metrics({metrics.TRAIN_STEPS: result.steps,
+                             metrics.TRAIN_WALL_S: result.wall_s},
+                            step=result.steps)
+        results: list[ShotAccuracy] = []
+        table = ""
+        retention = None
+        if job.evaluation.episodes or job.retention.enabled:
+            encoder, _ = load_encoder(result.checkpoint)
+        if job.evaluation.episodes:
+            results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
+            table = accuracy_table(results)
+            _print_table(table, results)
+            if run is not None:
+                run.log_accuracy_table(results, table)
+        if job.retention.enabled:
+            retention = retention_stage(encoder, job.retention, job.memory, job.data, run,
+                                        progress)
+    return JobResult(results, table, run.run_id if run else None,
+                     run.tracking_uri if run else None, train=result,
+                     wall_s=time.perf_counter() - start, retention=retention)
+
+
+def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResult:
+    """Evaluates a checkpoint or a run's encoder; logs into that run or a new one."""
+    start = time.perf_counter()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    encoder, meta, checkpoint = resolve_encoder(job.checkpoint, job.run_id,
+                                                job.tracking.tracking_uri)
+    print(f"encoder {meta['encoder']} (key_dim {meta['key_dim']}) from {checkpoint}, "
+          f"trained {meta['extra'].get('step', '?')} steps", flush=True)
+    results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
+    table = accuracy_table(results)
+    _print_table(table, results)
+    with job_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_omniglot"}) as run:
+        if run is not None:
+            if job.run_id is None:
+                run.log_config(job, extra={"encoder": meta["encoder"]})
+                run.log_encoder(checkpoint)
+            run.log_accuracy_table(results, table)
+    return JobResult(results, table, run.run_id if run else None,
+                     run.tracking_uri if run else None, wall_s=time.perf_counter() - start)

@@ -1,0 +1,95 @@
+"""The translation jobs: ``lifelong train translation`` (in process or on Ray Train, logged to
+MLflow) and ``lifelong evaluate translation`` (BLEU on test_2016_flickr and the one-shot
+rare-word table of a checkpoint; jobs/configs/evaluate_translation.yaml)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from lifelong import metrics
+from lifelong.data import load_multi30k
+from lifelong.experiments.translation.config import TranslationEvalJob, TranslationJob
+from lifelong.experiments.translation.evaluate import bleu, rare_word_items, run_rare_words, translate
+from lifelong.experiments.translation.train import TranslationTrainResult, train_translation
+from lifelong.models.checkpoint import TranslationModel
+from lifelong.tracking import job_run
+
+
+def run_translation_train_job(job: TranslationJob,
+                              progress: bool = True) -> TranslationTrainResult:
+    """Trains (Ray Train when ``job.ray.enabled``), logging config, metrics and the
+    translator to one MLflow run (FAILED if training fails)."""
+    with job_run(job.tracking, tags={"job": "train_translation"}) as run:
+        if run is not None:
+            run.log_config(job)
+            print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
+        if job.ray.enabled:
+            from lifelong.experiments.translation.on_ray import train_translation_on_ray
+
+            result = train_translation_on_ray(job, run.run_id if run else None,
+                                              run.tracking_uri if run else None, progress)
+        else:
+            result = train_translation(job, logger=run, progress=progress)
+        print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
+              f"({result.sentences_per_s:.0f} sentences/s); model: {result.checkpoint}")
+        if run is not None:
+            run.log_metrics({metrics.TRAIN_STEPS: result.steps,
+                             metrics.TRAIN_WALL_S: result.wall_s}, step=result.steps)
+            run.log_artifact(result.checkpoint, metrics.TRANSLATOR_ARTIFACT_DIR)
+    return result
+
+
+def evaluate_translation(job: TranslationEvalJob, progress: bool = True, out=None) -> dict:
+    """Runs the evaluation; returns the metrics it logged."""
+    import torch
+
+    out = out or sys.stdout
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    tm = TranslationModel.load(job.checkpoint)
+    test = load_multi30k(job.split, root=job.data_root, progress=progress)
+    n = job.max_sentences or len(test)
+    start = time.perf_counter()
+    hyps = translate(tm, test.source[:n], beam=job.beam)
+    score, signature = bleu(hyps, test.target[:n])
+    results = {metrics.EVAL_BLEU: score, metrics.EVAL_TRANSLATE_S: time.perf_counter() - start}
+    kind = "memory" if tm.memory is not None else "no memory"
+    print(f"\nBLEU on {job.split} ({n} sentences, beam {job.beam}, {kind}): {score:.2f}\n"
+          f"  {signature}", file=out)
+    train = load_multi30k("train", root=job.data_root, progress=progress)
+    val = load_multi30k("val", root=job.data_root, progress=progress)
+    print("\nOne-shot rare words (the asked test sentence translated without / after one "
+          "showing of another pair holding the word):\n", file=out)
+    print("| rare = seen in training at most | words | hit rate without | hit rate with | "
+          "BLEU without | BLEU with |\n| --- | --- | --- | --- | --- | --- |", file=out)
+    table = []
+    for count in job.rare_counts:
+        items = rare_word_items((train.source, train.target), (test.source, test.target),
+                                (val.source, val.target), max_train_count=count)
+        r = run_rare_words(tm, items, test.source, test.target)
+        row = {"max_train_count": count, "words": len(items),
+               "hit_without": r.hit_rate(r.without), "hit_with": r.hit_rate(r.with_shown),
+               "bleu_without": r.bleu(r.without), "bleu_with": r.bleu(r.with_shown),
+               "examples": [{"word": i.word, "shown_from": i.shown_from,
+                             "translations": i.translations, "without": a, "with": b}
+                            for i, a, b in zip(items, r.without, r.with_shown)]}
+        table.append(row)
+        print(f"| {count} | {len(items)} | {100 * row['hit_without']:.1f}% | "
+              f"{100 * row['hit_with']:.1f}% | {row['bleu_without']:.2f} | "
+              f"{row['bleu_with']:.2f} |", file=out)
+        for key in ("hit_without", "hit_with", "bleu_without", "bleu_with", "words"):
+            results[metrics.rare_word_metric(count, key)] = row[key]
+    out.flush()
+    with job_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_translation"}) as run:
+        if run is not None:
+            if job.run_id is None:
+                run.log_config(job)
+            run.log_metrics(results)
+            run.log_text(signature, metrics.BLEU_SIGNATURE)
+            run.log_text("\n".join(hyps), metrics.translations_artifact(job.split))
+            run.log_text(json.dumps(table, indent=1, ensure_ascii=False),
+                         metrics.RARE_WORDS_JSON)
+            print(f"\nlogged to MLflow run {run.run_id}", file=out)
+    return results
