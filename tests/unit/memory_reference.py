@@ -1,4 +1,4 @@
-"""A brute-force reference of the memory's semantics (DESIGN.md section 1), written for clarity.
+"""A brute-force reference of the memory's semantics (docs/design.md §1), written for clarity.
 
 Plain loops over queries and a full sort over all slots: slow, obviously correct, and independent
 of the module's chunked search, group pre-selection and write clock.

@@ -9,7 +9,7 @@ incrementing N ages. ``state_dict()`` carries ``keys``, ``values``, ``ages`` and
 A lookup (``query``) is: normalise the query, search the ``choose_k`` nearest slots without
 gradient, recompute their similarities with gradient (keys are constants, so only the query and
 what produced it receive gradient), predict the nearest neighbour's value, and, given labels,
-compute the margin loss and update the memory. See DESIGN.md section 1 for the exact semantics.
+compute the margin loss and update the memory. See docs/design.md §1 for the exact semantics.
 """
 
 from __future__ import annotations

@@ -1,2 +1,2 @@
 """The life-long stream: numbered Parquet segments in, prequential predictions and memory
-writes out (DESIGN.md section 3)."""
+writes out (docs/design.md §4)."""

@@ -251,7 +251,7 @@ def run_stream(memory: Memory, emb: torch.Tensor, stream: Stream, batch_size: in
             out = memory.query(emb[start:end], labels[start:end])
             right = out.correct.numpy()
             open_correct[start:end] = right
-            inserted[start:end] = ~right  # a wrong nearest neighbour inserts (DESIGN.md 1.5)
+            inserted[start:end] = ~right  # a wrong nearest neighbour inserts (docs/design.md §1.5)
             bar.update(end - start)
     return {"correct": correct, "open_correct": open_correct, "inserted": inserted}
 
