@@ -73,3 +73,8 @@ class ShardUnavailableError(LifelongError):
 
 class CorruptSegmentError(DataError):
     """A stream segment is unreadable, truncated, has another schema or holds bad payloads."""
+
+
+class UnsupportedOperationError(LifelongError, NotImplementedError):
+    """A memory was asked for an option it cannot provide (the message names the option and
+    why); nothing was changed."""

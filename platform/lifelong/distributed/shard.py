@@ -91,6 +91,12 @@ class ShardWrite:
         return h.hexdigest()
 
 
+def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``a`` on ``device``; arrays from Ray's object store are read-only, so those are copied."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy()).to(device)
+
+
 @dataclass
 class ShardStats:
     queries: int = 0
@@ -219,37 +225,30 @@ class MemoryShard:
         return update.inserted + self.offset
 
     def _plan(self, write: ShardWrite, digest: str) -> Update:
-        """The update's effect, computed without changing any state."""
+        """The update's effect (``Memory.plan_write``), computed without changing any state."""
         mem, dev = self.memory, self.device
-        refresh_local = torch.from_numpy(write.refresh_slots - self.offset).to(dev)
+        refresh_local = write.refresh_slots - self.offset
         if ((refresh_local < 0) | (refresh_local >= self.size)).any():
             raise MemoryStateError("refresh slots outside this shard")
-        with torch.no_grad():
-            unique, refreshed_keys = mem._refreshed_keys(
-                refresh_local, torch.from_numpy(write.refresh_q).to(dev))
-            count = len(write.insert_labels)
-            inserted = mem.oldest_slots(count, exclude=unique) if count else \
-                torch.zeros(0, dtype=torch.int64, device=dev)
-        slots = torch.cat([unique, inserted]).cpu().numpy()
-        keys = np.concatenate([refreshed_keys.cpu().numpy(), write.insert_q])
-        values = np.concatenate([mem.values[unique].cpu().numpy(), write.insert_labels])
-        refresh_slots = refresh_local.cpu().numpy()
+        plan = mem.plan_write(_tensor(refresh_local.astype(np.int64), dev),
+                              _tensor(write.refresh_q, dev), _tensor(write.insert_q, dev),
+                              _tensor(write.insert_labels, dev))
+        inserted = plan.inserted.cpu().numpy()
         return Update(writer=write.writer, seq=write.seq, digest=digest,
-                      clock=int(mem.clock) + 1, slots=slots, keys=keys.astype(np.float32), values=values,
+                      clock=int(mem.clock) + 1, slots=plan.slots.cpu().numpy(),
+                      keys=plan.keys.cpu().numpy().astype(np.float32),
+                      values=plan.values.cpu().numpy(),
                       recent_labels=np.concatenate([write.refresh_labels, write.insert_labels]),
-                      recent_slots=np.concatenate([refresh_slots, inserted.cpu().numpy()]),
+                      recent_slots=np.concatenate([refresh_local, inserted]),
                       recent_positions=np.concatenate([write.refresh_positions,
                                                        write.insert_positions]),
-                      inserted=inserted.cpu().numpy())
+                      inserted=inserted)
 
     def _apply_update(self, update: Update) -> None:
-        mem, dev = self.memory, self.device
-        slots = torch.from_numpy(update.slots).to(dev)
-        with torch.no_grad():
-            mem._insert(slots, torch.from_numpy(update.keys).to(dev),
-                        torch.from_numpy(update.values).to(dev))
-            mem.clock.fill_(update.clock - 1)
-            mem._tick(slots)
+        dev = self.device
+        self.memory.apply_write(torch.from_numpy(update.slots).to(dev),
+                                torch.from_numpy(update.keys).to(dev),
+                                torch.from_numpy(update.values).to(dev), clock=update.clock)
         for label, slot, pos in zip(update.recent_labels.tolist(), update.recent_slots.tolist(),
                                     update.recent_positions.tolist()):
             if (update.clock, pos) >= (self.recent_clock[label], self.recent_position[label]):
@@ -269,16 +268,13 @@ class MemoryShard:
         self.since_snapshot = len(updates)
 
     def _load_snapshot(self, snap: Snapshot) -> None:
-        mem, dev = self.memory, self.device
+        dev = self.device
         if snap.keys.shape != (self.size, self.spec.key_dim) or \
                 snap.recent_slots.shape != (self.spec.num_values,):
             raise MemoryStateError(f"snapshot of shard {self.index} does not fit the spec")
-        with torch.no_grad():
-            mem.keys.copy_(torch.from_numpy(snap.keys).to(dev))
-            mem.values.copy_(torch.from_numpy(snap.values).to(dev))
-            mem.write_time.copy_(torch.from_numpy(snap.write_time).to(dev))
-            mem.clock.fill_(snap.clock)
-        mem.search.reset()
+        self.memory.load_slots(torch.from_numpy(snap.keys).to(dev),
+                               torch.from_numpy(snap.values).to(dev),
+                               torch.from_numpy(snap.write_time).to(dev), snap.clock)
         self.recent_slots, self.recent_clock = snap.recent_slots, snap.recent_clock
         self.recent_position = snap.recent_position
         self.writers = snap.writers

@@ -1,11 +1,13 @@
-"""Input checks of a memory lookup, shared by ``Memory`` and the sharded client: a bad query or
-label raises a typed error before any state is touched."""
+"""Input checks of a memory, shared by ``Memory`` and the sharded client: a bad query, label or
+state raises a typed error before any state is touched."""
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import torch
 
-from lifelong.errors import InvalidLabelError, InvalidQueryError
+from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
 
 
 def check_query(q: object, key_dim: int, num_slots: int, dtype: torch.dtype,
@@ -42,3 +44,49 @@ def check_labels(labels: object, batch: int, num_values: int,
         raise InvalidLabelError(
             f"labels must lie in [0, {num_values}), got [{int(labels.min())}, "
             f"{int(labels.max())}]")
+
+
+def check_state(state: Mapping[str, object], key_dim: int, num_slots: int, num_values: int,
+                prefix: str = "") -> None:
+    """Raises MemoryStateError unless ``state`` holds a memory state of N = num_slots slots:
+    ``keys`` [N, key_dim] finite float, ``values`` [N] int64 in [-1, num_values), ``ages`` [N]
+    int64 >= 0 and ``recent_slots`` [num_values] int64 in [-1, N) (names after ``prefix``).
+    Other entries are not looked at (see ``check_state_keys``)."""
+    n, d, v = num_slots, key_dim, num_values
+    expected = {"keys": ((n, d), None), "values": ((n,), torch.int64),
+                "ages": ((n,), torch.int64), "recent_slots": ((v,), torch.int64)}
+    for name, (shape, dtype) in expected.items():
+        tensor = state.get(prefix + name)
+        if not isinstance(tensor, torch.Tensor):
+            raise MemoryStateError(f"memory state lacks {name!r}")
+        if tuple(tensor.shape) != shape or (dtype is not None and tensor.dtype != dtype):
+            raise MemoryStateError(
+                f"{name!r} must be {dtype or 'float'} {list(shape)}, got {tensor.dtype} "
+                f"{list(tensor.shape)}")
+    values = state[prefix + "values"]
+    if n and (int(values.min()) < -1 or int(values.max()) >= v):
+        raise MemoryStateError(f"'values' must lie in [-1, {v})")
+    if n and int(state[prefix + "ages"].min()) < 0:
+        raise MemoryStateError("'ages' must be >= 0")
+    if not bool(torch.isfinite(state[prefix + "keys"]).all()):
+        raise MemoryStateError("'keys' hold NaN or Inf")
+    recent = state[prefix + "recent_slots"]
+    if v and (int(recent.min()) < -1 or int(recent.max()) >= n):
+        raise MemoryStateError(f"'recent_slots' must lie in [-1, {n})")
+
+
+def check_state_keys(state: Mapping[str, object], expected: Iterable[str],
+                     strict: bool) -> tuple[list[str], list[str]]:
+    """The names ``expected`` that ``state`` lacks and the names it holds beyond them.
+
+    Raises:
+        MemoryStateError: with ``strict``, when either list is not empty (naming them).
+    """
+    expected = list(expected)
+    known = set(expected)
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in known]
+    if strict and (missing or unexpected):
+        raise MemoryStateError(f"memory state does not match (strict): missing keys {missing}, "
+                               f"unexpected keys {unexpected}")
+    return missing, unexpected

@@ -10,6 +10,10 @@ A lookup (``query``) is: normalise the query, search the ``choose_k`` nearest sl
 gradient, recompute their similarities with gradient (keys are constants, so only the query and
 what produced it receive gradient), predict the nearest neighbour's value, and, given labels,
 compute the margin loss and update the memory. See docs/design.md §1 for the exact semantics.
+
+An update step is two public operations, so that the shards of ``lifelong.distributed`` drive a
+``Memory`` exactly as ``write`` does: ``plan_write`` chooses what to write without changing any
+state (a ``WritePlan``), ``apply_write`` writes it and ends the step.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.errors import MemoryStateError
-from lifelong.memory.checks import check_labels, check_query
+from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
+from lifelong.memory.protocol import LoadResult
 from lifelong.memory.search import ExactSearch, Search
 
 # Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
@@ -84,6 +89,25 @@ class MemoryOutput:
         logits = (self.similarities * self.temperature).masked_fill(
             empty.all(1, keepdim=True), 0.0)
         return torch.softmax(logits, dim=1).masked_fill(empty, 0.0)
+
+
+@dataclass
+class WritePlan:
+    """What one update step writes, as ``Memory.plan_write`` chose it (nothing written yet).
+
+    Attributes:
+        slots: [W] int64 distinct slots to write: the refreshed ones (ascending), then the
+            inserted ones (in the order of the insert queries).
+        keys: [W, d] their new keys: normalise(key + sum of the refreshing queries) for a
+            refreshed slot, the query itself for an inserted one.
+        values: [W] int64 their values (a refreshed slot keeps its value).
+        inserted: [I] int64 the slot each insert query takes, in order.
+    """
+
+    slots: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    inserted: torch.Tensor
 
 
 class Memory(nn.Module):
@@ -268,40 +292,93 @@ class Memory(nn.Module):
             [B] int64 the slot each query wrote.
         """
         written = nearest_slots.clone()
-        refresh_slots = nearest_slots[correct]
-        self._refresh(refresh_slots, q[correct])
         inserting = ~correct
-        num_inserts = int(inserting.sum())
-        if num_inserts:
-            slots = self.oldest_slots(num_inserts, exclude=refresh_slots)
-            self._insert(slots, q[inserting], labels[inserting])
-            written[inserting] = slots
-        self._tick(written)
+        plan = self.plan_write(nearest_slots[correct], q[correct], q[inserting],
+                               labels[inserting])
+        written[inserting] = plan.inserted
+        self.apply_write(plan.slots, plan.keys, plan.values)
         self._set_recent(labels, written)
         return written
 
-    # The three parts of a write, shared with the shards of lifelong.distributed.
-    def _refresh(self, slots: torch.Tensor, q: torch.Tensor) -> None:
-        """keys[s] = normalise(keys[s] + sum of the q rows refreshing s). slots: [R], q: [R, d]."""
-        if slots.numel():
-            unique, keys = self._refreshed_keys(slots, q)
-            self.keys[unique] = keys
+    @torch.no_grad()
+    def plan_write(self, refresh_slots: torch.Tensor, refresh_q: torch.Tensor,
+                   insert_q: torch.Tensor, insert_labels: torch.Tensor) -> WritePlan:
+        """Chooses what one update step writes, without changing any state.
 
-    def _refreshed_keys(self, slots: torch.Tensor, q: torch.Tensor):
-        """What ``_refresh`` would write, without writing it: distinct slots [U], keys [U, d]."""
-        unique, inverse = slots.unique(return_inverse=True)
-        return unique, F.normalize(self.keys[unique].index_add(0, inverse, q), dim=1)
+        Refreshed keys become normalise(key + sum of the queries refreshing the slot); the
+        inserts take distinct slots from ``oldest_slots``, never a refreshed one. With age noise
+        this draws from the memory's generator (once, and only when there are inserts), exactly
+        as ``write`` does: planning then applying a step is bit-identical to ``write``.
 
-    def _insert(self, slots: torch.Tensor, q: torch.Tensor, labels: torch.Tensor) -> None:
-        """Overwrites distinct slots [I] with keys q [I, d] and values labels [I]."""
-        self.keys[slots] = q
-        self.values[slots] = labels
+        Args:
+            refresh_slots: [R] int64 slots refreshed by correct queries (repeats add up).
+            refresh_q: [R, d] normalised queries refreshing them.
+            insert_q: [I, d] normalised queries to insert, I <= N - distinct refreshed slots.
+            insert_labels: [I] int64 their values.
 
-    def _tick(self, written: torch.Tensor) -> None:
-        """Ends an update step: every age grows by one, the written slots' [W] ages become 0."""
-        self.clock += 1
-        self.write_time[written] = self.clock
-        self.search.on_write(written, self.keys)
+        Returns:
+            The WritePlan: W = distinct refreshed slots + I rows.
+        """
+        unique, inverse = refresh_slots.unique(return_inverse=True)
+        refreshed = F.normalize(self.keys[unique].index_add(0, inverse, refresh_q), dim=1)
+        count = insert_q.shape[0]
+        inserted = self.oldest_slots(count, exclude=unique) if count else \
+            torch.zeros(0, dtype=torch.int64, device=self.keys.device)
+        return WritePlan(slots=torch.cat([unique, inserted]),
+                         keys=torch.cat([refreshed, insert_q.to(self.keys.dtype)]),
+                         values=torch.cat([self.values[unique], insert_labels]),
+                         inserted=inserted)
+
+    @torch.no_grad()
+    def apply_write(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    clock: int | None = None) -> None:
+        """Writes rows and ends an update step: the written slots' ages become 0, every other
+        age grows by the step (the search index follows the write).
+
+        Args:
+            slots: [W] int64 distinct slots (e.g. ``WritePlan.slots``).
+            keys: [W, d] their keys, stored as given.
+            values: [W] int64 their values.
+            clock: the write clock after the step (a replayed step's recorded clock, >= the
+                current one); None: the next step, clock + 1.
+        """
+        self.keys[slots] = keys
+        self.values[slots] = values
+        if clock is None:
+            self.clock += 1
+        else:
+            self.clock.fill_(clock)
+        self.write_time[slots] = self.clock
+        self.search.on_write(slots, self.keys)
+
+    @torch.no_grad()
+    def load_slots(self, keys: torch.Tensor, values: torch.Tensor, write_time: torch.Tensor,
+                   clock: int) -> None:
+        """Replaces every slot and the write clock (e.g. from a shard's snapshot); the
+        recent-slot table is left as it is and the search index starts afresh.
+
+        Args:
+            keys: [N, d] keys; values: [N] int64 values (-1: empty; their range is the
+                caller's to check); write_time: [N] int64 clock of each slot's last write,
+                each <= clock, so that ages = clock - write_time.
+            clock: the write clock.
+
+        Raises:
+            MemoryStateError: a shape, dtype or write time does not fit (nothing changed).
+        """
+        n, d = self.num_slots, self.key_dim
+        if tuple(keys.shape) != (n, d) or tuple(values.shape) != (n,) or \
+                tuple(write_time.shape) != (n,) or values.dtype != torch.int64 or \
+                write_time.dtype != torch.int64:
+            raise MemoryStateError(f"slots must be keys [{n}, {d}], values int64 [{n}] and "
+                                   f"write_time int64 [{n}]")
+        if n and int(write_time.max()) > clock:
+            raise MemoryStateError(f"write times must be <= the clock {clock}")
+        self.keys.copy_(keys)
+        self.values.copy_(values)
+        self.write_time.copy_(write_time)
+        self.clock.fill_(clock)
+        self.search.reset()
 
     def _insert_scores(self) -> torch.Tensor:
         """[N] int64: empty slots first (a bonus beyond any age), then by age."""
@@ -378,6 +455,37 @@ class Memory(nn.Module):
         check_labels(labels, batch, self.num_values, self.keys.device)
 
     # ------------------------------------------------------------------------- state (ages)
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False
+                        ) -> LoadResult:
+        """Loads a ``state_dict()``: keys [N, d], values [N], ages [N], recent_slots [V] (and
+        query_proj [d, d] when the memory learns one), validated whole before anything is
+        loaded.
+
+        Args:
+            state_dict: the state.
+            strict: refuse names the memory's state lacks, or lacks of its own; with False,
+                unexpected names are ignored (keys, values, ages and recent_slots are needed
+                either way).
+            assign: as ``torch.nn.Module.load_state_dict``.
+
+        Returns:
+            LoadResult(missing_keys, unexpected_keys): the names not loaded.
+
+        Raises:
+            MemoryStateError: the state does not fit (nothing changed).
+        """
+        own = self.state_dict(keep_vars=True)
+        missing, unexpected = check_state_keys(state_dict, own, strict)
+        self._check_state(state_dict, "")
+        for name, tensor in own.items():
+            given = state_dict.get(name)
+            if name not in ("keys", "values", "ages", "recent_slots") and given is not None \
+                    and (not isinstance(given, torch.Tensor) or given.shape != tensor.shape):
+                raise MemoryStateError(f"{name!r} must be {list(tensor.shape)}, got "
+                                       f"{list(getattr(given, 'shape', []))}")
+        super().load_state_dict(state_dict, strict=False, assign=assign)
+        return LoadResult(missing_keys=missing, unexpected_keys=unexpected)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "ages"] = self.ages.clone()
@@ -397,27 +505,7 @@ class Memory(nn.Module):
 
     def _check_state(self, state_dict, prefix) -> None:
         """Validates a whole state before any of it is loaded, so a bad one changes nothing."""
-        n, d, v = self.num_slots, self.key_dim, self.num_values
-        expected = {"keys": ((n, d), None), "values": ((n,), torch.int64),
-                    "ages": ((n,), torch.int64), "recent_slots": ((v,), torch.int64)}
-        for name, (shape, dtype) in expected.items():
-            tensor = state_dict.get(prefix + name)
-            if not isinstance(tensor, torch.Tensor):
-                raise MemoryStateError(f"memory state lacks {name!r}")
-            if tuple(tensor.shape) != shape or (dtype is not None and tensor.dtype != dtype):
-                raise MemoryStateError(
-                    f"{name!r} must be {dtype or 'float'} {list(shape)}, got {tensor.dtype} "
-                    f"{list(tensor.shape)}")
-        values = state_dict[prefix + "values"]
-        if n and (int(values.min()) < -1 or int(values.max()) >= v):
-            raise MemoryStateError(f"'values' must lie in [-1, {v})")
-        if n and int(state_dict[prefix + "ages"].min()) < 0:
-            raise MemoryStateError("'ages' must be >= 0")
-        if not bool(torch.isfinite(state_dict[prefix + "keys"]).all()):
-            raise MemoryStateError("'keys' hold NaN or Inf")
-        recent = state_dict[prefix + "recent_slots"]
-        if v and (int(recent.min()) < -1 or int(recent.max()) >= n):
-            raise MemoryStateError(f"'recent_slots' must lie in [-1, {n})")
+        check_state(state_dict, self.key_dim, self.num_slots, self.num_values, prefix)
 
     def extra_repr(self) -> str:
         return (f"key_dim={self.key_dim}, num_slots={self.num_slots}, "
