@@ -6,24 +6,29 @@ computes the margin loss from the two keys it needs (returned by the shards with
 and routes the update: refreshes to the shard owning the slot, inserts by count to the shards
 whose insert candidates come first, each shard choosing its own oldest slots when it applies
 them. With age noise 0 and the exact search this reproduces ``Memory`` step for step.
+
+``ShardedMemory`` satisfies ``lifelong.memory.KeyValueMemory`` completely; the one option it
+cannot provide, ``grad_similarities``, raises ``UnsupportedOperationError``.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lifelong.distributed.shard import MemoryShard, ShardAnswer, ShardWrite
+from lifelong.distributed.batches import ShardWrite, UpdateBatch
+from lifelong.distributed.shard import MemoryShard, ShardAnswer
 from lifelong.distributed.spec import MemorySpec
-from lifelong.errors import InvalidLabelError, MemoryStateError
-from lifelong.memory import MemoryOutput
-from lifelong.memory.checks import check_labels, check_query
+from lifelong.errors import InvalidLabelError, UnsupportedOperationError
+from lifelong.memory import LoadResult, MemoryOutput
+from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
 from lifelong.memory.memory import margin_from_pair, softmax_temperature
+
+__all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 
 
 class ShardGroup(Protocol):
@@ -42,6 +47,7 @@ class LocalShards:
         return [getattr(shard, method)(*a) for shard, a in zip(self.shards, args)]
 
 
+_STATE_KEYS = ("keys", "values", "ages", "recent_slots")  # the names of state_dict()
 _STAMP = 2**20  # a recent-slot stamp is clock * _STAMP + position in its batch (B < 2**20)
 
 
@@ -57,26 +63,6 @@ def _rank_order(sims: np.ndarray) -> np.ndarray:
     slot ascending), -inf last. Each list is already in that order and shard s holds lower slot
     ids than shard s + 1, so a stable sort by similarity alone keeps ties by slot id."""
     return np.argsort(-sims, axis=1, kind="stable")
-
-
-@dataclass
-class UpdateBatch:
-    """One planned update batch of B queries, not yet sent: what a writer that must survive a
-    crash persists before sending (``ShardedMemory.apply_update`` sends it, as often as needed).
-
-    Attributes:
-        seq: the batch's sequence number for the client's writer.
-        writes: one ``ShardWrite`` per shard, in shard order.
-        nearest: [B] global slot of each query's nearest neighbour (what a correct query
-            refreshes).
-        inserting: [I] positions of the queries to insert; target: [I] the shard of each.
-    """
-
-    seq: int
-    writes: list[ShardWrite]
-    nearest: np.ndarray
-    inserting: np.ndarray
-    target: np.ndarray
 
 
 class ShardedMemory:
@@ -105,11 +91,49 @@ class ShardedMemory:
 
     # ----------------------------------------------------------------------------- properties
     @property
+    def key_dim(self) -> int:
+        """d, the size of keys and queries."""
+        return self.spec.key_dim
+
+    @property
+    def num_slots(self) -> int:
+        """N, slots over all shards."""
+        return self.spec.num_slots
+
+    @property
+    def num_values(self) -> int:
+        """V: labels lie in [0, V)."""
+        return self.spec.num_values
+
+    @property
+    def choose_k(self) -> int:
+        """Neighbours searched per query, before capping at N."""
+        return self.spec.choose_k
+
+    @property
+    def alpha(self) -> float:
+        """The margin of the memory loss."""
+        return self.spec.alpha
+
+    @property
+    def age_noise(self) -> float:
+        """Each shard picks its inserts among its oldest slots by age + U[-age_noise, age_noise]."""
+        return self.spec.age_noise
+
+    @property
+    def use_recent(self) -> bool:
+        """The label's most recently written slot joins the loss's candidates (the spec's
+        ``use_recent``; True for a spec without one)."""
+        return bool(getattr(self.spec, "use_recent", True))
+
+    @property
     def k(self) -> int:
+        """Neighbours per query: min(choose_k, N)."""
         return min(self.spec.choose_k, self.spec.num_slots)
 
     @property
     def temperature(self) -> float:
+        """Softmax temperature max(1, ln(0.2 k) / alpha)."""
         return softmax_temperature(self.k, self.spec.alpha)
 
     def owner(self, slots: np.ndarray) -> np.ndarray:
@@ -118,8 +142,28 @@ class ShardedMemory:
 
     # ---------------------------------------------------------------------------------- query
     def query(self, q: torch.Tensor, labels: torch.Tensor | None = None,
-              update: bool = True) -> MemoryOutput:
-        """As ``Memory.query``: q [B, key_dim] float32, labels [B] int64 or None."""
+              update: bool = True, grad_similarities: bool = False) -> MemoryOutput:
+        """As ``Memory.query``: q [B, key_dim] float32 (any device), labels [B] int64 or None.
+
+        Args:
+            q: [B, key_dim] queries.
+            labels: [B] true values, or None for prediction only.
+            update: write the batch into the shards (only with labels).
+            grad_similarities: not supported; must be False.
+
+        Returns:
+            The MemoryOutput, tensors on the CPU; the loss has its gradient to q.
+
+        Raises:
+            UnsupportedOperationError: grad_similarities=True: the shards answer with the k
+                neighbours' similarities, not their keys [B, k, d], so the similarities cannot
+                carry a gradient to q (nothing is sent to the shards).
+        """
+        if grad_similarities:
+            raise UnsupportedOperationError(
+                "ShardedMemory.query(grad_similarities=True) is not supported: the shards "
+                "return the k neighbours' similarities, not their keys, so the similarities "
+                "have no gradient to q (the loss has its gradient either way)")
         out, pending = self._answer(q, labels)
         if labels is not None and update:
             out.written_slots = self.apply_update(self._plan(*pending))
@@ -166,7 +210,8 @@ class ShardedMemory:
         return sims, np.where(empty, -1, slots), np.where(empty, -1, values)
 
     def _loss(self, qn, answers, sims, slots, values, labels) -> torch.Tensor:
-        """The margin loss of ``Memory.margin_loss`` over the global top-k plus the recent slot."""
+        """The margin loss of ``Memory.margin_loss`` over the global top-k (plus the recent slot
+        with ``use_recent``)."""
         batch, d = qn.shape
         filled = values >= 0
         positive = filled & (values == labels[:, None])
@@ -185,8 +230,18 @@ class ShardedMemory:
                 raise RuntimeError("a shard's best candidate is not the global best")
             pair_keys[has, j] = shard_keys[owner, rows][has]
             pair_sims[has, j] = sims[rows, first][has]
-        # The most recent slot of the label (latest stamp over the shards) joins as a candidate
-        # after the top-k: it takes a pair's place only with a strictly higher similarity.
+        if self.use_recent:
+            self._recent_candidate(answers, labels, pair_sims, pair_keys)
+        return margin_from_pair(qn, torch.from_numpy(pair_keys),
+                                torch.from_numpy(np.isfinite(pair_sims[:, 0])),
+                                torch.from_numpy(np.isfinite(pair_sims[:, 1])), self.spec.alpha)
+
+    @staticmethod
+    def _recent_candidate(answers, labels, pair_sims, pair_keys) -> None:
+        """The most recent slot of the label (latest stamp over the shards) joins as a
+        candidate after the top-k: it takes a pair's place (in pair_sims [B, 2] and pair_keys
+        [B, 2, d], in place) only with a strictly higher similarity."""
+        rows = np.arange(len(labels))
         stamps = np.stack([a.recent_stamp for a in answers])            # [S, B, 2]
         recent = np.stack([a.recent_slot for a in answers])             # [S, B]
         latest = _latest(recent, stamps[..., 0], stamps[..., 1])
@@ -198,9 +253,6 @@ class ShardedMemory:
         better = usable & (sim > pair_sims[rows, j])
         pair_sims[rows[better], j[better]] = sim[better]
         pair_keys[rows[better], j[better]] = key[better]
-        return margin_from_pair(qn, torch.from_numpy(pair_keys),
-                                torch.from_numpy(np.isfinite(pair_sims[:, 0])),
-                                torch.from_numpy(np.isfinite(pair_sims[:, 1])), self.spec.alpha)
 
     # --------------------------------------------------------------------------------- update
     def _plan(self, q, labels, nearest, correct, answers) -> UpdateBatch:
@@ -250,25 +302,41 @@ class ShardedMemory:
         return {"keys": torch.from_numpy(cat("keys")), "values": torch.from_numpy(cat("values")),
                 "ages": torch.from_numpy(cat("ages")), "recent_slots": torch.from_numpy(recent)}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor],
+                        strict: bool = True) -> LoadResult:
         """Loads keys [N, d], values [N] and ages [N] (e.g. a local Memory's state) into the
-        shards, each snapshotting it at once; recent slots start empty."""
-        n = self.spec.num_slots
-        keys, values, ages = (state[name].detach().cpu().numpy() for name in
+        shards, each snapshotting it at once; the recent-slot table starts afresh.
+
+        The whole state is validated (as ``Memory.load_state_dict`` validates it, recent_slots
+        [V] included) before any shard is changed.
+
+        Args:
+            state_dict: keys, values, ages and recent_slots, as ``state_dict()`` returns them.
+            strict: refuse names beyond those four; False ignores them.
+
+        Returns:
+            LoadResult(missing_keys, unexpected_keys): the names not loaded.
+
+        Raises:
+            MemoryStateError: the state does not fit (no shard changed).
+        """
+        missing, unexpected = check_state_keys(state_dict, _STATE_KEYS, strict)
+        spec = self.spec
+        check_state(state_dict, spec.key_dim, spec.num_slots, spec.num_values)
+        keys, values, ages = (state_dict[name].detach().cpu().numpy() for name in
                               ("keys", "values", "ages"))
-        if keys.shape != (n, self.spec.key_dim) or values.shape != (n,) or ages.shape != (n,):
-            raise MemoryStateError(f"state must hold keys [{n}, {self.spec.key_dim}], "
-                                   f"values [{n}] and ages [{n}]")
         bounds, clock = list(self.offsets), int(ages.max())
         self.shards.call("load_state", [
             (np.ascontiguousarray(keys[a:b], dtype=np.float32), values[a:b], ages[a:b], clock)
             for a, b in zip(bounds[:-1], bounds[1:])])
+        return LoadResult(missing_keys=missing, unexpected_keys=unexpected)
 
     def status(self) -> list[dict]:
         """Per shard: occupancy, oldest age, queries, inserts, refreshes, ..."""
         return self.shards.call("status", [()] * self.spec.shards)
 
     def occupancy(self) -> int:
+        """Number of filled (non-empty) slots over all shards."""
         return sum(s["occupied"] for s in self.status())
 
     def _check(self, q: torch.Tensor, labels: torch.Tensor | None) -> None:

@@ -14,16 +14,18 @@ writer id and sequence number) is applied once.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from lifelong.distributed.batches import ShardWrite
 from lifelong.distributed.spec import MemorySpec
 from lifelong.distributed.storage import ShardStore, Snapshot, Update
 from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
 from lifelong.memory import Memory
+
+__all__ = ["MemoryShard", "ShardAnswer", "ShardStats", "ShardWrite"]
 
 
 @dataclass
@@ -55,40 +57,6 @@ class ShardAnswer:
     recent_key: np.ndarray | None = None
     oldest_scores: np.ndarray | None = None
     oldest_slots: np.ndarray | None = None
-
-
-@dataclass
-class ShardWrite:
-    """This shard's part of one update batch.
-
-    Attributes:
-        writer, seq: who sends it and its batch number (a retry repeats both).
-        refresh_slots: [R] global slots to refresh (one entry per correct query, repeats add up).
-        refresh_q: [R, d] the queries refreshing them; refresh_labels / refresh_positions: [R].
-        insert_q: [I, d] queries to insert here, insert_labels [I], insert_positions [I].
-    """
-
-    writer: str
-    seq: int
-    refresh_slots: np.ndarray
-    refresh_q: np.ndarray
-    refresh_labels: np.ndarray
-    refresh_positions: np.ndarray
-    insert_q: np.ndarray
-    insert_labels: np.ndarray
-    insert_positions: np.ndarray
-
-    def digest(self) -> str:
-        """A fingerprint of the batch's contents: a retry must carry the same one."""
-        h = hashlib.blake2b(digest_size=16)
-        for a, dtype in ((self.refresh_slots, np.int64), (self.refresh_q, np.float32),
-                         (self.refresh_labels, np.int64), (self.refresh_positions, np.int64),
-                         (self.insert_q, np.float32), (self.insert_labels, np.int64),
-                         (self.insert_positions, np.int64)):
-            a = np.ascontiguousarray(a, dtype=dtype)
-            h.update(str(a.shape).encode())
-            h.update(a.tobytes())
-        return h.hexdigest()
 
 
 def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -17,20 +17,18 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.fs as pafs
 
-from lifelong.distributed.client import UpdateBatch
-from lifelong.distributed.shard import ShardWrite
+from lifelong.distributed.batches import UpdateBatch
 from lifelong.distributed.storage import filesystem
 from lifelong.errors import CorruptStateError
 from lifelong.streaming.stats import StreamStats
 
 RECORD = "commit.npz"
 FORMAT_VERSION = 1
-_WRITE_ARRAYS = [f.name for f in fields(ShardWrite) if f.name not in ("writer", "seq")]
 
 
 @dataclass
@@ -70,11 +68,7 @@ class CommitRecord:
         arrays = self.stats.to_arrays()
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
         if self.batch is not None:
-            b = self.batch
-            arrays.update({"batch.nearest": b.nearest, "batch.inserting": b.inserting,
-                           "batch.target": b.target})
-            for s, w in enumerate(b.writes):
-                arrays.update({f"write{s}.{name}": getattr(w, name) for name in _WRITE_ARRAYS})
+            arrays.update(self.batch.to_arrays())
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -91,13 +85,8 @@ class CommitRecord:
                                         f"{FORMAT_VERSION}")
             batch = None
             if header["shards"] is not None:
-                writes = [ShardWrite(writer=header["writer"], seq=header["seq"],
-                                     **{n: arrays[f"write{s}.{n}"] for n in _WRITE_ARRAYS})
-                          for s in range(header["shards"])]
-                batch = UpdateBatch(seq=header["seq"], writes=writes,
-                                    nearest=arrays["batch.nearest"],
-                                    inserting=arrays["batch.inserting"],
-                                    target=arrays["batch.target"])
+                batch = UpdateBatch.from_arrays(arrays, writer=header["writer"],
+                                                seq=header["seq"], shards=header["shards"])
             quarantine = None
             if header["quarantine"]:
                 number, reason, rows = header["quarantine"]

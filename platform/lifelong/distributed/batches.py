@@ -1,0 +1,100 @@
+"""Update batches of a sharded memory and their encoding as plain arrays.
+
+A client plans one ``UpdateBatch`` per query batch: one ``ShardWrite`` per shard plus what it
+needs to tell each query's written slot from the shards' answers. A writer that must survive a
+crash persists the batch before sending it (the stream job's commit record), so the batch owns
+its encoding: ``UpdateBatch.to_arrays`` gives named numpy arrays (no pickle, e.g. for
+``np.savez``), ``UpdateBatch.from_arrays`` rebuilds the batch from them. The names are part of
+on-disk formats: ``batch.nearest``, ``batch.inserting``, ``batch.target`` and
+``write<s>.<field>`` for every array field of shard s's write, in field order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+import numpy as np
+
+
+@dataclass
+class ShardWrite:
+    """This shard's part of one update batch.
+
+    Attributes:
+        writer, seq: who sends it and its batch number (a retry repeats both).
+        refresh_slots: [R] global slots to refresh (one entry per correct query, repeats add up).
+        refresh_q: [R, d] the queries refreshing them; refresh_labels / refresh_positions: [R].
+        insert_q: [I, d] queries to insert here, insert_labels [I], insert_positions [I].
+    """
+
+    writer: str
+    seq: int
+    refresh_slots: np.ndarray
+    refresh_q: np.ndarray
+    refresh_labels: np.ndarray
+    refresh_positions: np.ndarray
+    insert_q: np.ndarray
+    insert_labels: np.ndarray
+    insert_positions: np.ndarray
+
+    def digest(self) -> str:
+        """A fingerprint of the batch's contents: a retry must carry the same one."""
+        h = hashlib.blake2b(digest_size=16)
+        for a, dtype in ((self.refresh_slots, np.int64), (self.refresh_q, np.float32),
+                         (self.refresh_labels, np.int64), (self.refresh_positions, np.int64),
+                         (self.insert_q, np.float32), (self.insert_labels, np.int64),
+                         (self.insert_positions, np.int64)):
+            a = np.ascontiguousarray(a, dtype=dtype)
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+
+# The array fields of a ShardWrite, in field order (writer and seq belong to the whole batch).
+WRITE_ARRAYS = tuple(f.name for f in fields(ShardWrite) if f.name not in ("writer", "seq"))
+
+
+@dataclass
+class UpdateBatch:
+    """One planned update batch of B queries, not yet sent: what a writer that must survive a
+    crash persists before sending (``ShardedMemory.apply_update`` sends it, as often as needed).
+
+    Attributes:
+        seq: the batch's sequence number for the client's writer.
+        writes: one ``ShardWrite`` per shard, in shard order.
+        nearest: [B] global slot of each query's nearest neighbour (what a correct query
+            refreshes).
+        inserting: [I] positions of the queries to insert; target: [I] the shard of each.
+    """
+
+    seq: int
+    writes: list[ShardWrite]
+    nearest: np.ndarray
+    inserting: np.ndarray
+    target: np.ndarray
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The batch as named arrays, in a fixed order (see the module's docstring); the
+        writer id, ``seq`` and the number of shards are the caller's to store."""
+        arrays = {"batch.nearest": self.nearest, "batch.inserting": self.inserting,
+                  "batch.target": self.target}
+        for s, write in enumerate(self.writes):
+            arrays.update({f"write{s}.{name}": getattr(write, name) for name in WRITE_ARRAYS})
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], writer: str, seq: int,
+                    shards: int) -> "UpdateBatch":
+        """The batch ``to_arrays`` encoded, for ``shards`` shards, its writes by ``writer``
+        under sequence number ``seq``.
+
+        Raises:
+            KeyError: an array is missing.
+        """
+        writes = [ShardWrite(writer=writer, seq=seq,
+                             **{name: arrays[f"write{s}.{name}"] for name in WRITE_ARRAYS})
+                  for s in range(shards)]
+        return cls(seq=seq, writes=writes, nearest=arrays["batch.nearest"],
+                   inserting=arrays["batch.inserting"], target=arrays["batch.target"])
