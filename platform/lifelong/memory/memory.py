@@ -303,7 +303,7 @@ class Memory(nn.Module):
     @torch.no_grad()
     def plan_write(self, refresh_slots: torch.Tensor, refresh_q: torch.Tensor,
                    insert_q: torch.Tensor, insert_labels: torch.Tensor) -> WritePlan:
-        """Chooses what one update step writes, without changing any state.
+        """Chooses what one update step writes, without changing any slot, age or the clock.
 
         Refreshed keys become normalise(key + sum of the queries refreshing the slot); the
         inserts take distinct slots from ``oldest_slots``, never a refreshed one. With age noise
