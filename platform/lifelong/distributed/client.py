@@ -26,7 +26,7 @@ from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import InvalidLabelError, UnsupportedOperationError
 from lifelong.memory import LoadResult, MemoryOutput
 from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
-from lifelong.memory.memory import margin_from_pair, softmax_temperature
+from lifelong.memory.loss import margin_from_pair, softmax_temperature
 
 __all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 

@@ -19,7 +19,6 @@ state (a ``WritePlan``), ``apply_write`` writes it and ends the step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,87 +26,15 @@ from torch import nn
 
 from lifelong.errors import MemoryStateError
 from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
+from lifelong.memory.loss import margin_from_pair, softmax_temperature
+from lifelong.memory.output import MemoryOutput, WritePlan
 from lifelong.memory.protocol import LoadResult
 from lifelong.memory.search import ExactSearch, Search
 
+__all__ = ["Memory", "MemoryOutput", "WritePlan", "margin_from_pair", "softmax_temperature"]
+
 # Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
 _EMPTY_BONUS = 2**32
-
-
-def softmax_temperature(k: int, alpha: float) -> float:
-    """max(1, ln(0.2 k) / alpha): about 40 for k = 256, alpha = 0.1."""
-    return max(1.0, math.log(0.2 * k) / alpha)
-
-
-def margin_from_pair(q: torch.Tensor, pair_keys: torch.Tensor, has_pos: torch.Tensor,
-                     has_neg: torch.Tensor, alpha: float) -> torch.Tensor:
-    """mean over the batch of max(0, alpha - q.K[p] + q.K[b]).
-
-    Args:
-        q: [B, d] normalised queries (with gradient).
-        pair_keys: [B, 2, d] the keys of p (positive) and b (negative), constants.
-        has_pos: [B] bool; without a positive q.K[p] counts as 0 (as the reference code does).
-        has_neg: [B] bool; without a negative the query adds 0.
-    """
-    pos_sim, neg_sim = torch.einsum("bd,bpd->pb", q, pair_keys)
-    pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
-    per_query = torch.where(has_neg, F.relu(alpha - pos_sim + neg_sim), torch.zeros_like(pos_sim))
-    return per_query.mean()
-
-
-@dataclass
-class MemoryOutput:
-    """The answer of one lookup.
-
-    Attributes:
-        values: [B] int64 predicted value (nearest non-empty neighbour; -1 if memory is empty).
-        similarities: [B, k] cosine similarity to the k neighbours, best first, -inf for empty
-            candidates. Constants unless the query asked for ``grad_similarities``.
-        slots: [B, k] int64 slot ids of the k neighbours.
-        neighbour_values: [B, k] int64 values of the k neighbours (-1 for empty).
-        temperature: the softmax temperature of the memory.
-        loss: scalar margin loss (mean over the batch), or None without labels.
-        correct: [B] bool, prediction == label (None without labels).
-        written_slots: [B] int64 slot each query refreshed or was inserted into (None if the
-            memory was not updated).
-    """
-
-    values: torch.Tensor
-    similarities: torch.Tensor
-    slots: torch.Tensor
-    neighbour_values: torch.Tensor
-    temperature: float
-    loss: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
-    written_slots: torch.Tensor | None = None
-
-    @property
-    def softmax(self) -> torch.Tensor:
-        """[B, k] softmax of similarities * temperature over the non-empty neighbours (an
-        all-empty row gives zeros); computed when asked for."""
-        empty = torch.isinf(self.similarities)
-        logits = (self.similarities * self.temperature).masked_fill(
-            empty.all(1, keepdim=True), 0.0)
-        return torch.softmax(logits, dim=1).masked_fill(empty, 0.0)
-
-
-@dataclass
-class WritePlan:
-    """What one update step writes, as ``Memory.plan_write`` chose it (nothing written yet).
-
-    Attributes:
-        slots: [W] int64 distinct slots to write: the refreshed ones (ascending), then the
-            inserted ones (in the order of the insert queries).
-        keys: [W, d] their new keys: normalise(key + sum of the refreshing queries) for a
-            refreshed slot, the query itself for an inserted one.
-        values: [W] int64 their values (a refreshed slot keeps its value).
-        inserted: [I] int64 the slot each insert query takes, in order.
-    """
-
-    slots: torch.Tensor
-    keys: torch.Tensor
-    values: torch.Tensor
-    inserted: torch.Tensor
 
 
 class Memory(nn.Module):

@@ -9,12 +9,11 @@ code take "a memory" and never branch on which one. The semantics of each member
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import Mapping, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-if TYPE_CHECKING:  # memory.py imports this module
-    from lifelong.memory.memory import MemoryOutput
+from lifelong.memory.output import MemoryOutput
 
 
 class LoadResult(NamedTuple):

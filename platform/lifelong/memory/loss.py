@@ -1,0 +1,30 @@
+"""The memory's softmax temperature and margin loss, shared by ``Memory`` and the sharded client
+(docs/design.md section 1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def softmax_temperature(k: int, alpha: float) -> float:
+    """max(1, ln(0.2 k) / alpha): about 40 for k = 256, alpha = 0.1."""
+    return max(1.0, math.log(0.2 * k) / alpha)
+
+
+def margin_from_pair(q: torch.Tensor, pair_keys: torch.Tensor, has_pos: torch.Tensor,
+                     has_neg: torch.Tensor, alpha: float) -> torch.Tensor:
+    """mean over the batch of max(0, alpha - q.K[p] + q.K[b]).
+
+    Args:
+        q: [B, d] normalised queries (with gradient).
+        pair_keys: [B, 2, d] the keys of p (positive) and b (negative), constants.
+        has_pos: [B] bool; without a positive q.K[p] counts as 0 (as the reference code does).
+        has_neg: [B] bool; without a negative the query adds 0.
+    """
+    pos_sim, neg_sim = torch.einsum("bd,bpd->pb", q, pair_keys)
+    pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
+    per_query = torch.where(has_neg, F.relu(alpha - pos_sim + neg_sim), torch.zeros_like(pos_sim))
+    return per_query.mean()
