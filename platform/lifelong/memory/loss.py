@@ -1,5 +1,5 @@
 """The memory's softmax temperature and margin loss, shared by ``Memory`` and the sharded client
-(docs/design.md section 1)."""
+(docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 ``lifelong.memory.Memory`` (one process, pure PyTorch) and ``lifelong.distributed.ShardedMemory``
 (S shards behind Ray actors) both satisfy ``KeyValueMemory`` completely, so models and training
-code take "a memory" and never branch on which one. The semantics of each member are those of
-``Memory`` (docs/design.md section 1); where an implementation cannot provide an option it raises
-``lifelong.errors.UnsupportedOperationError`` naming the option, before changing anything.
+code take "a memory" and never branch on which one (docs/design.md §2.1). The semantics of each
+member are those of ``Memory`` (docs/design.md §1); where an implementation cannot provide an
+option it raises ``lifelong.errors.UnsupportedOperationError`` naming the option, before
+changing anything.
 """
 
 from __future__ import annotations
