@@ -3,7 +3,6 @@ with equal results (age noise 0, exact search), and MemoryShard drives Memory th
 operations only."""
 
 import ast
-import dataclasses
 import inspect
 import re
 
@@ -18,15 +17,8 @@ from lifelong.memory import KeyValueMemory, LoadResult, Memory, WritePlan
 D, N, V, K = 16, 61, 12, 7
 
 
-@dataclasses.dataclass(frozen=True)
-class RecentSpec(MemorySpec):
-    """A spec with ``use_recent`` (MemorySpec gains the field separately)."""
-
-    use_recent: bool = True
-
-
 def make_pair(shards=2, use_recent=True, choose_k=K):
-    spec = RecentSpec(name="proto", key_dim=D, num_slots=N, num_values=V, shards=shards,
+    spec = MemorySpec(name="proto", key_dim=D, num_slots=N, num_values=V, shards=shards,
                       choose_k=choose_k, alpha=0.2, age_noise=0.0, storage="unused",
                       use_recent=use_recent)
     local = Memory(key_dim=D, num_slots=N, num_values=V, choose_k=choose_k, alpha=0.2,
@@ -110,11 +102,6 @@ def test_sizes_and_hyper_parameters_are_equal(use_recent):
     assert (sharded.key_dim, sharded.num_slots, sharded.num_values, sharded.choose_k) == \
         (D, N, V, K)
     assert (sharded.alpha, sharded.age_noise, sharded.k) == (0.2, 0.0, K)
-
-
-def test_a_spec_without_use_recent_means_use_recent():
-    spec = MemorySpec(name="plain", key_dim=D, num_slots=N, num_values=V, storage="unused")
-    assert ShardedMemory.local(spec).use_recent is True
 
 
 @pytest.mark.parametrize("shards", [2, 3])

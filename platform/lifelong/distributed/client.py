@@ -122,9 +122,8 @@ class ShardedMemory:
 
     @property
     def use_recent(self) -> bool:
-        """The label's most recently written slot joins the loss's candidates (the spec's
-        ``use_recent``; True for a spec without one)."""
-        return bool(getattr(self.spec, "use_recent", True))
+        """The label's most recently written slot joins the loss's candidates."""
+        return self.spec.use_recent
 
     @property
     def k(self) -> int:
