@@ -123,7 +123,7 @@ def lookup_ms(memory, n: int, num_values: int, reps: int = 10) -> float:
     labels = torch.randint(0, num_values, (n,))
     start = time.perf_counter()
     for _ in range(reps):
-        memory.query(q, labels, update=False, grad_similarities=True)
+        memory.query(q, labels, update=False, grad_similarities=memory.supports_grad_similarities)
     return 1000 * (time.perf_counter() - start) / reps
 
 

@@ -62,7 +62,8 @@ def assert_unchanged(memory, before):
 
 # The members KeyValueMemory declares; the tests below exercise each on both memories.
 MEMBERS = {"key_dim", "num_slots", "num_values", "choose_k", "alpha", "age_noise", "use_recent",
-           "k", "temperature", "query", "state_dict", "load_state_dict", "occupancy"}
+           "k", "temperature", "supports_grad_similarities", "query", "state_dict",
+           "load_state_dict", "occupancy"}
 
 
 def test_the_protocol_declares_the_members_exercised_here():
@@ -156,6 +157,8 @@ def test_grad_similarities_is_typed_unsupported_on_the_sharded_memory_and_change
     assert sum(s["queries"] for s in sharded.status()) == queries  # nothing was sent
     out = local.query(q, grad_similarities=True)  # the local memory provides it
     assert out.similarities.requires_grad
+    # and each says so, so a model asks for it only where it is available
+    assert local.supports_grad_similarities and not sharded.supports_grad_similarities
     # without the option both still answer alike
     assert torch.equal(local.query(q).values, sharded.query(q, grad_similarities=False).values)
 

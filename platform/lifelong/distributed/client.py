@@ -135,6 +135,11 @@ class ShardedMemory:
         """Softmax temperature max(1, ln(0.2 k) / alpha)."""
         return softmax_temperature(self.k, self.spec.alpha)
 
+    @property
+    def supports_grad_similarities(self) -> bool:
+        """False: the shards do not return the k neighbours' keys (see ``query``)."""
+        return False
+
     def owner(self, slots: np.ndarray) -> np.ndarray:
         """Shard index of each global slot id."""
         return np.searchsorted(self.offsets, slots, side="right") - 1

@@ -102,6 +102,11 @@ class Memory(nn.Module):
         return softmax_temperature(self.k, self.alpha)
 
     @property
+    def supports_grad_similarities(self) -> bool:
+        """True: ``query(..., grad_similarities=True)`` gathers the k keys with gradient."""
+        return True
+
+    @property
     def ages(self) -> torch.Tensor:
         """[N] int64 update steps since each slot was last written."""
         return self.clock - self.write_time

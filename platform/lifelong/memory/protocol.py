@@ -87,6 +87,12 @@ class KeyValueMemory(Protocol):
         """Softmax temperature max(1, ln(0.2 k) / alpha) of ``MemoryOutput.softmax``."""
         ...
 
+    @property
+    def supports_grad_similarities(self) -> bool:
+        """Whether ``query(..., grad_similarities=True)`` is available (a model that mixes the
+        memory's softmax into its output asks for it where it is, instead of testing types)."""
+        ...
+
     # ------------------------------------------------------------------------------ operations
     def query(self, q: torch.Tensor, labels: torch.Tensor | None = None, update: bool = True,
               grad_similarities: bool = False) -> MemoryOutput:

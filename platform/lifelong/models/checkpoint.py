@@ -120,4 +120,4 @@ def _memory_args(memory: KeyValueMemory | None) -> dict | None:
     if memory is None:
         return None
     return {name: getattr(memory, name) for name in ("key_dim", "num_slots", "num_values",
-                                                    "choose_k", "alpha", "age_noise")}
+                                                    "choose_k", "alpha", "age_noise", "use_recent")}

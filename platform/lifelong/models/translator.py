@@ -31,7 +31,6 @@ from torch import nn
 
 from lifelong.config import check_int
 from lifelong.errors import ConfigError
-from lifelong.memory import Memory
 from lifelong.models.vocab import BOS, EOS, PAD
 
 
@@ -190,9 +189,9 @@ class Translator(nn.Module):
 
     def _consult(self, o, features, memory, labels, update) -> "_Answer":
         """Queries the memory with the projection of features [N, H (+ E)]."""
-        kwargs = {"grad_similarities": True} if isinstance(memory, Memory) else {}
         answer = memory.query(self.query(features), labels,
-                              update=update and labels is not None, **kwargs)
+                              update=update and labels is not None,
+                              grad_similarities=memory.supports_grad_similarities)
         values = answer.neighbour_values.to(o.device)
         filled = values >= 0
         any_filled = filled.any(1, keepdim=True)
