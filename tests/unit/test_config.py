@@ -86,3 +86,52 @@ def test_a_partial_section_keeps_the_jobs_own_defaults_for_it():
     job = config_from_dict(StreamJob, {"stream": {"source": "x"},
                                        "tracking": {"enabled": False}})
     assert job.tracking.experiment == "stream" and not job.tracking.enabled
+
+
+def test_one_memory_config_named_by_its_full_key_path_in_every_job():
+    from lifelong.experiments.omniglot.config import OmniglotTrainJob
+    from lifelong.experiments.translation.config import TranslationJob
+    from lifelong.streaming.config import StreamJob
+
+    cases = [(OmniglotTrainJob, [], "memory.alpha=0", "memory.alpha must be > 0"),
+             (TranslationJob, [], "memory.age_noise=-1", "memory.age_noise must be >= 0"),
+             (StreamJob, ["stream.source=x"], "memory.choose_k=0",
+              "memory.choose_k must be an int >= 1"),
+             (StreamJob, ["stream.source=x"], "shared_memory.num_slots=0",
+              "shared_memory.num_slots must be an int >= 1"),
+             (OmniglotTrainJob, [], "shared_memory.name=a/../b", "shared_memory.name invalid")]
+    for cls, base, override, message in cases:
+        with pytest.raises(ConfigError) as info:
+            load_config(cls, None, [*base, override])
+        assert message in str(info.value), (override, str(info.value))
+    # the same section alone names its field, and the error survives pickling (Ray)
+    import pickle
+
+    from lifelong.memory import MemoryConfig
+
+    with pytest.raises(ConfigError, match="^alpha must be > 0") as info:
+        MemoryConfig(alpha=0)
+    assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
+
+
+def test_a_memory_spec_is_a_memory_config_and_the_shared_section_converts_once(tmp_path):
+    import json
+
+    from lifelong.distributed.spec import MemorySpec, SharedMemoryConfig
+    from lifelong.memory import MemoryConfig
+
+    memory = MemoryConfig(choose_k=16, alpha=0.2, age_noise=0.0, use_recent=False)
+    shared = SharedMemoryConfig(name="m", num_slots=64, shards=2, storage=str(tmp_path))
+    spec = shared.spec(memory, key_dim=8, num_values=10, seed=3)
+    assert isinstance(spec, MemoryConfig) and spec.memory_config() == memory
+    assert (spec.name, spec.key_dim, spec.num_slots, spec.num_values, spec.storage,
+            spec.shards, spec.seed) == ("m", 8, 64, 10, str(tmp_path), 2, 3)
+    assert MemorySpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ConfigError, match="num_values"):  # no label range from job or section
+        shared.spec(memory, key_dim=8)
+    # a manifest written before use_recent was a field loads with the default
+    old = json.loads(spec.to_json())
+    del old["use_recent"]
+    assert MemorySpec.from_json(json.dumps(old)).use_recent is True
+    # the built local memory carries the same hyper-parameters
+    assert MemoryConfig.of(memory.build(key_dim=8, num_slots=64, num_values=10)) == memory
