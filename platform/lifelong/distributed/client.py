@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from lifelong.distributed.batches import ShardWrite, UpdateBatch
 from lifelong.distributed.shard import MemoryShard, ShardAnswer
 from lifelong.distributed.spec import MemorySpec
-from lifelong.errors import InvalidLabelError, UnsupportedOperationError
+from lifelong.errors import InvalidLabelError, MemoryStateError, UnsupportedOperationError
 from lifelong.memory import LoadResult, MemoryOutput
 from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
+from lifelong.memory.memory import rescale_rows
 
 __all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 
@@ -186,7 +187,7 @@ class ShardedMemory:
     def _answer(self, q: torch.Tensor, labels: torch.Tensor | None):
         """The merged answer of the shards, and what planning its update needs."""
         self._check(q, labels)
-        qn = F.normalize(q, dim=1)
+        qn = F.normalize(rescale_rows(q), dim=1)
         q_np = np.ascontiguousarray(qn.detach().cpu().numpy())
         y_np = labels.cpu().numpy() if labels is not None else None
         answers: list[ShardAnswer] = self.shards.call(
@@ -287,7 +288,14 @@ class ShardedMemory:
     def apply_update(self, batch: UpdateBatch) -> torch.Tensor:
         """Sends a planned batch to the shards (again, after a crash: each shard applies it
         once and answers a repeat with its first answer); returns the global slot each query
-        wrote [B]."""
+        wrote [B].
+
+        Raises:
+            MemoryStateError: the batch does not hold one write per shard (nothing sent).
+        """
+        if len(batch.writes) != self.spec.shards:
+            raise MemoryStateError(f"an update batch must hold one write per shard "
+                                   f"({self.spec.shards}), got {len(batch.writes)}")
         inserted = self.shards.call("apply", [(w,) for w in batch.writes])
         written = batch.nearest.copy()
         for s, slots in enumerate(inserted):

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Sequence
 
+from ray.exceptions import RayError
+
 from lifelong.distributed import registry
 from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import LifelongError
@@ -103,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             registry.delete_memory(args.name, storage, address=args.address)
             print(f"deleted {args.name}")
-    except LifelongError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except (LifelongError, OSError, RayError) as exc:
+        # One line, no traceback: the message names the file or the setting at fault.
+        message = " ".join(str(exc).split())
+        print(f"error: {type(exc).__name__}: {message}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,11 @@ The default storage location is ``$LIFELONG_MEMORY_STORAGE``, else ``~/.lifelong
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import re
+import uuid
 
 import pyarrow.fs as pafs
 import ray
@@ -17,10 +22,11 @@ import ray
 from lifelong.distributed.actor import NAMESPACE, RayShards, ShardActor, actor_name
 from lifelong.distributed.client import ShardedMemory
 from lifelong.distributed.cluster import ensure_ray
-from lifelong.distributed.spec import MemorySpec, check_name, default_storage
+from lifelong import errors
+from lifelong.distributed.spec import MemorySpec, absolute_location, check_name, default_storage
 from lifelong.distributed.storage import filesystem
-from lifelong.errors import (ConfigError, MemoryExistsError, MemoryNotFoundError,
-                             ShardUnavailableError)
+from lifelong.errors import (ConfigError, CorruptStateError, LifelongError, MemoryExistsError,
+                             MemoryNotFoundError, ShardUnavailableError)
 
 MANIFEST = "memory.json"
 
@@ -48,26 +54,96 @@ def _start_shard(spec: MemorySpec, index: int):
 
 
 def read_spec(name: str, storage: str | None = None) -> MemorySpec:
-    """The spec of the memory ``name`` at ``storage``."""
-    storage = storage or default_storage()
+    """The spec of the memory ``name`` at ``storage``.
+
+    Its ``storage`` is the location it was read from, whatever the manifest says (a memory
+    folder copied elsewhere reads, writes and deletes only the copy).
+
+    Raises:
+        MemoryNotFoundError: there is no manifest ``<storage>/<name>/memory.json``.
+        CorruptStateError: the manifest is unreadable, not a valid spec, or names another
+            memory than its folder (the message names the file).
+    """
+    storage = absolute_location(storage or default_storage())
     fs, path = _manifest_path(storage, name)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise MemoryNotFoundError(f"no memory named {name!r} in {storage}")
-    with fs.open_input_stream(path) as fh:
-        return MemorySpec.from_json(fh.read().decode())
+    try:
+        with fs.open_input_stream(path) as fh:
+            spec = MemorySpec.from_json(fh.read().decode())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError,
+            LifelongError) as exc:
+        raise CorruptStateError(f"{path}: not a valid memory manifest "
+                                f"({type(exc).__name__}: {exc})") from None
+    if spec.name != name:
+        raise CorruptStateError(f"{path}: the manifest names memory {spec.name!r}, not the "
+                                f"folder's {name!r}")
+    return dataclasses.replace(spec, storage=storage)
+
+
+def _create_manifest(fs: pafs.FileSystem, path: str, text: str, spec: MemorySpec) -> None:
+    """Writes the manifest ``path`` only if it does not exist: on a local path exclusively
+    (a complete temporary file hard-linked into place, so of two racing creators one wins and
+    the other gets MemoryExistsError); elsewhere checked first, then written."""
+    exists = MemoryExistsError(f"memory {spec.name!r} already exists in {spec.storage}")
+    folder = path.rsplit("/", 1)[0]
+    fs.create_dir(folder, recursive=True)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise exists
+        with fs.open_output_stream(path) as fh:
+            fh.write(text.encode())
+        return
+    tmp = f"{folder}/.{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as fh:
+            fh.write(text.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise exists from None
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def create_memory(spec: MemorySpec, address: str | None = None,
                   timeout_s: float = 300.0) -> ShardedMemory:
-    """Creates the named memory (its manifest, then its shards) and returns a client."""
+    """Creates the named memory (its manifest, then its shards) and returns a client.
+
+    Creation is all or nothing: the manifest is created exclusively (MemoryExistsError if the
+    memory exists, also when another creator wins a race), and when the shards cannot be
+    started (ShardUnavailableError or any other error) the started shard actors are stopped
+    and the memory's folder is removed, so a later create can succeed.
+    """
+    spec = dataclasses.replace(spec, storage=absolute_location(spec.storage))
     fs, path = _manifest_path(spec.storage, spec.name)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         raise MemoryExistsError(f"memory {spec.name!r} already exists in {spec.storage}")
     ensure_ray(address)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as fh:
-        fh.write(spec.to_json().encode())
-    return _client(spec, [_start_shard(spec, i) for i in range(spec.shards)], timeout_s)
+    _create_manifest(fs, path, spec.to_json(), spec)
+    handles = []
+    try:
+        handles.extend(_start_shard(spec, i) for i in range(spec.shards))
+        return _client(spec, handles, timeout_s)
+    except BaseException:
+        for handle in handles:
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        _stop_shards(spec)
+        fs.delete_dir(path.rsplit("/", 1)[0])
+        raise
 
 
 def attach(name: str, storage: str | None = None, address: str | None = None,
@@ -92,12 +168,33 @@ def _client(spec: MemorySpec, handles: list, timeout_s: float,
         raise ShardUnavailableError(f"the shards of {spec.name!r} did not start within "
                                     f"{timeout_s} s (not enough CPUs/GPUs for "
                                     f"{spec.shards} x num_cpus={spec.num_cpus}?)") from None
+    except ray.exceptions.RayActorError as exc:
+        raise _shard_start_error(spec, exc) from None
     return ShardedMemory(spec, shards, writer=writer)
 
 
+def _shard_start_error(spec: MemorySpec, exc: Exception) -> LifelongError:
+    """The typed error of a shard actor that died starting (e.g. the CorruptStateError its
+    constructor raised on a corrupt snapshot or log), from the text Ray reports it with."""
+    text = str(exc)
+    found = re.findall(r"lifelong\.errors\.(\w+): ([^\n]*)", text)
+    kind = getattr(errors, found[-1][0], None) if found else None
+    if isinstance(kind, type) and issubclass(kind, LifelongError):
+        return kind(f"a shard of {spec.name!r} failed to start: {found[-1][1]}")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return ShardUnavailableError(f"a shard of {spec.name!r} failed to start: "
+                                 f"{lines[-1] if lines else type(exc).__name__}")
+
+
 def list_memories(storage: str | None = None) -> list[str]:
-    """Names of the memories at ``storage``."""
+    """Names of the memories at ``storage``.
+
+    Raises:
+        ConfigError: ``storage`` exists but is not a directory.
+    """
     fs, base = filesystem(storage or default_storage())
+    if fs.get_file_info(base).type == pafs.FileType.File:
+        raise ConfigError(f"storage location {base} is a file, not a directory")
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and
                   fs.get_file_info(f"{i.path}/{MANIFEST}").type == pafs.FileType.File)

@@ -166,8 +166,11 @@ class MemoryShard:
 
         Raises:
             MemoryStateError: the batch is older than the writer's last one, or repeats its
-                number with other contents (two clients using one writer id).
+                number with other contents (two clients using one writer id), or does not
+                fit this shard (see ``_validate``).
+            InvalidQueryError, InvalidLabelError: bad queries or labels.
         """
+        self._validate(write)  # before anything is logged or changed
         last = self.writers.get(write.writer)
         digest = write.digest()
         if last is not None and write.seq <= last[0]:
@@ -191,6 +194,58 @@ class MemoryShard:
         if self.store is not None and self.since_snapshot >= self.spec.snapshot_every:
             self.snapshot()
         return update.inserted + self.offset
+
+    def _validate(self, write: ShardWrite) -> None:
+        """Checks a whole write against this shard (clients can be wrong): types, shapes and
+        dtypes of every array, finite queries, labels in [0, num_values), refresh slots in
+        this shard, positions >= 0 and no more inserts than the shard can take.
+
+        Raises:
+            MemoryStateError, InvalidQueryError, InvalidLabelError: (nothing changed).
+        """
+        if not isinstance(write, ShardWrite):
+            raise MemoryStateError(f"a shard write must be a ShardWrite, got "
+                                   f"{type(write).__name__}")
+        if not isinstance(write.writer, str) or not write.writer:
+            raise MemoryStateError(f"writer id must be a non-empty str, got {write.writer!r}")
+        if isinstance(write.seq, bool) or not isinstance(write.seq, (int, np.integer)) or \
+                write.seq < 1:
+            raise MemoryStateError(f"batch number must be an int >= 1, got {write.seq!r}")
+        d, v = self.spec.key_dim, self.spec.num_values
+        sizes = {}
+        for kind in ("refresh", "insert"):
+            q = getattr(write, f"{kind}_q")
+            if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 2 or \
+                    q.shape[1] != d:
+                raise InvalidQueryError(
+                    f"{kind}_q must be float32 [n, {d}], got {getattr(q, 'dtype', type(q))} "
+                    f"{list(getattr(q, 'shape', []))}")
+            if not np.isfinite(q).all():
+                raise InvalidQueryError(f"{kind}_q holds NaN or Inf")
+            n = sizes[kind] = q.shape[0]
+            names = ["labels", "positions"] + (["slots"] if kind == "refresh" else [])
+            for name in names:
+                a = getattr(write, f"{kind}_{name}")
+                error = InvalidLabelError if name == "labels" else MemoryStateError
+                if not isinstance(a, np.ndarray) or a.shape != (n,) or a.dtype != np.int64:
+                    raise error(f"{kind}_{name} must be int64 [{n}], got "
+                                f"{getattr(a, 'dtype', type(a))} {list(getattr(a, 'shape', []))}")
+            labels = getattr(write, f"{kind}_labels")
+            if n and (labels.min() < 0 or labels.max() >= v):
+                raise InvalidLabelError(f"{kind}_labels must lie in [0, {v}), got "
+                                        f"[{labels.min()}, {labels.max()}]")
+            positions = getattr(write, f"{kind}_positions")
+            if n and positions.min() < 0:
+                raise MemoryStateError(f"{kind}_positions must be >= 0")
+        slots = write.refresh_slots
+        if sizes["refresh"] and (slots.min() < self.offset or
+                                 slots.max() >= self.offset + self.size):
+            raise MemoryStateError(f"refresh slots outside shard {self.index} (slots "
+                                   f"{self.offset}..{self.offset + self.size - 1})")
+        room = self.size - len(np.unique(slots))
+        if sizes["insert"] > room:
+            raise MemoryStateError(f"{sizes['insert']} inserts exceed the {room} slots shard "
+                                   f"{self.index} has beside the refreshed ones")
 
     def _plan(self, write: ShardWrite, digest: str) -> Update:
         """The update's effect (``Memory.plan_write``), computed without changing any state."""

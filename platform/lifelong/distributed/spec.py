@@ -13,14 +13,17 @@ from lifelong.config import check_int
 from lifelong.errors import ConfigError, MemoryNameError
 from lifelong.memory.config import MemoryConfig
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# The most bytes of keys one shard may hold (num_slots / shards x key_dim x 4): a spec asking
+# for more is refused before anything is allocated or written (1 TiB: beyond any one device).
+MAX_SHARD_KEY_BYTES = 2**40
 
 
 def check_name(name: object) -> str:
     """A memory name: 1-64 of letters, digits, '_', '.', '-', not starting with a punctuation
     mark and never '..' (a name is a directory under the storage location: it must not
     escape it)."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise MemoryNameError(
             f"invalid memory name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit, without '..'")
@@ -85,6 +88,13 @@ class MemorySpec(MemoryConfig):
         if self.num_slots >= 2**31 or self.num_values >= 2**31:
             raise ConfigError("num_slots and num_values must be < 2**31 (shards answer with "
                               "32-bit slot ids and values)")
+        shard_bytes = -(-self.num_slots // self.shards) * self.key_dim * 4
+        if shard_bytes > MAX_SHARD_KEY_BYTES:
+            raise ConfigError(f"num_slots x key_dim = {self.num_slots} x {self.key_dim} needs "
+                              f"{shard_bytes / 2**30:.0f} GiB of keys per shard over "
+                              f"{self.shards} shards, more than the limit of "
+                              f"{MAX_SHARD_KEY_BYTES // 2**30} GiB: use fewer slots, smaller "
+                              "keys or more shards")
         if self.shards > self.num_slots:
             raise ConfigError(f"exceeds num_slots ({self.num_slots}), got {self.shards}",
                               key="shards")

@@ -63,6 +63,8 @@ def check_state(state: Mapping[str, object], key_dim: int, num_slots: int, num_v
             raise MemoryStateError(
                 f"{name!r} must be {dtype or 'float'} {list(shape)}, got {tensor.dtype} "
                 f"{list(tensor.shape)}")
+    if not state[prefix + "keys"].is_floating_point():
+        raise MemoryStateError(f"'keys' must be float, got {state[prefix + 'keys'].dtype}")
     values = state[prefix + "values"]
     if n and (int(values.min()) < -1 or int(values.max()) >= v):
         raise MemoryStateError(f"'values' must lie in [-1, {v})")

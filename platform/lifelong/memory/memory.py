@@ -37,6 +37,22 @@ __all__ = ["Memory", "MemoryOutput", "WritePlan", "margin_from_pair", "softmax_t
 _EMPTY_BONUS = 2**32
 
 
+def rescale_rows(q: torch.Tensor) -> torch.Tensor:
+    """q [B, d] with each row whose largest component is beyond 2**+-40 divided by a power of
+    two near it (exact, and the same direction), so that normalising it neither overflows
+    (a finite 3e38 would make the norm inf and the key zero) nor underflows; other rows are
+    returned bit for bit. The scale is a constant: the gradient to q is that of the row."""
+    with torch.no_grad():
+        amax = q.abs().amax(dim=1, keepdim=True)
+        odd = (amax > 2.0**40) | ((amax < 2.0**-40) & (amax > 0))
+        if not bool(odd.any()):
+            return q
+        _, exponent = torch.frexp(amax.double())  # amax = m * 2**exponent, m in [0.5, 1)
+        scale = torch.where(odd, torch.ldexp(torch.ones_like(amax, dtype=torch.float64),
+                                             exponent - 1), 1.0)
+    return (q.double() / scale).to(q.dtype)  # in float64, where 2**exponent never overflows
+
+
 class Memory(nn.Module):
     """Life-long key-value memory with nearest-neighbour lookup and margin loss.
 
@@ -171,6 +187,7 @@ class Memory(nn.Module):
         return sims.masked_fill((slots < 0) | (self.values[valid] < 0), float("-inf"))
 
     def _normalise(self, q: torch.Tensor) -> torch.Tensor:
+        q = rescale_rows(q)
         if self.query_proj is not None:
             q = q @ self.query_proj
         return F.normalize(q, dim=1)
