@@ -78,7 +78,9 @@ BAD_WRITES = {
     "more inserts than slots": (lambda w: dataclasses.replace(
         w, insert_q=np.zeros((N, D), np.float32) + 1, insert_labels=np.ones(N, np.int64),
         insert_positions=np.arange(N, dtype=np.int64)), MemoryStateError),
-    "seq 0": (lambda w: dataclasses.replace(w, seq=0), MemoryStateError),
+    "seq 0 of a new writer": (lambda w: dataclasses.replace(w, writer="new", seq=0),
+                              MemoryStateError),
+    "empty writer id": (lambda w: dataclasses.replace(w, writer=""), MemoryStateError),
 }
 
 
