@@ -67,3 +67,25 @@ def test_attach_to_a_corrupt_shard_is_one_cli_line_naming_the_file(ray_local, tm
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("error: CorruptStateError") and snap.name in lines[0]
     assert np.frombuffer(snap.read_bytes(), np.uint8).size == len(data)  # left as found
+
+
+def test_a_copy_of_a_running_memory_never_reaches_the_original(ray_local, tmp_path):
+    import shutil
+
+    from lifelong.distributed import attach
+    from lifelong.errors import MemoryExistsError
+
+    original = tmp_path / "a"
+    memory = create_memory(spec_at(original, name="twin"))
+    memory.query(torch.eye(8)[:3], torch.tensor([0, 1, 2]))
+    memory.shards.call("snapshot", [()] * 2)
+    copy = tmp_path / "b"
+    shutil.copytree(original, copy)
+    with pytest.raises(MemoryExistsError, match="running from"):
+        attach("twin", str(copy), timeout_s=60)
+    delete_memory("twin", str(copy))  # the copy's files only; the original's shards run on
+    assert not (copy / "twin").exists() and (original / "twin" / "memory.json").exists()
+    assert running(ray_local, "twin") == [0, 1]
+    assert attach("twin", str(original)).occupancy() == 3
+    delete_memory("twin", str(original))
+    assert running(ray_local, "twin") == []

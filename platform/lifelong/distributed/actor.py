@@ -99,6 +99,10 @@ class ShardActor:
     def ping(self) -> bool:
         return True
 
+    def location(self) -> str:
+        """The storage location this shard reads and writes (its memory's folder)."""
+        return self.shard.spec.location
+
 
 class RayShards:
     """The shard actors of one memory; ``call`` runs a method on all of them at once."""

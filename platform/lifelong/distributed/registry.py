@@ -136,12 +136,12 @@ def create_memory(spec: MemorySpec, address: str | None = None,
         handles.extend(_start_shard(spec, i) for i in range(spec.shards))
         return _client(spec, handles, timeout_s)
     except BaseException:
-        for handle in handles:
-            try:
-                ray.kill(handle, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        _stop_shards(spec)
+        for handle in handles:  # ours (pending or started), never another location's
+            if _location_of(handle) in (None, spec.location):
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
         fs.delete_dir(path.rsplit("/", 1)[0])
         raise
 
@@ -170,7 +170,21 @@ def _client(spec: MemorySpec, handles: list, timeout_s: float,
                                     f"{spec.shards} x num_cpus={spec.num_cpus}?)") from None
     except ray.exceptions.RayActorError as exc:
         raise _shard_start_error(spec, exc) from None
+    locations = shards.call("location", [()] * spec.shards)
+    if any(location != spec.location for location in locations):
+        other = next(loc for loc in locations if loc != spec.location)
+        raise MemoryExistsError(
+            f"a memory named {spec.name!r} is running from {other}, not {spec.location}: "
+            "shard actors are named by memory name, so detach that one first")
     return ShardedMemory(spec, shards, writer=writer)
+
+
+def _location_of(handle, timeout_s: float = 2.0) -> str | None:
+    """Where a shard actor reads and writes; None if it does not answer (pending or dead)."""
+    try:
+        return ray.get(handle.location.remote(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - not started, died, or timed out
+        return None
 
 
 def _shard_start_error(spec: MemorySpec, exc: Exception) -> LifelongError:
@@ -206,12 +220,15 @@ def detach_shards(name: str, storage: str | None = None) -> None:
 
 
 def _stop_shards(spec: MemorySpec) -> None:
+    """Stops the running shard actors of ``spec``'s name that use its location (those of a
+    same-named memory elsewhere, e.g. the original of a copied folder, keep running)."""
     for i in range(spec.shards):
         try:
-            ray.kill(ray.get_actor(actor_name(spec.name, i), namespace=NAMESPACE),
-                     no_restart=True)
+            handle = ray.get_actor(actor_name(spec.name, i), namespace=NAMESPACE)
         except ValueError:  # not running
-            pass
+            continue
+        if _location_of(handle, timeout_s=30.0) in (None, spec.location):
+            ray.kill(handle, no_restart=True)
 
 
 def delete_memory(name: str, storage: str | None = None, address: str | None = None) -> None:
