@@ -43,11 +43,6 @@ def good_write(seq=1, labels=(1, 2), refresh_slots=(), positions=None):
                       if positions is None else np.asarray(positions, np.int64))
 
 
-def shard_files(shard):
-    base = shard.store.dir if hasattr(shard.store, "dir") else None
-    return base
-
-
 def dir_bytes(path):
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
             if p.is_file()}

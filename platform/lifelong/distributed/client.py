@@ -25,9 +25,9 @@ from lifelong.distributed.shard import MemoryShard, ShardAnswer
 from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import InvalidLabelError, MemoryStateError, UnsupportedOperationError
 from lifelong.memory import LoadResult, MemoryOutput
-from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
+from lifelong.memory.checks import (check_labels, check_query, check_state, check_state_keys,
+                                    rescale_rows)
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
-from lifelong.memory.memory import rescale_rows
 
 __all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 

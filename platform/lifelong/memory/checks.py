@@ -1,5 +1,6 @@
 """Input checks of a memory, shared by ``Memory`` and the sharded client: a bad query, label or
-state raises a typed error before any state is touched."""
+state raises a typed error before any state is touched; ``rescale_rows`` makes a finite but
+extreme query safe to normalise."""
 
 from __future__ import annotations
 
@@ -92,3 +93,19 @@ def check_state_keys(state: Mapping[str, object], expected: Iterable[str],
         raise MemoryStateError(f"memory state does not match (strict): missing keys {missing}, "
                                f"unexpected keys {unexpected}")
     return missing, unexpected
+
+
+def rescale_rows(q: torch.Tensor) -> torch.Tensor:
+    """q [B, d] with each row whose largest component is beyond 2**+-40 divided by a power of
+    two near it (exact, and the same direction), so that normalising it neither overflows
+    (a finite 3e38 would make the norm inf and the key zero) nor underflows; other rows are
+    returned bit for bit. The scale is a constant: the gradient to q is that of the row."""
+    with torch.no_grad():
+        amax = q.abs().amax(dim=1, keepdim=True)
+        odd = (amax > 2.0**40) | ((amax < 2.0**-40) & (amax > 0))
+        if not bool(odd.any()):
+            return q
+        _, exponent = torch.frexp(amax.double())  # amax = m * 2**exponent, m in [0.5, 1)
+        scale = torch.where(odd, torch.ldexp(torch.ones_like(amax, dtype=torch.float64),
+                                             exponent - 1), 1.0)
+    return (q.double() / scale).to(q.dtype)  # in float64, where 2**exponent never overflows

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.errors import MemoryStateError
-from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
+from lifelong.memory.checks import (check_labels, check_query, check_state, check_state_keys,
+                                    rescale_rows)
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
 from lifelong.memory.output import MemoryOutput, WritePlan
 from lifelong.memory.protocol import LoadResult
@@ -35,22 +36,6 @@ __all__ = ["Memory", "MemoryOutput", "WritePlan", "margin_from_pair", "softmax_t
 
 # Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
 _EMPTY_BONUS = 2**32
-
-
-def rescale_rows(q: torch.Tensor) -> torch.Tensor:
-    """q [B, d] with each row whose largest component is beyond 2**+-40 divided by a power of
-    two near it (exact, and the same direction), so that normalising it neither overflows
-    (a finite 3e38 would make the norm inf and the key zero) nor underflows; other rows are
-    returned bit for bit. The scale is a constant: the gradient to q is that of the row."""
-    with torch.no_grad():
-        amax = q.abs().amax(dim=1, keepdim=True)
-        odd = (amax > 2.0**40) | ((amax < 2.0**-40) & (amax > 0))
-        if not bool(odd.any()):
-            return q
-        _, exponent = torch.frexp(amax.double())  # amax = m * 2**exponent, m in [0.5, 1)
-        scale = torch.where(odd, torch.ldexp(torch.ones_like(amax, dtype=torch.float64),
-                                             exponent - 1), 1.0)
-    return (q.double() / scale).to(q.dtype)  # in float64, where 2**exponent never overflows
 
 
 class Memory(nn.Module):
