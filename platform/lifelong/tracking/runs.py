@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -41,9 +42,24 @@ def absolute_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+# scheme://user:password@  (the password up to the last "@" before the host)
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s]*@")
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|token|secret|access_key|"
+                           r"secret_key)=)[^&\s]*", re.IGNORECASE)
+
+
+def redact_uri(text: Any) -> str:
+    """``text`` (a URI, or any string holding URIs) with every password replaced by ``***``:
+    ``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (also
+    ``?password=`` / ``?token=`` query values). Whatever is printed, logged as a param or stored
+    in the config artifact goes through it; the run itself keeps the real URI."""
+    text = str(text)
+    return _SECRET_QUERY.sub(r"\1***", _CREDENTIALS.sub(r"\1:***@", text))
+
+
 def ui_command(tracking_uri: str) -> str:
-    """The shell command that opens the MLflow UI on this store."""
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    """The shell command that opens the MLflow UI on this store (its password redacted)."""
+    return f"mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
 
 
 class TrackedRun:
@@ -105,10 +121,12 @@ class TrackedRun:
 
         flat = config_to_dict(config)
         self.log_params({**flat, **(extra or {})})
-        self.log_text(yaml.safe_dump(flat, sort_keys=False), metrics.CONFIG_ARTIFACT)
+        safe = {k: redact_uri(v) if isinstance(v, str) else v for k, v in flat.items()}
+        self.log_text(yaml.safe_dump(safe, sort_keys=False), metrics.CONFIG_ARTIFACT)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``)."""
+        """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``);
+        passwords in URIs are redacted (``redact_uri``)."""
         from mlflow.entities import Param
 
         items = [Param(k, _param_str(v)) for k, v in params.items()]
@@ -200,7 +218,7 @@ def job_run(tracking: TrackingConfig, run_id: str | None = None,
 
 
 def _param_str(value: Any) -> str:
-    text = str(value)
+    text = redact_uri(value)
     return text if len(text) <= _MAX_PARAM_CHARS else text[:_MAX_PARAM_CHARS - 3] + "..."
 
 
