@@ -8,6 +8,7 @@ URI in the job's config points it anywhere else. Metric names come from ``lifelo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -62,6 +63,34 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
 
 
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (None: another store, or in memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Holds ``<db>.lock`` (``fcntl.flock``, exclusive) for a SQLite store, nothing for any
+    other: MLflow creates a new SQLite store's tables on first use without a lock of its own,
+    so two jobs starting at once against a new store would race (``table experiments already
+    exists``), and two creating one experiment would both try."""
+    path = _sqlite_file(uri)
+    if path is None:
+        yield
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.abspath(path) + ".lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 class TrackedRun:
     """An MLflow run; use as a context manager (the run ends FINISHED, or FAILED on error).
 
@@ -81,7 +110,13 @@ class TrackedRun:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        with store_lock(self.tracking_uri):  # a new SQLite store is set up by one job at a time
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._open(experiment, run_name, artifact_location, tags, run_id)
+
+    def _open(self, experiment: str, run_name: str | None, artifact_location: str | None,
+              tags: Mapping[str, str] | None, run_id: str | None) -> None:
+        """Joins run ``run_id``, or starts a run in ``experiment`` (created when missing)."""
         if run_id is not None:
             run = self.client.get_run(run_id)
             self.experiment_id = run.info.experiment_id
@@ -239,7 +274,11 @@ def download_encoder(run_id: str, tracking_uri: str | None = None,
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        if _sqlite_file(uri) is not None:
+            client.search_experiments(max_results=1)  # sets a new store up under the lock
     dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="lifelong-encoder-"))
     dst.mkdir(parents=True, exist_ok=True)
     try:
