@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import lifelong.streaming.segments as segments
+from lifelong import metrics
 from lifelong.distributed import LocalShards, MemorySpec, ShardedMemory
 from lifelong.distributed.shard import MemoryShard
 from lifelong.errors import SegmentExistsError
@@ -17,7 +18,6 @@ from lifelong.streaming.encoders import payload_encoder
 from lifelong.streaming.job import StreamRunner
 from lifelong.streaming.report import stream_metrics
 from lifelong.streaming.segments import read_segment, segment_name, write_segment
-from lifelong import metrics
 
 DIM, CLASSES, ROWS = 8, 10, 6
 

@@ -15,5 +15,5 @@ from lifelong.tracking.runs import (
 )
 
 __all__ = ["DEFAULT_TRACKING_URI", "TrackedRun", "TrackingConfig", "absolute_tracking_uri",
-           "download_encoder", "job_run", "open_run", "redact_uri", "resolve_encoder", "resolve_tracking_uri",
-           "ui_command"]
+           "download_encoder", "job_run", "open_run", "redact_uri", "resolve_encoder",
+           "resolve_tracking_uri", "ui_command"]

@@ -215,5 +215,6 @@ def run_retention_job(job: RetentionJob, progress: bool = True,
     print(f"({time.perf_counter() - start:.0f} s)", file=out, flush=True)
     if run is not None:
         print(f"MLflow run {run.run_id} ({redact_uri(run.tracking_uri)}): metrics retention.*, "
-              f"artifacts {metrics.RETENTION_PLOT}, {metrics.RETENTION_TABLE_MD}", file=out, flush=True)
+              f"artifacts {metrics.RETENTION_PLOT}, {metrics.RETENTION_TABLE_MD}", file=out,
+              flush=True)
     return report
