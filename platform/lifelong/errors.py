@@ -78,3 +78,7 @@ class CorruptSegmentError(DataError):
 class UnsupportedOperationError(LifelongError, NotImplementedError):
     """A memory was asked for an option it cannot provide (the message names the option and
     why); nothing was changed."""
+
+
+class SegmentExistsError(LifelongError, ValueError):
+    """A stream segment of that number already exists; segments are never replaced."""

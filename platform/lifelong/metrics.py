@@ -125,6 +125,7 @@ STREAM_LAG_S = "stream.lag_s"                      # now - event time of the las
 STREAM_LAG_SEGMENTS = "stream.lag_segments"        # segments present beyond the one read
 STREAM_QUARANTINED = "stream.quarantined"          # segments set aside (wholly or in part)
 STREAM_DROPPED_ROWS = "stream.dropped_rows"        # bad rows left out of readable segments
+STREAM_LATE_SEGMENTS = "stream.late_segments"      # appeared below the read offset, not read
 STREAM_KSHOT_PLOT = "stream_kshot.png"
 
 

@@ -33,3 +33,19 @@ def test_the_schema_check_rejects_a_broken_config():
     config["available_node_types"]["gpu_worker"]["resources"] = "GPU: 1"  # not a mapping
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(config))
+
+
+def test_every_ray_start_of_the_cluster_turns_token_auth_on_or_keeps_the_dashboard_on_loopback():
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in config[key] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        loopback = "--dashboard-host" not in command or "--dashboard-host=127.0.0.1" in command
+        assert "RAY_AUTH_MODE=token" in command or loopback, command
+    head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    if "--dashboard-host=0.0.0.0" in head:  # reachable from outside: token auth, one token
+        assert "RAY_AUTH_MODE=token" in head
+        assert any(remote.endswith("/.ray/auth_token") for remote in config["file_mounts"])
+        for key in ("head_setup_commands", "worker_setup_commands"):  # `ray job submit` too
+            assert any("RAY_AUTH_MODE=token" in c for c in config[key]), key

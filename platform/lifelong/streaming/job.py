@@ -146,6 +146,9 @@ class StreamRunner:
                         break
                     continue
                 idle_since = time.monotonic()
+                if item.late:
+                    self._late(item.number)
+                    continue
                 if item.number != self.record.segment:  # numbers may skip: the offset follows
                     self.record.segment, self.record.row = item.number, 0
                 if isinstance(item.error, CorruptSegmentError):
@@ -202,6 +205,19 @@ class StreamRunner:
         self.quarantined.append((number, reason))
         log.warning("quarantined segment %d: %s", number, reason)
         print(f"quarantined segment {number}: {reason}", flush=True)
+
+    def _late(self, number: int) -> None:
+        """Counts (and commits) segment ``number``, which appeared below the read offset after
+        the job had read past its number; it is not read (the stream is read in order)."""
+        r = self.record
+        stats = r.stats.copy()
+        stats.late_segments += 1
+        self._commit(CommitRecord(writer=r.writer, seq=r.seq, segment=r.segment, row=r.row,
+                                  stats=stats, run_id=r.run_id, meta=r.meta))
+        log.warning("late segment %d: it appeared below the read offset (segment %d) and is "
+                    "not read", number, r.segment)
+        print(f"late segment {number}: appeared below the read offset {r.segment}, not read",
+              flush=True)
 
     def _copy_to_quarantine(self, number: int, reason: str, rows: dict[int, str]) -> None:
         quarantine(self.s.source, number, reason, self.quarantine_location, rows)

@@ -19,7 +19,7 @@ from lifelong.streaming.job import StreamResult, StreamRunner
 from lifelong.streaming.report import StreamGauges, plot_kshot
 from lifelong.streaming.segments import check_format, list_segments, read_segment
 from lifelong.streaming.stats import StreamStats
-from lifelong.tracking import job_run
+from lifelong.tracking import job_run, redact_uri
 
 
 def _absolute(location: str | None) -> str | None:
@@ -110,7 +110,8 @@ def run_stream_job(job: StreamJob, progress: bool = True, out=None) -> StreamRes
         if run is not None:
             if previous is None:
                 run.log_config(job)
-            print(f"MLflow run {run.run_id} ({run.tracking_uri})", file=out, flush=True)
+            print(f"MLflow run {run.run_id} ({redact_uri(run.tracking_uri)})", file=out,
+                  flush=True)
         result = _run(job, memory, store, state, source, loader, run, previous is not None,
                       progress, out)
     print_summary(job, result, memory, out)

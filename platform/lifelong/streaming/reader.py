@@ -24,12 +24,15 @@ class ReadItem:
         segment: Its rows (None on error).
         keys: [R, key_dim] its payloads encoded (None on error).
         error: CorruptSegmentError (to quarantine) or any other exception (to re-raise).
+        late: The segment appeared below the read offset, in a gap the reader had skipped
+            (it is reported, not read: the stream is read in number order).
     """
 
     number: int
     segment: Segment | None = None
     keys: torch.Tensor | None = None
     error: BaseException | None = None
+    late: bool = False
 
 
 class SegmentReader:
@@ -56,6 +59,9 @@ class SegmentReader:
         self.encoder = None
         self.newest = start - 1  # the highest segment number listed so far
         self.caught_up = False  # the last listing found nothing new
+        # Numbers this reader skipped (absent when it read past them), as [lo, hi] ranges: a
+        # segment that appears in one later is late.
+        self.gaps: list[list[int]] = []
         self.queue: queue.Queue[ReadItem] = queue.Queue(maxsize=ahead)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="segment-reader", daemon=True)
@@ -76,10 +82,14 @@ class SegmentReader:
     def _run(self) -> None:
         while not self.stopped.is_set():
             try:
-                listed = list_segments(self.source, after=self.next_number - 1)
+                everything = list_segments(self.source)
             except Exception as exc:  # noqa: BLE001 - handed to the job, which re-raises it
                 self._put(ReadItem(self.next_number, error=exc))
                 return
+            listed = [(n, p) for n, p in everything if n >= self.next_number]
+            for number in self._late([n for n, _ in everything if n < self.next_number]):
+                if not self._put(ReadItem(number, late=True)):
+                    return
             self.caught_up = not listed
             if not listed:
                 self.stopped.wait(self.poll_s)
@@ -89,9 +99,24 @@ class SegmentReader:
                 item = self._prepare(number)
                 if not self._put(item):
                     return
+                if number > self.next_number:
+                    self.gaps.append([self.next_number, number - 1])
                 self.next_number = number + 1
                 if item.error is not None and not isinstance(item.error, CorruptSegmentError):
                     return
+
+    def _late(self, below: list[int]) -> list[int]:
+        """The numbers of ``below`` (listed, under the offset) that lie in a skipped gap; each
+        is taken out of its gap, so it is reported once."""
+        late = []
+        for number in below:
+            for i, (lo, hi) in enumerate(self.gaps):
+                if lo <= number <= hi:
+                    late.append(number)
+                    self.gaps[i:i + 1] = [g for g in ([lo, number - 1], [number + 1, hi])
+                                          if g[0] <= g[1]]
+                    break
+        return late
 
     def _prepare(self, number: int) -> ReadItem:
         try:

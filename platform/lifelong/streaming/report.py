@@ -27,7 +27,8 @@ def stream_metrics(stats: StreamStats, windows: Sequence[int], shots: Sequence[i
            metrics.STREAM_PREQUENTIAL_ACC: stats.accuracy(),
            metrics.STREAM_RARE_ACC: stats.rare_accuracy(),
            metrics.STREAM_QUARANTINED: stats.quarantined,
-           metrics.STREAM_DROPPED_ROWS: stats.dropped_rows}
+           metrics.STREAM_DROPPED_ROWS: stats.dropped_rows,
+           metrics.STREAM_LATE_SEGMENTS: stats.late_segments}
     for w in windows:
         out[metrics.stream_window_metric(w)] = stats.window_accuracy(w)
     last_total = stats.history_total[-1] if len(stats.history_total) else None

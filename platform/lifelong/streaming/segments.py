@@ -12,7 +12,10 @@ format is stored in the file's schema metadata, so any encoder can use the same 
 A segment is written to a temporary name and moved into place, so a reader never sees half a
 segment on a local filesystem (object stores put whole objects). A segment that cannot be read,
 has another schema or holds bad payloads raises ``CorruptSegmentError`` naming the file and the
-reason; the stream job copies it to a quarantine location (``quarantine``) and goes on.
+reason; the stream job copies it to a quarantine location (``quarantine``) and goes on. An I/O
+error reading the file is retried a few times with backoff and then raised as it is (the job
+stops and resumes later): a good segment is never quarantined for a transient fault. A segment
+number is written once: ``write_segment`` refuses an existing one (``SegmentExistsError``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lifelong.distributed.storage import filesystem
-from lifelong.errors import ConfigError, CorruptSegmentError
+from lifelong.errors import ConfigError, CorruptSegmentError, SegmentExistsError
 
 SEGMENT_PATTERN = re.compile(r"^segment-(\d{12})\.parquet$")
 FORMAT_KEY = b"lifelong.payload_format"
@@ -122,8 +125,14 @@ def write_segment(location: str, number: int, payloads, labels, source_id: str,
         labels: [R] integer labels.
         source_id: Who produced the rows.
         event_times: [R] int64 microseconds since the epoch (default: now).
+
+    Raises:
+        SegmentExistsError: segment ``number`` is already there (nothing is written).
     """
     fs, base = filesystem(location)
+    if fs.get_file_info(f"{base}/{segment_name(number)}").type != pafs.FileType.NotFound:
+        raise SegmentExistsError(f"{base}/{segment_name(number)} exists; a segment is never "
+                                 "replaced (readers may have read it)")
     rows = encode_payloads(payloads, payload_format)
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (len(rows),):
@@ -165,15 +174,18 @@ def read_segment(location: str, number: int, payload_format: str | None = None,
             ``Segment.dropped`` with their reason).
 
     Raises:
-        CorruptSegmentError: unreadable or truncated file, another schema or payload format,
-            or (with bad_rows="raise") bad rows.
+        CorruptSegmentError: unreadable or truncated content, another schema or payload
+            format, or (with bad_rows="raise") bad rows.
+        OSError: the file could not be read (``READ_ATTEMPTS`` tries): a transient fault,
+            not bad content, so the segment is not quarantined.
     """
     if bad_rows not in ("raise", "drop"):
         raise ConfigError(f"bad_rows must be 'raise' or 'drop', got {bad_rows!r}")
     fs, base = filesystem(location)
     path = f"{base}/{segment_name(number)}"
-    try:
-        table = pq.read_table(path, filesystem=fs, page_checksum_verification=True)
+    data = _read_bytes(fs, path)  # I/O errors: retried, then raised as they are
+    try:  # the bytes are in hand: whatever fails now is the content
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (OSError, pa.ArrowException) as exc:
         raise CorruptSegmentError(f"{path}: unreadable segment ({exc})") from None
     if not table.schema.remove_metadata().equals(SCHEMA):
@@ -198,6 +210,25 @@ def read_segment(location: str, number: int, payload_format: str | None = None,
                       source_ids=np.asarray(table.column("source_id").to_pylist(), dtype=object),
                       payload_format=found)
     return segment.without(bad)
+
+
+READ_ATTEMPTS = 4        # reads of a segment file before an I/O error is given up on
+READ_BACKOFF_S = 0.05    # doubled after each failed attempt
+
+
+def _read_bytes(fs, path: str) -> bytes:
+    """The file's bytes; an ``OSError`` (EIO, a network blip) is retried with backoff."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            with fs.open_input_file(path) as fh:
+                return fh.read()
+        except FileNotFoundError:  # gone since it was listed: nothing to read, as before
+            raise CorruptSegmentError(f"{path}: unreadable segment (no such file)") from None
+        except OSError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            time.sleep(READ_BACKOFF_S * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def _decode(column: pa.ChunkedArray, dtype: str, shape: tuple[int, ...]):

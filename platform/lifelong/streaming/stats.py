@@ -34,7 +34,8 @@ class StreamStats:
         history_total, history_correct: [P, K + 2] that interval's k-shot counts.
         examples, correct: totals; quarantined: segments set aside (wholly or some of their
             rows); dropped_rows: bad rows left out of readable segments; last_quarantined:
-            the number of the last segment set aside (-1: none).
+            the number of the last segment set aside (-1: none); late_segments: segments that
+            appeared below the read offset (never read; reported).
     """
 
     seen: np.ndarray
@@ -51,6 +52,7 @@ class StreamStats:
     quarantined: int = 0
     dropped_rows: int = 0
     last_quarantined: int = -1
+    late_segments: int = 0
 
     @classmethod
     def empty(cls, num_values: int, max_shot: int = 10, window: int = 10_000) -> "StreamStats":
@@ -143,7 +145,10 @@ class StreamStats:
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "stats.") -> "StreamStats":
         kwargs = {}
-        for name in cls.__dataclass_fields__:
+        for name, spec in cls.__dataclass_fields__.items():
+            if prefix + name not in arrays and name == "late_segments":
+                kwargs[name] = spec.default  # a record written before the count existed
+                continue
             value = arrays[prefix + name]
             kwargs[name] = int(value) if value.ndim == 0 else value
         return cls(**kwargs)

@@ -9,10 +9,11 @@ from lifelong.tracking.runs import (
     download_encoder,
     job_run,
     open_run,
+    redact_uri,
     resolve_tracking_uri,
     ui_command,
 )
 
 __all__ = ["DEFAULT_TRACKING_URI", "TrackedRun", "TrackingConfig", "absolute_tracking_uri",
-           "download_encoder", "job_run", "open_run", "resolve_encoder", "resolve_tracking_uri",
-           "ui_command"]
+           "download_encoder", "job_run", "open_run", "redact_uri", "resolve_encoder",
+           "resolve_tracking_uri", "ui_command"]

@@ -8,8 +8,10 @@ URI in the job's config points it anywhere else. Metric names come from ``lifelo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -41,9 +43,52 @@ def absolute_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+# scheme://user:password@  (the password up to the last "@" before the host)
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s]*@")
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|token|secret|access_key|"
+                           r"secret_key)=)[^&\s]*", re.IGNORECASE)
+
+
+def redact_uri(text: Any) -> str:
+    """``text`` (a URI, or any string holding URIs) with every password replaced by ``***``:
+    ``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (also
+    ``?password=`` / ``?token=`` query values). Whatever is printed, logged as a param or stored
+    in the config artifact goes through it; the run itself keeps the real URI."""
+    text = str(text)
+    return _SECRET_QUERY.sub(r"\1***", _CREDENTIALS.sub(r"\1:***@", text))
+
+
 def ui_command(tracking_uri: str) -> str:
-    """The shell command that opens the MLflow UI on this store."""
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    """The shell command that opens the MLflow UI on this store (its password redacted)."""
+    return f"mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (None: another store, or in memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Holds ``<db>.lock`` (``fcntl.flock``, exclusive) for a SQLite store, nothing for any
+    other: MLflow creates a new SQLite store's tables on first use without a lock of its own,
+    so two jobs starting at once against a new store would race (``table experiments already
+    exists``), and two creating one experiment would both try."""
+    path = _sqlite_file(uri)
+    if path is None:
+        yield
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.abspath(path) + ".lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 class TrackedRun:
@@ -65,7 +110,13 @@ class TrackedRun:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        with store_lock(self.tracking_uri):  # a new SQLite store is set up by one job at a time
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._open(experiment, run_name, artifact_location, tags, run_id)
+
+    def _open(self, experiment: str, run_name: str | None, artifact_location: str | None,
+              tags: Mapping[str, str] | None, run_id: str | None) -> None:
+        """Joins run ``run_id``, or starts a run in ``experiment`` (created when missing)."""
         if run_id is not None:
             run = self.client.get_run(run_id)
             self.experiment_id = run.info.experiment_id
@@ -105,10 +156,12 @@ class TrackedRun:
 
         flat = config_to_dict(config)
         self.log_params({**flat, **(extra or {})})
-        self.log_text(yaml.safe_dump(flat, sort_keys=False), metrics.CONFIG_ARTIFACT)
+        safe = {k: redact_uri(v) if isinstance(v, str) else v for k, v in flat.items()}
+        self.log_text(yaml.safe_dump(safe, sort_keys=False), metrics.CONFIG_ARTIFACT)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``)."""
+        """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``);
+        passwords in URIs are redacted (``redact_uri``)."""
         from mlflow.entities import Param
 
         items = [Param(k, _param_str(v)) for k, v in params.items()]
@@ -200,7 +253,7 @@ def job_run(tracking: TrackingConfig, run_id: str | None = None,
 
 
 def _param_str(value: Any) -> str:
-    text = str(value)
+    text = redact_uri(value)
     return text if len(text) <= _MAX_PARAM_CHARS else text[:_MAX_PARAM_CHARS - 3] + "..."
 
 
@@ -221,7 +274,11 @@ def download_encoder(run_id: str, tracking_uri: str | None = None,
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        if _sqlite_file(uri) is not None:
+            client.search_experiments(max_results=1)  # sets a new store up under the lock
     dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="lifelong-encoder-"))
     dst.mkdir(parents=True, exist_ok=True)
     try:

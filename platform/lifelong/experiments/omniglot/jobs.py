@@ -26,7 +26,7 @@ from lifelong.experiments.omniglot.retention_job import retention_stage
 from lifelong.experiments.omniglot.train import TrainResult, train_omniglot
 from lifelong.memory import MemoryConfig
 from lifelong.models.checkpoint import load_encoder
-from lifelong.tracking import job_run, resolve_encoder
+from lifelong.tracking import job_run, redact_uri, resolve_encoder
 
 
 @dataclass
@@ -68,7 +68,7 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
     with job_run(job.tracking, tags={"job": "train_omniglot"}) as run:
         if run is not None:
             run.log_config(job)
-            print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
+            print(f"MLflow run {run.run_id} ({redact_uri(run.tracking_uri)})", flush=True)
         if job.ray.enabled:
             from lifelong.experiments.omniglot.on_ray import train_on_ray
 

@@ -25,7 +25,7 @@ from lifelong.experiments.omniglot.retention import (
     evaluate_retention,
 )
 from lifelong.memory import MemoryConfig
-from lifelong.tracking import TrackingConfig, job_run, resolve_encoder
+from lifelong.tracking import TrackingConfig, job_run, redact_uri, resolve_encoder
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,7 @@ def run_retention_job(job: RetentionJob, progress: bool = True,
                                  out)
     print(f"({time.perf_counter() - start:.0f} s)", file=out, flush=True)
     if run is not None:
-        print(f"MLflow run {run.run_id} ({run.tracking_uri}): metrics retention.*, artifacts "
-              f"{metrics.RETENTION_PLOT}, {metrics.RETENTION_TABLE_MD}", file=out, flush=True)
+        print(f"MLflow run {run.run_id} ({redact_uri(run.tracking_uri)}): metrics retention.*, "
+              f"artifacts {metrics.RETENTION_PLOT}, {metrics.RETENTION_TABLE_MD}", file=out,
+              flush=True)
     return report

@@ -14,7 +14,7 @@ from lifelong.experiments.translation.config import TranslationEvalJob, Translat
 from lifelong.experiments.translation.evaluate import bleu, rare_word_items, run_rare_words, translate
 from lifelong.experiments.translation.train import TranslationTrainResult, train_translation
 from lifelong.models.checkpoint import TranslationModel
-from lifelong.tracking import job_run
+from lifelong.tracking import job_run, redact_uri
 
 
 def run_translation_train_job(job: TranslationJob,
@@ -24,7 +24,7 @@ def run_translation_train_job(job: TranslationJob,
     with job_run(job.tracking, tags={"job": "train_translation"}) as run:
         if run is not None:
             run.log_config(job)
-            print(f"MLflow run {run.run_id} ({run.tracking_uri})", flush=True)
+            print(f"MLflow run {run.run_id} ({redact_uri(run.tracking_uri)})", flush=True)
         if job.ray.enabled:
             from lifelong.experiments.translation.on_ray import train_translation_on_ray
 
