@@ -125,3 +125,28 @@ def test_the_dedup_table_stays_bounded_over_1000_fresh_writers_and_keeps_stream_
     assert shard.status()["duplicates"] == before + 1
     shard.apply(one_insert("stream:feed", 2, 2))
     assert shard.writers["stream:feed"][0] == 2
+
+
+def test_a_resumed_writer_applies_each_step_redone_since_its_checkpoint_once():
+    memory = ShardedMemory.local(spec(num_slots=64, shards=2))
+    first = client(memory)
+    gen = torch.Generator().manual_seed(3)
+    step = lambda: (torch.randn(4, 16, generator=gen),  # noqa: E731
+                    torch.randint(0, 1000, (4,), generator=gen))
+    for _ in range(2):
+        first.query(*step())
+    checkpoint = (first.writer, first.seq)  # what a training checkpoint holds
+    for _ in range(2):
+        first.query(*step())  # applied; then the worker group dies
+    before = memory.state_dict()
+    again = client(memory)
+    again.resume(*checkpoint)
+    for _ in range(2):  # the redone steps: other queries (the encoder moved), same numbers
+        out = again.query(*step())
+        assert out.written_slots.tolist() == [-1] * 4
+    after = memory.state_dict()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name  # not applied a second time
+    again.query(*step())  # the first step beyond what the shards applied is applied
+    assert memory.occupancy() == 5 * 4
+    assert again.seq == 5

@@ -89,7 +89,16 @@ class ShardedMemory:
         self.shards = shards
         self.writer = writer or uuid.uuid4().hex
         self.seq = 0
+        self.redo_after = -1  # see ``resume``
         self.offsets = np.asarray(spec.shard_offsets() + [spec.num_slots])
+
+    def resume(self, writer: str, seq: int) -> None:
+        """Resumes the writer ``writer`` from a checkpoint taken after its batch ``seq`` (e.g.
+        a restarted training worker): the next batch is ``seq + 1``, and a batch numbered
+        above ``seq`` that a shard has already applied (a step redone since the checkpoint,
+        whose queries differ) is not applied again: the first version stands (its inserts'
+        ``written_slots`` are then -1 where the shard no longer knows them)."""
+        self.writer, self.seq, self.redo_after = writer, int(seq), int(seq)
 
     @classmethod
     def local(cls, spec: MemorySpec, durable: bool = False) -> "ShardedMemory":
@@ -290,7 +299,7 @@ class ShardedMemory:
                 writer=self.writer, seq=self.seq, refresh_slots=nearest[r], refresh_q=q[r],
                 refresh_labels=labels[r], refresh_positions=r, insert_q=q[i],
                 insert_labels=labels[i], insert_positions=i,
-                insert_empty=int(to_empty[target == s].sum())))
+                insert_empty=int(to_empty[target == s].sum()), redo_after=self.redo_after))
         return UpdateBatch(seq=self.seq, writes=writes, nearest=nearest, inserting=inserting,
                            target=target)
 
@@ -308,21 +317,30 @@ class ShardedMemory:
         """
         answers = self.shards.call("apply", [(w,) for w in batch.writes])
         written = batch.nearest.copy()
+        refused = np.zeros(len(written), dtype=bool)
         full = set()
         for s, (w, slots) in enumerate(zip(batch.writes, answers)):
             slots = np.asarray(slots, dtype=np.int64)
             n = len(w.insert_labels)
+            if len(slots) < n:  # a redone step the shard had applied (see ``resume``)
+                written[w.insert_positions] = -1
+                continue
             written[w.insert_positions] = slots[:n]
             if len(slots) > n:  # the slot each refresh wrote (an insert if it was stale)
                 written[w.refresh_positions] = slots[n:]
-            if (slots < 0).any():
+            positions = np.concatenate([w.insert_positions, w.refresh_positions])
+            no = positions[: len(slots)][slots < 0]
+            if no.size:
+                refused[no] = True
                 full.add(s)
         if full:
-            self._reroute(batch, written, full)
+            self._reroute(batch, written, refused, full)
         return torch.from_numpy(written)
 
-    def _reroute(self, batch: UpdateBatch, written: np.ndarray, full: set[int]) -> None:
-        """Places the queries the shards refused (written -1, in place) into empty slots of
+    def _reroute(self, batch: UpdateBatch, written: np.ndarray, refused: np.ndarray,
+                 full: set[int]) -> None:
+        """Places the queries the shards refused (``refused`` [B]; their slots go into
+        ``written``, in place) into empty slots of
         the shards not known to be full, one shard at a time, then what is left by eviction
         in each query's first shard."""
         size, d = len(written), self.spec.key_dim
@@ -333,7 +351,8 @@ class ShardedMemory:
                               (w.refresh_positions, w.refresh_q, w.refresh_labels)):
                 qs[pos], ys[pos], home[pos] = q, y, s
         step = 0
-        remaining = np.flatnonzero(written < 0)
+        redo = 0 if 0 <= self.redo_after < batch.seq else -1  # a redone step's rounds too
+        remaining = np.flatnonzero(refused)
         shards = [t for t in range(self.spec.shards) if t not in full]
         for t in shards + [None]:
             if not remaining.size:
@@ -350,11 +369,16 @@ class ShardedMemory:
                 refresh_labels=np.zeros(0, dtype=np.int64),
                 refresh_positions=np.zeros(0, dtype=np.int64), insert_q=qs[p],
                 insert_labels=ys[p], insert_positions=p,
-                insert_empty=len(p) if t is not None else 0) for p in parts]
+                insert_empty=len(p) if t is not None else 0, redo_after=redo) for p in parts]
             answers = self.shards.call("apply", [(w,) for w in writes])
             for p, slots in zip(parts, answers):
-                written[p] = np.asarray(slots, dtype=np.int64)[: len(p)]
-            remaining = np.flatnonzero(written < 0)
+                slots = np.asarray(slots, dtype=np.int64)[: len(p)]
+                if len(slots) < len(p):  # a redone round the shard had applied (``resume``)
+                    written[p], refused[p] = -1, False
+                    continue
+                written[p] = slots
+                refused[p] = slots < 0
+            remaining = np.flatnonzero(refused)
 
     # ---------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -181,6 +181,9 @@ class MemoryShard:
         last = self.writers.get(write.writer)
         digest = write.digest()
         if last is not None and write.seq <= last[0]:
+            if 0 <= write.redo_after < write.seq:  # a step redone after a restart: applied
+                self.stats.duplicates += 1  # (answer: none, the first version's slots stand)
+                return np.zeros(0, dtype=np.int64)
             if write.seq < last[0]:
                 raise MemoryStateError(f"writer {write.writer} sent batch {write.seq} after "
                                        f"{last[0]}: batches must arrive in order")
