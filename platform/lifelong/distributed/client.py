@@ -28,7 +28,7 @@ from lifelong.errors import InvalidLabelError, UnsupportedOperationError
 from lifelong.memory import LoadResult, MemoryOutput
 from lifelong.memory.checks import check_labels, check_query, check_state, check_state_keys
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
-from lifelong.memory.memory import _EMPTY_BONUS
+from lifelong.memory.memory import EMPTY_BONUS
 
 __all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 
@@ -288,7 +288,7 @@ class ShardedMemory:
         scores, cands = scores[keep], cands[keep]
         order = np.lexsort((cands, -scores))[: len(inserting)]
         target = self.owner(cands[order])  # shard of each insert, in insert order
-        to_empty = scores[order] >= _EMPTY_BONUS  # routed to a slot empty at search time
+        to_empty = scores[order] >= EMPTY_BONUS  # routed to a slot empty at search time
         refresh_owner = self.owner(nearest[refresh])
         self.seq += 1
         writes = []
@@ -365,7 +365,8 @@ class ShardedMemory:
                          for s in range(self.spec.shards)]
             writes = [ShardWrite(
                 writer=f"{self.writer}/{batch.seq}.{step}", seq=1,
-                refresh_slots=np.zeros(0, dtype=np.int64), refresh_q=np.zeros((0, d), dtype=np.float32),
+                refresh_slots=np.zeros(0, dtype=np.int64),
+                refresh_q=np.zeros((0, d), dtype=np.float32),
                 refresh_labels=np.zeros(0, dtype=np.int64),
                 refresh_positions=np.zeros(0, dtype=np.int64), insert_q=qs[p],
                 insert_labels=ys[p], insert_positions=p,
