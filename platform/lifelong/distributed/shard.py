@@ -171,8 +171,9 @@ class MemoryShard:
 
     # ------------------------------------------------------------------------------- update
     def apply(self, write: ShardWrite) -> np.ndarray:
-        """Applies this shard's part of an update batch once; returns the global slots of its
-        inserts, in order (the same answer again for a retried batch).
+        """Applies this shard's part of an update batch once; returns the global slot of each
+        of its inserts, then of each of its refreshes, in order, -1 where refused (see
+        ``_plan``); the same answer again for a retried batch, none for a redone one.
 
         Raises:
             MemoryStateError: the batch is older than the writer's last one, or repeats its
