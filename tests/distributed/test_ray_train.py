@@ -98,3 +98,23 @@ def test_a_run_started_again_under_its_name_resumes(background, ray_local, tmp_p
     resumed = run.client.get_metric_history(run.run_id, "train.resumed_at_step")
     assert [m.value for m in resumed] == [4.0]
     assert metric_steps(run, "train.loss") == [5, 6]
+
+
+def test_a_restarted_worker_group_resumes_its_writers_and_applies_redone_steps_once(
+        background, ray_local, tmp_path, monkeypatch):
+    from lifelong.distributed import attach
+    from lifelong.experiments.omniglot.on_ray import train_on_ray
+    from lifelong.runtime import ray_train
+
+    marker = tmp_path / "died"
+    # Rank 0 exits as step 4 starts: step 3 (after the checkpoint at step 2) is redone.
+    monkeypatch.setenv(ray_train.FAULT_BEFORE_STEP_ENV, "4")
+    monkeypatch.setenv(ray_train.FAULT_MARKER_ENV, str(marker))
+    result = train_on_ray(tiny_job(tmp_path, "ray.max_failures=1"), None, None, progress=False)
+    assert marker.exists(), "the fault was not injected"
+    assert result.steps == 4
+    # As without the restart: 4 steps x 2 workers x 10 update batches, on each of 2 shards;
+    # step 3's batches, redone by the resumed writers, were recognised and not applied again.
+    memory = attach("omniglot-lifelong", str(tmp_path / "memories"))
+    assert sum(s["clock"] for s in memory.status()) == 2 * 4 * 2 * 10
+    assert sum(s["duplicates"] for s in memory.status()) == 2 * 10 * 2

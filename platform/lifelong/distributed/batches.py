@@ -27,6 +27,19 @@ class ShardWrite:
         refresh_slots: [R] global slots to refresh (one entry per correct query, repeats add up).
         refresh_q: [R, d] the queries refreshing them; refresh_labels / refresh_positions: [R].
         insert_q: [I, d] queries to insert here, insert_labels [I], insert_positions [I].
+        insert_empty: how many of the first inserts the client routed to an empty slot of this
+            shard: the shard refuses those it has no empty slot left for (another writer took
+            them) instead of evicting, and the client re-routes them (``ShardedMemory``). Not
+            part of ``digest`` nor of ``to_arrays`` (format 1): a batch rebuilt from its arrays
+            has 0, i.e. inserts as before.
+        redo_after: -1, or the writer resumed from a checkpoint taken after its batch
+            ``redo_after`` (``ShardedMemory.resume``): a later batch the shard has already
+            applied is a redone step (same number, other queries) and is answered as applied,
+            its first version standing. Not part of ``digest`` nor of ``to_arrays``.
+
+    A refresh expects its slot to hold refresh_labels (the query was correct, so the slot held
+    its label when searched): a shard turns a refresh of a slot that holds another value now
+    into an insert (docs: notes/i15-i15-conc.md).
     """
 
     writer: str
@@ -38,6 +51,8 @@ class ShardWrite:
     insert_q: np.ndarray
     insert_labels: np.ndarray
     insert_positions: np.ndarray
+    insert_empty: int = 0
+    redo_after: int = -1
 
     def digest(self) -> str:
         """A fingerprint of the batch's contents: a retry must carry the same one."""
@@ -53,7 +68,9 @@ class ShardWrite:
 
 
 # The array fields of a ShardWrite, in field order (writer and seq belong to the whole batch).
-WRITE_ARRAYS = tuple(f.name for f in fields(ShardWrite) if f.name not in ("writer", "seq"))
+# insert_empty is a routing hint, not an array: it stays out of the encoding (format 1).
+WRITE_ARRAYS = tuple(f.name for f in fields(ShardWrite)
+                     if f.name not in ("writer", "seq", "insert_empty", "redo_after"))
 
 
 @dataclass

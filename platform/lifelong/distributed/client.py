@@ -13,6 +13,7 @@ cannot provide, ``grad_similarities``, raises ``UnsupportedOperationError``.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any, Protocol, Sequence
 
@@ -28,6 +29,7 @@ from lifelong.memory import LoadResult, MemoryOutput
 from lifelong.memory.checks import (check_labels, check_query, check_state, check_state_keys,
                                     rescale_rows)
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
+from lifelong.memory.memory import EMPTY_BONUS
 
 __all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 
@@ -39,13 +41,19 @@ class ShardGroup(Protocol):
 
 
 class LocalShards:
-    """Shards in this process (tests, single-process use)."""
+    """Shards in this process (tests, single-process use). Clients in several threads may
+    share them: each shard runs one call at a time, as a Ray actor does."""
 
     def __init__(self, shards: Sequence[MemoryShard]):
         self.shards = list(shards)
+        self.locks = [threading.Lock() for _ in self.shards]
 
     def call(self, method, args):
-        return [getattr(shard, method)(*a) for shard, a in zip(self.shards, args)]
+        out = []
+        for shard, lock, a in zip(self.shards, self.locks, args):
+            with lock:
+                out.append(getattr(shard, method)(*a))
+        return out
 
 
 _STATE_KEYS = ("keys", "values", "ages", "recent_slots")  # the names of state_dict()
@@ -82,7 +90,16 @@ class ShardedMemory:
         self.shards = shards
         self.writer = writer or uuid.uuid4().hex
         self.seq = 0
+        self.redo_after = -1  # see ``resume``
         self.offsets = np.asarray(spec.shard_offsets() + [spec.num_slots])
+
+    def resume(self, writer: str, seq: int) -> None:
+        """Resumes the writer ``writer`` from a checkpoint taken after its batch ``seq`` (e.g.
+        a restarted training worker): the next batch is ``seq + 1``, and a batch numbered
+        above ``seq`` that a shard has already applied (a step redone since the checkpoint,
+        whose queries differ) is not applied again: the first version stands (its inserts'
+        ``written_slots`` are then -1 where the shard no longer knows them)."""
+        self.writer, self.seq, self.redo_after = writer, int(seq), int(seq)
 
     @classmethod
     def local(cls, spec: MemorySpec, durable: bool = False) -> "ShardedMemory":
@@ -272,6 +289,7 @@ class ShardedMemory:
         scores, cands = scores[keep], cands[keep]
         order = np.lexsort((cands, -scores))[: len(inserting)]
         target = self.owner(cands[order])  # shard of each insert, in insert order
+        to_empty = scores[order] >= EMPTY_BONUS  # routed to a slot empty at search time
         refresh_owner = self.owner(nearest[refresh])
         self.seq += 1
         writes = []
@@ -281,7 +299,8 @@ class ShardedMemory:
             writes.append(ShardWrite(
                 writer=self.writer, seq=self.seq, refresh_slots=nearest[r], refresh_q=q[r],
                 refresh_labels=labels[r], refresh_positions=r, insert_q=q[i],
-                insert_labels=labels[i], insert_positions=i))
+                insert_labels=labels[i], insert_positions=i,
+                insert_empty=int(to_empty[target == s].sum()), redo_after=self.redo_after))
         return UpdateBatch(seq=self.seq, writes=writes, nearest=nearest, inserting=inserting,
                            target=target)
 
@@ -290,17 +309,84 @@ class ShardedMemory:
         once and answers a repeat with its first answer); returns the global slot each query
         wrote [B].
 
+        Inserts a shard refused (the empty slots they were routed to were taken by another
+        writer since the search, or a stale refresh turned into an insert on a full shard)
+        are re-routed: offered to each other shard in turn, which takes them into empty slots
+        only; when no shard has one left, they evict in the shard first chosen. These rounds
+        go under the writers ``<writer>/<seq>.<round>`` (batch 1 of each) and depend only on
+        the shards' (repeatable) answers, so re-sending the batch re-sends them identically.
+
         Raises:
             MemoryStateError: the batch does not hold one write per shard (nothing sent).
         """
         if len(batch.writes) != self.spec.shards:
             raise MemoryStateError(f"an update batch must hold one write per shard "
                                    f"({self.spec.shards}), got {len(batch.writes)}")
-        inserted = self.shards.call("apply", [(w,) for w in batch.writes])
+        answers = self.shards.call("apply", [(w,) for w in batch.writes])
         written = batch.nearest.copy()
-        for s, slots in enumerate(inserted):
-            written[batch.inserting[batch.target == s]] = slots
+        refused = np.zeros(len(written), dtype=bool)
+        full = set()
+        for s, (w, slots) in enumerate(zip(batch.writes, answers)):
+            slots = np.asarray(slots, dtype=np.int64)
+            n = len(w.insert_labels)
+            if len(slots) < n:  # a redone step the shard had applied (see ``resume``)
+                written[w.insert_positions] = -1
+                continue
+            written[w.insert_positions] = slots[:n]
+            if len(slots) > n:  # the slot each refresh wrote (an insert if it was stale)
+                written[w.refresh_positions] = slots[n:]
+            positions = np.concatenate([w.insert_positions, w.refresh_positions])
+            no = positions[: len(slots)][slots < 0]
+            if no.size:
+                refused[no] = True
+                full.add(s)
+        if full:
+            self._reroute(batch, written, refused, full)
         return torch.from_numpy(written)
+
+    def _reroute(self, batch: UpdateBatch, written: np.ndarray, refused: np.ndarray,
+                 full: set[int]) -> None:
+        """Places the queries the shards refused (``refused`` [B]; their slots go into
+        ``written``, in place) into empty slots of
+        the shards not known to be full, one shard at a time, then what is left by eviction
+        in each query's first shard."""
+        size, d = len(written), self.spec.key_dim
+        qs, ys = np.zeros((size, d), dtype=np.float32), np.zeros(size, dtype=np.int64)
+        home = np.zeros(size, dtype=np.int64)
+        for s, w in enumerate(batch.writes):
+            for pos, q, y in ((w.insert_positions, w.insert_q, w.insert_labels),
+                              (w.refresh_positions, w.refresh_q, w.refresh_labels)):
+                qs[pos], ys[pos], home[pos] = q, y, s
+        step = 0
+        redo = 0 if 0 <= self.redo_after < batch.seq else -1  # a redone step's rounds too
+        remaining = np.flatnonzero(refused)
+        shards = [t for t in range(self.spec.shards) if t not in full]
+        for t in shards + [None]:
+            if not remaining.size:
+                return
+            step += 1
+            if t is None:  # no empty slot anywhere: evict, each in its first shard
+                parts = [remaining[home[remaining] == s] for s in range(self.spec.shards)]
+            else:
+                parts = [remaining if s == t else remaining[:0]
+                         for s in range(self.spec.shards)]
+            writes = [ShardWrite(
+                writer=f"{self.writer}/{batch.seq}.{step}", seq=1,
+                refresh_slots=np.zeros(0, dtype=np.int64),
+                refresh_q=np.zeros((0, d), dtype=np.float32),
+                refresh_labels=np.zeros(0, dtype=np.int64),
+                refresh_positions=np.zeros(0, dtype=np.int64), insert_q=qs[p],
+                insert_labels=ys[p], insert_positions=p,
+                insert_empty=len(p) if t is not None else 0, redo_after=redo) for p in parts]
+            answers = self.shards.call("apply", [(w,) for w in writes])
+            for p, slots in zip(parts, answers):
+                slots = np.asarray(slots, dtype=np.int64)[: len(p)]
+                if len(slots) < len(p):  # a redone round the shard had applied (``resume``)
+                    written[p], refused[p] = -1, False
+                    continue
+                written[p] = slots
+                refused[p] = slots < 0
+            remaining = np.flatnonzero(refused)
 
     # ---------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -75,6 +75,13 @@ class ShardStats:
     duplicates: int = 0
 
 
+def is_named_writer(writer: str) -> bool:
+    """A writer the dedup table keeps however long it is idle: a named one (``kind:name``,
+    e.g. a stream job's ``stream:<name>``), not a random client id nor a re-route writer
+    (``<writer>/<seq>``)."""
+    return ":" in writer and "/" not in writer
+
+
 class MemoryShard:
     """Slots offset .. offset + size - 1 of the memory ``spec``, shard number ``index``.
 
@@ -84,6 +91,9 @@ class MemoryShard:
         device: where the slots live ("cpu" or "cuda").
         durable: load from and log to the memory's storage location (False: in memory only).
     """
+
+    # Writers idle for more than this many updates of the shard leave its dedup table.
+    writer_idle_updates = 10_000
 
     def __init__(self, spec: MemorySpec, index: int, device: str = "cpu", durable: bool = True):
         self.spec, self.index = spec, index
@@ -161,8 +171,9 @@ class MemoryShard:
 
     # ------------------------------------------------------------------------------- update
     def apply(self, write: ShardWrite) -> np.ndarray:
-        """Applies this shard's part of an update batch once; returns the global slots of its
-        inserts, in order (the same answer again for a retried batch).
+        """Applies this shard's part of an update batch once; returns the global slot of each
+        of its inserts, then of each of its refreshes, in order, -1 where refused (see
+        ``_plan``); the same answer again for a retried batch, none for a redone one.
 
         Raises:
             MemoryStateError: the batch is older than the writer's last one, or repeats its
@@ -174,6 +185,9 @@ class MemoryShard:
         last = self.writers.get(write.writer)
         digest = write.digest()
         if last is not None and write.seq <= last[0]:
+            if 0 <= write.redo_after < write.seq:  # a step redone after a restart: applied
+                self.stats.duplicates += 1  # (answer: none, the first version's slots stand)
+                return np.zeros(0, dtype=np.int64)
             if write.seq < last[0]:
                 raise MemoryStateError(f"writer {write.writer} sent batch {write.seq} after "
                                        f"{last[0]}: batches must arrive in order")
@@ -193,7 +207,12 @@ class MemoryShard:
         self.since_snapshot += 1
         if self.store is not None and self.since_snapshot >= self.spec.snapshot_every:
             self.snapshot()
-        return update.inserted + self.offset
+        return self._global(update.inserted)
+
+    def _global(self, local: np.ndarray) -> np.ndarray:
+        """Local slot ids as global ones; -1 (refused) stays -1."""
+        local = np.asarray(local, dtype=np.int64)
+        return np.where(local >= 0, local + self.offset, -1)
 
     def _validate(self, write: ShardWrite) -> None:
         """Checks a whole write against this shard (clients can be wrong): types, shapes and
@@ -248,24 +267,56 @@ class MemoryShard:
                                    f"{self.index} has beside the refreshed ones")
 
     def _plan(self, write: ShardWrite, digest: str) -> Update:
-        """The update's effect (``Memory.plan_write``), computed without changing any state."""
+        """The update's effect (``Memory.plan_write``), computed without changing any state.
+
+        A refresh whose slot no longer holds its label (another writer overwrote it since the
+        search) becomes an insert; inserts the client routed to an empty slot (the first
+        ``write.insert_empty``) and those converted refreshes take this shard's empty slots
+        and are refused (answer -1) when none is left, rather than evict an entry. The answer
+        (``Update.inserted``) holds the slot of each insert, then of each refresh, in order.
+        """
         mem, dev = self.memory, self.device
         refresh_local = write.refresh_slots - self.offset
         if ((refresh_local < 0) | (refresh_local >= self.size)).any():
             raise MemoryStateError("refresh slots outside this shard")
-        plan = mem.plan_write(_tensor(refresh_local.astype(np.int64), dev),
-                              _tensor(write.refresh_q, dev), _tensor(write.insert_q, dev),
-                              _tensor(write.insert_labels, dev))
-        inserted = plan.inserted.cpu().numpy()
+        refresh_local = refresh_local.astype(np.int64)
+        held = mem.values[_tensor(refresh_local, dev)].cpu().numpy()
+        fresh = held == write.refresh_labels
+        stale = np.flatnonzero(~fresh)
+        n_ins = len(write.insert_labels)
+        marked = min(max(int(write.insert_empty), 0), n_ins)
+        # The insert order: routed to an empty slot, converted refreshes, then the others.
+        ins_q = np.concatenate([write.insert_q[:marked], write.refresh_q[stale],
+                                write.insert_q[marked:]]).astype(np.float32, copy=False)
+        ins_labels = np.concatenate([write.insert_labels[:marked], write.refresh_labels[stale],
+                                     write.insert_labels[marked:]]).astype(np.int64, copy=False)
+        ins_pos = np.concatenate([write.insert_positions[:marked],
+                                  write.refresh_positions[stale],
+                                  write.insert_positions[marked:]]).astype(np.int64, copy=False)
+        wants_empty = marked + len(stale)
+        empty = int((mem.values < 0).sum()) if wants_empty else 0  # none is refreshed now
+        accept = np.ones(len(ins_labels), dtype=bool)
+        accept[min(wants_empty, empty):wants_empty] = False
+        plan = mem.plan_write(_tensor(refresh_local[fresh], dev),
+                              _tensor(write.refresh_q[fresh], dev), _tensor(ins_q[accept], dev),
+                              _tensor(ins_labels[accept], dev))
+        taken = np.full(len(ins_labels), -1, dtype=np.int64)
+        taken[accept] = plan.inserted.cpu().numpy()
+        # the answer in the write's order: its inserts, then its refreshes
+        converted = taken[marked:marked + len(stale)]
+        answer_refresh = np.where(fresh, refresh_local, -1)
+        answer_refresh[stale] = converted
+        answer = np.concatenate([taken[:marked], taken[marked + len(stale):], answer_refresh])
         return Update(writer=write.writer, seq=write.seq, digest=digest,
                       clock=int(mem.clock) + 1, slots=plan.slots.cpu().numpy(),
                       keys=plan.keys.cpu().numpy().astype(np.float32),
                       values=plan.values.cpu().numpy(),
-                      recent_labels=np.concatenate([write.refresh_labels, write.insert_labels]),
-                      recent_slots=np.concatenate([refresh_local, inserted]),
-                      recent_positions=np.concatenate([write.refresh_positions,
-                                                       write.insert_positions]),
-                      inserted=inserted)
+                      recent_labels=np.concatenate([write.refresh_labels[fresh],
+                                                    ins_labels[accept]]),
+                      recent_slots=np.concatenate([refresh_local[fresh], taken[accept]]),
+                      recent_positions=np.concatenate([write.refresh_positions[fresh],
+                                                       ins_pos[accept]]),
+                      inserted=answer.astype(np.int64))
 
     def _apply_update(self, update: Update) -> None:
         dev = self.device
@@ -277,8 +328,26 @@ class MemoryShard:
             if (update.clock, pos) >= (self.recent_clock[label], self.recent_position[label]):
                 self.recent_slots[label] = slot
                 self.recent_clock[label], self.recent_position[label] = update.clock, pos
-        self.writers[update.writer] = [update.seq, (update.inserted + self.offset).tolist(),
-                                       update.digest]
+        # Re-inserted at the end: the table stays ordered by each writer's last update.
+        self.writers.pop(update.writer, None)
+        self.writers[update.writer] = [update.seq, self._global(update.inserted).tolist(),
+                                       update.digest, update.clock]
+        self._expire_writers(update.clock)
+
+    def _expire_writers(self, clock: int) -> None:
+        """Forgets writers idle for more than ``writer_idle_updates`` updates of this shard,
+        except named ones (``is_named_writer``): the table stays bounded. A forgotten writer's
+        batches are no longer recognised as retries."""
+        horizon = clock - self.writer_idle_updates
+        expired = []
+        for writer, last in self.writers.items():
+            last_clock = last[3] if len(last) > 3 else 0  # older snapshots: idle since 0
+            if last_clock > horizon:
+                break  # ordered by last update: the rest are younger
+            if not is_named_writer(writer):
+                expired.append(writer)
+        for writer in expired:
+            del self.writers[writer]
 
     # --------------------------------------------------------------------------- durability
     def _restore(self) -> None:

@@ -36,6 +36,7 @@ __all__ = ["Memory", "MemoryOutput", "WritePlan", "margin_from_pair", "softmax_t
 
 # Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
 _EMPTY_BONUS = 2**32
+EMPTY_BONUS = _EMPTY_BONUS  # an insert score at least this marks an empty slot (shard clients)
 
 
 class Memory(nn.Module):

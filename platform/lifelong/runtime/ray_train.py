@@ -34,6 +34,9 @@ STATE_FILE = "state.pt"  # a Ray Train checkpoint: what the loop hands to ctx.sa
 # records that it did), so the worker group restarts and must resume from its checkpoint.
 FAULT_STEP_ENV = "LIFELONG_FAULT_EXIT_AT_STEP"
 FAULT_MARKER_ENV = "LIFELONG_FAULT_MARKER"
+# The same between checkpoints: rank 0 exits as step N starts (steps since its checkpoint are
+# then redone by the restarted group).
+FAULT_BEFORE_STEP_ENV = "LIFELONG_FAULT_EXIT_BEFORE_STEP"
 
 
 def ensure_ray_for(config: RayTrainConfig, memory_cpus: float = 0.0) -> None:
@@ -53,6 +56,24 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def _any_rank_with_fault(rank: int, first_step: int) -> Callable[[bool], bool]:
+    """``any_rank``, called once as each step starts; with $LIFELONG_FAULT_EXIT_BEFORE_STEP
+    rank 0 exits (once, see the marker) as that step starts."""
+    at, marker = os.environ.get(FAULT_BEFORE_STEP_ENV), os.environ.get(FAULT_MARKER_ENV)
+    if not (at and marker and rank == 0):
+        return any_rank
+    steps = iter(range(first_step, 1 << 62))
+
+    def check(flag: bool) -> bool:
+        if next(steps) == int(at) and not os.path.exists(marker):
+            ray.train.get_all_reported_checkpoints(timeout_s=60)
+            Path(marker).write_text(f"rank {rank} exited before step {at}\n")
+            os._exit(1)
+        return any_rank(flag)
+
+    return check
+
+
 def _fault_injection(rank: int, step: int) -> None:
     at, marker = os.environ.get(FAULT_STEP_ENV), os.environ.get(FAULT_MARKER_ENV)
     if at and marker and rank == 0 and step == int(at) and not os.path.exists(marker):
@@ -61,12 +82,20 @@ def _fault_injection(rank: int, step: int) -> None:
         os._exit(1)
 
 
-def report_checkpoint(rank: int) -> Callable[[int, dict[str, Any], dict[str, float]], None]:
-    """The checkpoint hook of a rank: rank 0 writes the training state, every rank reports."""
+def report_checkpoint(rank: int, memory: Any = None, writer_base: str | None = None
+                      ) -> Callable[[int, dict[str, Any], dict[str, float]], None]:
+    """The checkpoint hook of a rank: rank 0 writes the training state, every rank reports.
+
+    With a shared memory the state also holds the ranks' writer (``memory_writer``, the base
+    of every rank's writer id) and rank 0's batch number (``memory_seq``): a restarted worker
+    group resumes those writers (``ShardedMemory.resume``), so the steps it redoes since the
+    checkpoint are not written into the memory a second time."""
     from ray.train import Checkpoint
 
     def save(step: int, state: dict[str, Any], stats: dict[str, float]) -> None:
         reported = {"step": step, **stats}
+        if memory is not None:
+            state = {**state, "memory_writer": writer_base, "memory_seq": int(memory.seq)}
         if rank != 0:
             ray.train.report(reported, checkpoint=None)
         else:
@@ -94,10 +123,17 @@ def _worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             resume = _load_state(folder)
     memory = None
+    # Every rank writes as <base>.rank<r>; the base of the checkpoint resumed from, else this
+    # launch's. The loops make the same number of memory batches on every rank, so rank 0's
+    # batch number is every rank's (a rank that made fewer only skips numbers it never used).
+    writer_base = (resume or {}).get("memory_writer") or config.get("memory_writer") or \
+        f"train-{uuid.uuid4().hex}"
     if config["memory"] is not None:
         from lifelong.distributed import attach
 
-        memory = attach(*config["memory"])
+        memory = attach(*config["memory"], writer=f"{writer_base}.rank{rank}")
+        if resume is not None and "memory_seq" in resume:
+            memory.resume(memory.writer, int(resume["memory_seq"]))
     logger = None
     if rank == 0 and config["run_id"]:
         from lifelong.tracking import TrackedRun
@@ -112,7 +148,9 @@ def _worker(config: dict[str, Any]) -> None:
     config["loop"](job, logger=logger, progress=config["progress"],
                    ctx=TrainContext(rank=rank, world_size=world, prepare_model=prepare,
                                     shared_memory=memory, resume=resume,
-                                    save=report_checkpoint(rank), any_rank=any_rank))
+                                    save=report_checkpoint(rank, memory, writer_base),
+                                    any_rank=_any_rank_with_fault(
+                                        rank, (resume or {}).get("step", 0) + 1)))
 
 
 def fit_on_ray(loop: Callable[..., Any], job: Any, *, ray_config: RayTrainConfig,
@@ -148,7 +186,8 @@ def fit_on_ray(loop: Callable[..., Any], job: Any, *, ray_config: RayTrainConfig
     # same name and storage path, which a new `make demo` or benchmark must not do.
     name = ray_config.run_name or (f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-"
                                    f"{uuid.uuid4().hex[:6]}")
-    fault_env = {k: os.environ[k] for k in (FAULT_STEP_ENV, FAULT_MARKER_ENV) if k in os.environ}
+    fault_env = {k: os.environ[k] for k in (FAULT_STEP_ENV, FAULT_MARKER_ENV,
+                                            FAULT_BEFORE_STEP_ENV) if k in os.environ}
     resources = {"CPU": ray_config.cpus_per_worker}
     if ray_config.trainer_resource:
         resources["trainer"] = ray_config.trainer_resource
@@ -156,7 +195,8 @@ def fit_on_ray(loop: Callable[..., Any], job: Any, *, ray_config: RayTrainConfig
         _worker,
         train_loop_config={"loop": loop, "job_type": type(job), "job": dataclasses.asdict(job),
                            "run_id": run_id, "tracking_uri": tracking_uri, "memory": memory,
-                           "progress": progress},
+                           "progress": progress,
+                           "memory_writer": f"train-{name}-{uuid.uuid4().hex[:8]}"},
         scaling_config=ScalingConfig(num_workers=ray_config.num_workers,
                                      use_gpu=ray_config.use_gpu,
                                      resources_per_worker=resources),
