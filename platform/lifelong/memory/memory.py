@@ -35,8 +35,7 @@ from lifelong.memory.search import ExactSearch, Search
 __all__ = ["Memory", "MemoryOutput", "WritePlan", "margin_from_pair", "softmax_temperature"]
 
 # Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
-_EMPTY_BONUS = 2**32
-EMPTY_BONUS = _EMPTY_BONUS  # an insert score at least this marks an empty slot (shard clients)
+EMPTY_BONUS = 2**32  # an insert score at least this marks an empty slot (shard clients)
 
 
 class Memory(nn.Module):
@@ -317,7 +316,7 @@ class Memory(nn.Module):
 
     def _insert_scores(self) -> torch.Tensor:
         """[N] int64: empty slots first (a bonus beyond any age), then by age."""
-        return self.ages + (self.values < 0).long() * _EMPTY_BONUS
+        return self.ages + (self.values < 0).long() * EMPTY_BONUS
 
     def oldest_candidates(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``count`` first slots of the noiseless insert order, with their scores.
