@@ -67,6 +67,11 @@ class CorruptStateError(LifelongError):
     """A snapshot or update log file of a memory shard is corrupt; the shard refuses to start."""
 
 
+class DurabilityError(LifelongError):
+    """A write could not be made durable (disk full, I/O error): it was not applied, and the
+    files are as they were before it."""
+
+
 class ShardUnavailableError(LifelongError):
     """A memory shard did not answer in time."""
 

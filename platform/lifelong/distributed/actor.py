@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any, Sequence
 
@@ -10,16 +11,30 @@ import ray
 import torch
 from ray.util import metrics as ray_metrics
 
-from lifelong import metrics
+from lifelong import errors, metrics
 from lifelong.distributed.shard import MemoryShard
 from lifelong.distributed.spec import MemorySpec
-from lifelong.errors import ShardUnavailableError
+from lifelong.errors import LifelongError, ShardUnavailableError
 
 NAMESPACE = "lifelong"
 
 
 def actor_name(memory: str, index: int) -> str:
     return f"memory:{memory}:shard-{index:03d}"
+
+
+def shard_died_error(memory: str, exc: Exception) -> LifelongError:
+    """The typed error of a shard actor that died (e.g. the CorruptStateError its constructor
+    raised on a corrupt snapshot or log when it started or restarted), from the text Ray
+    reports it with; ShardUnavailableError when no typed error is in it."""
+    text = str(exc)
+    found = re.findall(r"lifelong\.errors\.(\w+): ([^\n]*)", text)
+    kind = getattr(errors, found[-1][0], None) if found else None
+    if isinstance(kind, type) and issubclass(kind, LifelongError):
+        return kind(f"a shard of {memory!r} failed to start: {found[-1][1]}")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return ShardUnavailableError(f"a shard of {memory!r} is unavailable: "
+                                 f"{lines[-1] if lines else type(exc).__name__}")
 
 
 class _ShardMetrics:
@@ -107,14 +122,22 @@ class ShardActor:
 class RayShards:
     """The shard actors of one memory; ``call`` runs a method on all of them at once."""
 
-    def __init__(self, handles: Sequence[Any], timeout_s: float = 120.0):
+    def __init__(self, handles: Sequence[Any], timeout_s: float = 120.0, memory: str = ""):
         self.handles = list(handles)
         self.timeout_s = timeout_s
+        self.memory = memory
 
     def call(self, method, args):
+        """Raises:
+            ShardUnavailableError: a shard did not answer within ``timeout_s``.
+            LifelongError: a shard died and cannot restart, as the typed error it raised
+                (e.g. CorruptStateError naming the file it cannot read).
+        """
         refs = [getattr(h, method).remote(*a) for h, a in zip(self.handles, args)]
         try:
             return ray.get(refs, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise ShardUnavailableError(
                 f"memory shards did not answer {method} within {self.timeout_s} s") from None
+        except ray.exceptions.ActorDiedError as exc:
+            raise shard_died_error(self.memory, exc) from None

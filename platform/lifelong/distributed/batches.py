@@ -17,6 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
+from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
+
 
 @dataclass
 class ShardWrite:
@@ -53,6 +55,55 @@ class ShardWrite:
     insert_positions: np.ndarray
     insert_empty: int = 0
     redo_after: int = -1
+
+    def check(self, key_dim: int, num_values: int, offset: int, size: int,
+              shard: int) -> None:
+        """Checks the whole write against shard ``shard`` (slots offset .. offset + size - 1):
+        types, shapes and dtypes of every array, finite queries, labels in [0, num_values),
+        refresh slots in the shard, positions >= 0 and no more inserts than it can take.
+
+        Raises:
+            MemoryStateError, InvalidQueryError, InvalidLabelError: (nothing is changed).
+        """
+        if not isinstance(self.writer, str) or not self.writer:
+            raise MemoryStateError(f"writer id must be a non-empty str, got {self.writer!r}")
+        if isinstance(self.seq, bool) or not isinstance(self.seq, (int, np.integer)) or \
+                self.seq < 1:
+            raise MemoryStateError(f"batch number must be an int >= 1, got {self.seq!r}")
+        d, v = key_dim, num_values
+        sizes = {}
+        for kind in ("refresh", "insert"):
+            q = getattr(self, f"{kind}_q")
+            if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 2 or \
+                    q.shape[1] != d:
+                raise InvalidQueryError(
+                    f"{kind}_q must be float32 [n, {d}], got {getattr(q, 'dtype', type(q))} "
+                    f"{list(getattr(q, 'shape', []))}")
+            if not np.isfinite(q).all():
+                raise InvalidQueryError(f"{kind}_q holds NaN or Inf")
+            n = sizes[kind] = q.shape[0]
+            names = ["labels", "positions"] + (["slots"] if kind == "refresh" else [])
+            for name in names:
+                a = getattr(self, f"{kind}_{name}")
+                error = InvalidLabelError if name == "labels" else MemoryStateError
+                if not isinstance(a, np.ndarray) or a.shape != (n,) or a.dtype != np.int64:
+                    raise error(f"{kind}_{name} must be int64 [{n}], got "
+                                f"{getattr(a, 'dtype', type(a))} {list(getattr(a, 'shape', []))}")
+            labels = getattr(self, f"{kind}_labels")
+            if n and (labels.min() < 0 or labels.max() >= v):
+                raise InvalidLabelError(f"{kind}_labels must lie in [0, {v}), got "
+                                        f"[{labels.min()}, {labels.max()}]")
+            positions = getattr(self, f"{kind}_positions")
+            if n and positions.min() < 0:
+                raise MemoryStateError(f"{kind}_positions must be >= 0")
+        slots = self.refresh_slots
+        if sizes["refresh"] and (slots.min() < offset or slots.max() >= offset + size):
+            raise MemoryStateError(f"refresh slots outside shard {shard} (slots "
+                                   f"{offset}..{offset + size - 1})")
+        room = size - len(np.unique(slots))
+        if sizes["insert"] > room:
+            raise MemoryStateError(f"{sizes['insert']} inserts exceed the {room} slots shard "
+                                   f"{shard} has beside the refreshed ones")
 
     def digest(self) -> str:
         """A fingerprint of the batch's contents: a retry must carry the same one."""

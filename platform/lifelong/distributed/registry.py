@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
-import uuid
 
 import pyarrow.fs as pafs
 import ray
 
-from lifelong.distributed.actor import NAMESPACE, RayShards, ShardActor, actor_name
+from lifelong.distributed.actor import (NAMESPACE, RayShards, ShardActor, actor_name,
+                                        shard_died_error)
 from lifelong.distributed.client import ShardedMemory
 from lifelong.distributed.cluster import ensure_ray
-from lifelong import errors
 from lifelong.distributed.spec import MemorySpec, absolute_location, check_name, default_storage
 from lifelong.distributed.storage import filesystem
+from lifelong.files import make_dirs, publish
 from lifelong.errors import (ConfigError, CorruptStateError, LifelongError, MemoryExistsError,
                              MemoryNotFoundError, ShardUnavailableError)
 
@@ -87,33 +85,20 @@ def _create_manifest(fs: pafs.FileSystem, path: str, text: str, spec: MemorySpec
     the other gets MemoryExistsError); elsewhere checked first, then written."""
     exists = MemoryExistsError(f"memory {spec.name!r} already exists in {spec.storage}")
     folder = path.rsplit("/", 1)[0]
-    fs.create_dir(folder, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        make_dirs(folder)
+    else:
+        fs.create_dir(folder, recursive=True)
     if not isinstance(fs, pafs.LocalFileSystem):
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             raise exists
         with fs.open_output_stream(path) as fh:
             fh.write(text.encode())
         return
-    tmp = f"{folder}/.{MANIFEST}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as fh:
-            fh.write(text.encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise exists from None
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        publish(path, text.encode(), exclusive=True)
+    except FileExistsError:
+        raise exists from None
 
 
 def create_memory(spec: MemorySpec, address: str | None = None,
@@ -161,7 +146,7 @@ def attach(name: str, storage: str | None = None, address: str | None = None,
 
 def _client(spec: MemorySpec, handles: list, timeout_s: float,
             writer: str | None = None) -> ShardedMemory:
-    shards = RayShards(handles, timeout_s=timeout_s)
+    shards = RayShards(handles, timeout_s=timeout_s, memory=spec.name)
     try:
         shards.call("ping", [()] * spec.shards)  # constructed: restored from storage
     except ShardUnavailableError:
@@ -169,7 +154,7 @@ def _client(spec: MemorySpec, handles: list, timeout_s: float,
                                     f"{timeout_s} s (not enough CPUs/GPUs for "
                                     f"{spec.shards} x num_cpus={spec.num_cpus}?)") from None
     except ray.exceptions.RayActorError as exc:
-        raise _shard_start_error(spec, exc) from None
+        raise shard_died_error(spec.name, exc) from None
     locations = shards.call("location", [()] * spec.shards)
     if any(location != spec.location for location in locations):
         other = next(loc for loc in locations if loc != spec.location)
@@ -185,19 +170,6 @@ def _location_of(handle, timeout_s: float = 2.0) -> str | None:
         return ray.get(handle.location.remote(), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - not started, died, or timed out
         return None
-
-
-def _shard_start_error(spec: MemorySpec, exc: Exception) -> LifelongError:
-    """The typed error of a shard actor that died starting (e.g. the CorruptStateError its
-    constructor raised on a corrupt snapshot or log), from the text Ray reports it with."""
-    text = str(exc)
-    found = re.findall(r"lifelong\.errors\.(\w+): ([^\n]*)", text)
-    kind = getattr(errors, found[-1][0], None) if found else None
-    if isinstance(kind, type) and issubclass(kind, LifelongError):
-        return kind(f"a shard of {spec.name!r} failed to start: {found[-1][1]}")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return ShardUnavailableError(f"a shard of {spec.name!r} failed to start: "
-                                 f"{lines[-1] if lines else type(exc).__name__}")
 
 
 def list_memories(storage: str | None = None) -> list[str]:

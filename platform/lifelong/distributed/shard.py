@@ -21,8 +21,10 @@ import torch
 
 from lifelong.distributed.batches import ShardWrite
 from lifelong.distributed.spec import MemorySpec
-from lifelong.distributed.storage import ShardStore, Snapshot, Update
-from lifelong.errors import InvalidLabelError, InvalidQueryError, MemoryStateError
+from lifelong.distributed.records import Snapshot, Update
+from lifelong.distributed.snapshots import Snapshots
+from lifelong.distributed.storage import ShardStore
+from lifelong.errors import CorruptStateError, InvalidLabelError, InvalidQueryError, MemoryStateError
 from lifelong.memory import Memory
 
 __all__ = ["MemoryShard", "ShardAnswer", "ShardStats", "ShardWrite"]
@@ -94,6 +96,9 @@ class MemoryShard:
 
     # Writers idle for more than this many updates of the shard leave its dedup table.
     writer_idle_updates = 10_000
+    # Shards whose keys take more bytes than this write their snapshots in a background thread
+    # (appends and queries go on meanwhile); smaller ones write them at once.
+    background_snapshot_bytes = 64 << 20
 
     def __init__(self, spec: MemorySpec, index: int, device: str = "cpu", durable: bool = True):
         self.spec, self.index = spec, index
@@ -110,10 +115,12 @@ class MemoryShard:
         # writer -> [last seq, global inserted slots, digest of that batch]
         self.writers: dict[str, list] = {}
         self.stats = ShardStats()
-        self.since_snapshot = 0
         self.store = ShardStore(spec.location, index) if durable else None
         if self.store is not None:
-            self._restore()
+            logged = self._restore()
+            background = self.size * spec.key_dim * 4 > self.background_snapshot_bytes
+            self.snapshots = Snapshots(self.store, spec.snapshot_every, self._snapshot_state,
+                                       background, logged=logged)
 
     # -------------------------------------------------------------------------------- query
     def search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
@@ -204,9 +211,8 @@ class MemoryShard:
         self.stats.updates += 1
         self.stats.inserts += len(write.insert_labels)
         self.stats.refreshes += len(write.refresh_labels)
-        self.since_snapshot += 1
-        if self.store is not None and self.since_snapshot >= self.spec.snapshot_every:
-            self.snapshot()
+        if self.store is not None:
+            self.snapshots.after_append()  # never raises: the update is acknowledged
         return self._global(update.inserted)
 
     def _global(self, local: np.ndarray) -> np.ndarray:
@@ -215,56 +221,11 @@ class MemoryShard:
         return np.where(local >= 0, local + self.offset, -1)
 
     def _validate(self, write: ShardWrite) -> None:
-        """Checks a whole write against this shard (clients can be wrong): types, shapes and
-        dtypes of every array, finite queries, labels in [0, num_values), refresh slots in
-        this shard, positions >= 0 and no more inserts than the shard can take.
-
-        Raises:
-            MemoryStateError, InvalidQueryError, InvalidLabelError: (nothing changed).
-        """
+        """``ShardWrite.check`` against this shard (clients can be wrong)."""
         if not isinstance(write, ShardWrite):
             raise MemoryStateError(f"a shard write must be a ShardWrite, got "
                                    f"{type(write).__name__}")
-        if not isinstance(write.writer, str) or not write.writer:
-            raise MemoryStateError(f"writer id must be a non-empty str, got {write.writer!r}")
-        if isinstance(write.seq, bool) or not isinstance(write.seq, (int, np.integer)) or \
-                write.seq < 1:
-            raise MemoryStateError(f"batch number must be an int >= 1, got {write.seq!r}")
-        d, v = self.spec.key_dim, self.spec.num_values
-        sizes = {}
-        for kind in ("refresh", "insert"):
-            q = getattr(write, f"{kind}_q")
-            if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 2 or \
-                    q.shape[1] != d:
-                raise InvalidQueryError(
-                    f"{kind}_q must be float32 [n, {d}], got {getattr(q, 'dtype', type(q))} "
-                    f"{list(getattr(q, 'shape', []))}")
-            if not np.isfinite(q).all():
-                raise InvalidQueryError(f"{kind}_q holds NaN or Inf")
-            n = sizes[kind] = q.shape[0]
-            names = ["labels", "positions"] + (["slots"] if kind == "refresh" else [])
-            for name in names:
-                a = getattr(write, f"{kind}_{name}")
-                error = InvalidLabelError if name == "labels" else MemoryStateError
-                if not isinstance(a, np.ndarray) or a.shape != (n,) or a.dtype != np.int64:
-                    raise error(f"{kind}_{name} must be int64 [{n}], got "
-                                f"{getattr(a, 'dtype', type(a))} {list(getattr(a, 'shape', []))}")
-            labels = getattr(write, f"{kind}_labels")
-            if n and (labels.min() < 0 or labels.max() >= v):
-                raise InvalidLabelError(f"{kind}_labels must lie in [0, {v}), got "
-                                        f"[{labels.min()}, {labels.max()}]")
-            positions = getattr(write, f"{kind}_positions")
-            if n and positions.min() < 0:
-                raise MemoryStateError(f"{kind}_positions must be >= 0")
-        slots = write.refresh_slots
-        if sizes["refresh"] and (slots.min() < self.offset or
-                                 slots.max() >= self.offset + self.size):
-            raise MemoryStateError(f"refresh slots outside shard {self.index} (slots "
-                                   f"{self.offset}..{self.offset + self.size - 1})")
-        room = self.size - len(np.unique(slots))
-        if sizes["insert"] > room:
-            raise MemoryStateError(f"{sizes['insert']} inserts exceed the {room} slots shard "
-                                   f"{self.index} has beside the refreshed ones")
+        write.check(self.spec.key_dim, self.spec.num_values, self.offset, self.size, self.index)
 
     def _plan(self, write: ShardWrite, digest: str) -> Update:
         """The update's effect (``Memory.plan_write``), computed without changing any state.
@@ -350,14 +311,32 @@ class MemoryShard:
             del self.writers[writer]
 
     # --------------------------------------------------------------------------- durability
-    def _restore(self) -> None:
+    def _restore(self) -> int:
+        """Loads the newest snapshot and replays the log after it, each checked against the
+        spec first (a crafted file with valid checksums is refused too); returns how many
+        updates it replayed.
+
+        Raises:
+            CorruptStateError: a file is unreadable or does not fit, naming it.
+        """
         snapshot, updates = self.store.load()
         if snapshot is not None:
+            path = self.store.snapshot_path(self.store.snapshot_generation)
+            try:
+                snapshot.check(self.size, self.spec.key_dim, self.spec.num_values)
+            except MemoryStateError as exc:
+                raise CorruptStateError(f"{path}: {exc}") from None
             self._load_snapshot(snapshot)
         for update in updates:
+            try:
+                update.check(self.size, self.spec.key_dim, self.spec.num_values,
+                             int(self.memory.clock))
+            except MemoryStateError as exc:
+                raise CorruptStateError(f"{update.source}: update {update.writer!r} "
+                                        f"#{update.seq}: {exc}") from None
             self._apply_update(update)
         self.stats.replayed = len(updates)
-        self.since_snapshot = len(updates)
+        return len(updates)
 
     def _load_snapshot(self, snap: Snapshot) -> None:
         dev = self.device
@@ -394,15 +373,28 @@ class MemoryShard:
         return self.snapshot() if self.store is not None else 0
 
     def snapshot(self) -> int:
-        """Writes the full state as a new generation; returns it."""
+        """Writes the full state as a new generation now (after any snapshot in progress);
+        returns it.
+
+        Raises:
+            DurabilityError: it could not be written (shown by ``status()`` as well); the
+                log still holds every update.
+        """
+        return self.snapshots.write_now()
+
+    def wait_for_snapshot(self) -> None:
+        """Returns when no snapshot is being written."""
+        self.snapshots.wait()
+
+    def _snapshot_state(self, copy: bool) -> Snapshot:
+        """The state to snapshot; ``copy``: arrays of its own (for a background write)."""
         mem = self.memory
-        self.store.write_snapshot(Snapshot(
-            keys=mem.keys.cpu().numpy(), values=mem.values.cpu().numpy(),
-            write_time=mem.write_time.cpu().numpy(), clock=int(mem.clock),
-            recent_slots=self.recent_slots, recent_clock=self.recent_clock,
-            recent_position=self.recent_position, writers=self.writers))
-        self.since_snapshot = 0
-        return self.store.generation
+        own = (lambda a: a.copy()) if copy else (lambda a: a)
+        return Snapshot(
+            keys=own(mem.keys.cpu().numpy()), values=own(mem.values.cpu().numpy()),
+            write_time=own(mem.write_time.cpu().numpy()), clock=int(mem.clock),
+            recent_slots=own(self.recent_slots), recent_clock=own(self.recent_clock),
+            recent_position=own(self.recent_position), writers=dict(self.writers))
 
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict[str, np.ndarray]:
@@ -427,4 +419,7 @@ class MemoryShard:
                 "queries": self.stats.queries, "inserts": self.stats.inserts,
                 "refreshes": self.stats.refreshes, "updates": self.stats.updates,
                 "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
-                "generation": self.store.generation if self.store else None}
+                **self._durability_status()}
+
+    def _durability_status(self) -> dict:
+        return self.snapshots.status() if self.store is not None else {"generation": None}

@@ -7,38 +7,38 @@ Layout under the memory's location (a local path or any pyarrow filesystem URI):
     <memory>/shard-003/log-00000002.bin        the updates applied since that snapshot
 
 A snapshot is one Parquet table (slot, key, value, write_time) plus the shard's clock, recent
-slots and per-writer last sequence numbers as JSON in its metadata; it is written under a
-temporary name and moved into place, so a crash leaves either the old or the new one.
+slots and per-writer last sequence numbers as JSON in its metadata. Snapshot ``g`` holds every
+update logged before generation ``g``'s log: writing it starts with ``roll()`` (later appends go
+to ``log-<g>``), so it can be written in another thread while appends go on. It is written
+under a temporary name, synced, renamed into place and its folder synced (``files.publish``);
+only then are the older generations deleted. Recovery reads the newest snapshot and replays
+every log from its generation on.
 
 A log is a sequence of frames ``b"LLOG" | uint32 length | uint32 crc32 | payload``, the payload an
 Arrow IPC stream holding one record batch: the rows a shard update wrote, with the update's
-writer id, sequence number and clock in its schema metadata. A frame is written with one write
-call and synced before the update is acknowledged. On a local path the log is one append-only
-file; on filesystems without appends (object stores) each frame is its own object under
-``log-<generation>/``. A frame that fails its checksum, a truncated frame or an unreadable
-snapshot raises CorruptStateError naming the file: the shard refuses to start rather than drop
-data it acknowledged.
+writer id, sequence number and clock in its schema metadata. A frame is appended with raw
+``os.write`` calls and synced before the update is acknowledged; a write or sync that fails is
+cut off the file again (``ftruncate`` + sync), so a failed update never reappears. A new log
+file's folder is synced before its first frame is acknowledged. On filesystems without appends
+(object stores) each frame is its own object under ``log-<generation>/``.
+
+Recovery drops an incomplete final frame of the newest log (a crash during its append, never
+acknowledged), counts it in ``torn_frames`` and cuts it off. Anything else that is not whole,
+a frame failing its checksum anywhere, a truncated frame before the last one, or an unreadable
+snapshot, raises CorruptStateError naming the file: the shard refuses to start rather than
+drop data it acknowledged.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-import zlib
-from dataclasses import dataclass, field
-from typing import Iterator
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lifelong.errors import CorruptStateError
-
-_MAGIC = b"LLOG"
-_HEADER = struct.Struct("<4sII")
-
+from lifelong.distributed.records import Snapshot, Update, encode_frame, read_frames
+from lifelong.errors import CorruptStateError, DurabilityError
+from lifelong.files import fsync_dir, make_dirs, publish, write_all
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or a pyarrow filesystem URI."""
@@ -47,258 +47,240 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(location)
 
 
-@dataclass
-class Update:
-    """The effect of one applied update batch on one shard: what a log frame holds.
+class ShardStore:
+    """Snapshots and update log of shard ``index`` of the memory at ``location``.
 
     Attributes:
-        writer: the writing client's id; seq: its batch sequence number.
-        clock: the shard's clock after the update (the written slots' write time).
-        slots: [W] local slot ids written (refreshed or inserted), distinct.
-        keys: [W, d] float32 their new keys; values: [W] int64 their values.
-        recent_labels, recent_slots, recent_positions: [R] the labels written, the local slot
-            each went to and its position in the batch (for the most-recent-slot table).
-        inserted: [I] local slots of the inserts, in the order of the batch's inserts.
+        generation: the log that appends go to (``log-<generation>``).
+        snapshot_generation: the newest durable snapshot (0: none yet).
+        torn_frames: incomplete final frames dropped when the log was loaded.
     """
-
-    writer: str
-    seq: int
-    clock: int
-    slots: np.ndarray
-    keys: np.ndarray
-    values: np.ndarray
-    recent_labels: np.ndarray
-    recent_slots: np.ndarray
-    recent_positions: np.ndarray
-    inserted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    digest: str | None = None  # fingerprint of the batch (``ShardWrite.digest``)
-
-    def to_bytes(self) -> bytes:
-        d = self.keys.shape[1]
-        rows = len(self.slots)
-        recent = len(self.recent_labels)
-        n = max(rows, recent)
-
-        def pad(a):
-            out = np.zeros(n, dtype=np.int64)
-            out[: len(a)] = a
-            return out
-
-        keys = np.zeros((n, d), dtype=np.float32)
-        keys[:rows] = self.keys
-        batch = pa.record_batch({
-            "slot": pad(self.slots),
-            "key": _key_column(keys),
-            "value": pad(self.values),
-            "recent_label": pad(self.recent_labels),
-            "recent_slot": pad(self.recent_slots),
-            "recent_position": pad(self.recent_positions),
-        }).replace_schema_metadata({"lifelong": json.dumps({
-            "writer": self.writer, "seq": self.seq, "clock": self.clock, "rows": rows,
-            "recent": recent, "inserted": [int(s) for s in self.inserted],
-            "digest": self.digest})})
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        return sink.getvalue().to_pybytes()
-
-    @classmethod
-    def from_bytes(cls, payload: bytes) -> "Update":
-        batch = pa.ipc.open_stream(payload).read_next_batch()
-        meta = json.loads(batch.schema.metadata[b"lifelong"])
-        rows, recent = meta["rows"], meta["recent"]
-        col = lambda name, n: batch.column(name).to_numpy()[:n].astype(np.int64)  # noqa: E731
-        return cls(writer=meta["writer"], seq=meta["seq"], clock=meta["clock"],
-                   slots=col("slot", rows), keys=_keys_from(batch.column("key"))[:rows],
-                   values=col("value", rows), recent_labels=col("recent_label", recent),
-                   recent_slots=col("recent_slot", recent),
-                   recent_positions=col("recent_position", recent),
-                   inserted=np.asarray(meta["inserted"], dtype=np.int64),
-                   digest=meta.get("digest"))
-
-
-def _key_column(keys: np.ndarray) -> pa.FixedSizeListArray:
-    """keys [n, d] float32 as an Arrow column of fixed-size lists."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(keys.reshape(-1)), keys.shape[1])
-
-
-def _keys_from(column) -> np.ndarray:
-    """The inverse of ``_key_column`` (a writable copy): [n, d] float32."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    flat = column.values.to_numpy(zero_copy_only=False)
-    return np.array(flat.reshape(-1, column.type.list_size), dtype=np.float32)
-
-
-def _frame(payload: bytes) -> bytes:
-    return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-def _read_frames(data: bytes, path: str) -> Iterator[bytes]:
-    offset, index = 0, 0
-    while offset < len(data):
-        if len(data) - offset < _HEADER.size:
-            raise CorruptStateError(f"{path}: truncated frame header at byte {offset} "
-                                    f"(frame {index})")
-        magic, length, crc = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
-        payload = data[start:start + length]
-        if magic != _MAGIC:
-            raise CorruptStateError(f"{path}: bad frame marker at byte {offset} (frame {index})")
-        if len(payload) != length:
-            raise CorruptStateError(f"{path}: frame {index} at byte {offset} is truncated")
-        if zlib.crc32(payload) != crc:
-            raise CorruptStateError(f"{path}: frame {index} at byte {offset} fails its checksum")
-        yield payload
-        offset, index = start + length, index + 1
-
-
-@dataclass
-class Snapshot:
-    """A shard's full state at one generation."""
-
-    keys: np.ndarray          # [n, d] float32
-    values: np.ndarray        # [n] int64
-    write_time: np.ndarray    # [n] int64
-    clock: int
-    recent_slots: np.ndarray  # [V] int64, local slot or -1
-    recent_clock: np.ndarray  # [V] int64
-    recent_position: np.ndarray  # [V] int64
-    writers: dict[str, list]  # writer -> [last seq, inserted slots of that batch, digest]
-
-
-class ShardStore:
-    """Snapshots and update log of shard ``index`` of the memory at ``location``."""
 
     def __init__(self, location: str, index: int):
         self.fs, base = filesystem(location)
         self.dir = f"{base}/shard-{index:03d}"
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.fs.create_dir(self.dir, recursive=True)
-        self._log = None  # open local log file
+        if self.local:
+            make_dirs(self.dir)  # the shard's folder survives a power cut
+        else:
+            self.fs.create_dir(self.dir, recursive=True)
+        self._fd: int | None = None  # the open local log
+        self._log_size = 0  # bytes of whole frames in it
+        self._broken: str | None = None  # why appends are refused until a restart
         self.generation = 0
+        self.snapshot_generation = 0
+        self.torn_frames = 0
         self._frames = 0  # frames in the current object-store log
 
     # ------------------------------------------------------------------------------ reading
-    def _generations(self) -> list[int]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.dir))
-        gens = [int(i.base_name[len("snapshot-"):-len(".parquet")]) for i in infos
-                if i.base_name.startswith("snapshot-") and i.base_name.endswith(".parquet")]
-        return sorted(gens)
+    def _generations(self, prefix: str) -> list[int]:
+        gens = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
+            name = info.base_name
+            if name.startswith(prefix) and not name.endswith(".tmp"):
+                digits = name[len(prefix):].split(".")[0]
+                if digits.isdigit():
+                    gens.append(int(digits))
+        return sorted(set(gens))
+
+    def snapshot_path(self, gen: int) -> str:
+        return f"{self.dir}/snapshot-{gen:08d}.parquet"
 
     def load(self) -> tuple[Snapshot | None, list[Update]]:
-        """The newest snapshot (None before the first) and the updates logged after it."""
-        gens = self._generations()
-        self.generation = gens[-1] if gens else 0
-        snapshot = self._read_snapshot(self.generation) if gens else None
-        updates = list(self._read_log(self.generation))
+        """The newest snapshot (None before the first) and the updates logged after it, in
+        order (each with its ``source`` file). An incomplete final frame of the newest log
+        is dropped (counted in ``torn_frames``) and cut off the file.
+
+        Raises:
+            CorruptStateError: a snapshot or frame is unreadable, naming the file.
+        """
+        snapshots = self._generations("snapshot-")
+        self.snapshot_generation = snapshots[-1] if snapshots else 0
+        snapshot = self._read_snapshot(self.snapshot_generation) if snapshots else None
+        # Every log from the snapshot's generation on: a snapshot written in the background
+        # covers the logs before its own generation only.
+        logs = [g for g in self._generations("log-") if g >= self.snapshot_generation]
+        updates = []
+        for gen in logs:
+            updates += self._read_log(gen, last=gen == logs[-1])
+        self.generation = max([self.snapshot_generation, *logs])
         self._drop_leftovers()
         return snapshot, updates
 
     def _drop_leftovers(self) -> None:
         """Deletes what a crash during a snapshot may leave: a partial temporary file and the
-        superseded generation (its snapshot and log are older than the current snapshot)."""
-        old = set()
+        generations the newest snapshot supersedes."""
         for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
-            name = info.base_name
-            if name.endswith(".tmp"):
+            if info.base_name.endswith(".tmp"):
                 self.fs.delete_file(info.path)
-            elif name.startswith(("snapshot-", "log-")):
-                old.add(int(name.split("-")[1].split(".")[0]))
-        for gen in sorted(g for g in old if g < self.generation):
-            self._delete_generation(gen)
+        self._delete_before(self.snapshot_generation)
 
     def _read_snapshot(self, gen: int) -> Snapshot:
-        path = f"{self.dir}/snapshot-{gen:08d}.parquet"
+        path = self.snapshot_path(gen)
         try:
             with self.fs.open_input_file(path) as fh:
                 table = pq.read_table(fh, page_checksum_verification=True)
-            meta = json.loads(table.schema.metadata[b"lifelong"])
-            return Snapshot(
-                keys=_keys_from(table.column("key")),
-                values=table.column("value").to_numpy().astype(np.int64),
-                write_time=table.column("write_time").to_numpy().astype(np.int64),
-                clock=int(meta["clock"]),
-                recent_slots=np.asarray(meta["recent_slots"], dtype=np.int64),
-                recent_clock=np.asarray(meta["recent_clock"], dtype=np.int64),
-                recent_position=np.asarray(meta["recent_position"], dtype=np.int64),
-                writers=meta["writers"])
+            return Snapshot.from_table(table)
         except CorruptStateError:
             raise
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise CorruptStateError(f"{path}: unreadable snapshot ({exc})") from None
 
-    def _read_log(self, gen: int) -> Iterator[Update]:
+    def _read_log(self, gen: int, last: bool) -> list[Update]:
         if self.local:
             path = f"{self.dir}/log-{gen:08d}.bin"
-            if not os.path.exists(path):
-                return
             with open(path, "rb") as fh:
                 data = fh.read()
-            frames = [(path, p) for p in _read_frames(data, path)]
+            payloads, good = read_frames(data, path, last)
+            frames = [(path, p) for p in payloads]
+            if good < len(data):  # a torn final frame: never acknowledged
+                self.torn_frames += 1
+                os.truncate(path, good)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         else:
             folder = f"{self.dir}/log-{gen:08d}"
-            infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+            infos = sorted(self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)),
+                           key=lambda i: i.base_name)
             frames = []
-            for info in sorted(infos, key=lambda i: i.base_name):
+            for i, info in enumerate(infos):
                 with self.fs.open_input_stream(info.path) as fh:
-                    frames += [(info.path, p) for p in _read_frames(fh.read(), info.path)]
+                    data = fh.read()
+                payloads, good = read_frames(data, info.path, last and i == len(infos) - 1)
+                if good < len(data):
+                    self.torn_frames += 1
+                    self.fs.delete_file(info.path)
+                    infos = infos[:i]
+                frames += [(info.path, p) for p in payloads]
             self._frames = len(infos)
+        updates = []
         for path, payload in frames:
             try:
-                yield Update.from_bytes(payload)
+                update = Update.from_bytes(payload)
             except Exception as exc:
                 raise CorruptStateError(f"{path}: undecodable update ({exc})") from None
+            update.source = path
+            updates.append(update)
+        return updates
 
     # ------------------------------------------------------------------------------ writing
     def append(self, update: Update) -> None:
-        """Logs one update durably (synced) before it is acknowledged."""
-        frame = _frame(update.to_bytes())
-        if self.local:
-            if self._log is None:
-                self._log = open(f"{self.dir}/log-{self.generation:08d}.bin", "ab")
-            self._log.write(frame)
-            self._log.flush()
-            os.fsync(self._log.fileno())
-        else:
-            folder = f"{self.dir}/log-{self.generation:08d}"
-            if self._frames == 0:
-                self.fs.create_dir(folder, recursive=True)
-            path = f"{folder}/{self._frames:012d}.bin"
-            with self.fs.open_output_stream(path) as fh:
-                fh.write(frame)
-            self._frames += 1
+        """Logs one update durably (synced) before it is acknowledged.
 
-    def write_snapshot(self, snapshot: Snapshot) -> None:
-        """Writes the state as the next generation, then drops the older files."""
-        gen = self.generation + 1
-        table = pa.table({
-            "slot": np.arange(len(snapshot.values), dtype=np.int64),
-            "key": _key_column(snapshot.keys),
-            "value": snapshot.values,
-            "write_time": snapshot.write_time,
-        }).replace_schema_metadata({"lifelong": json.dumps({
-            "clock": snapshot.clock, "recent_slots": snapshot.recent_slots.tolist(),
-            "recent_clock": snapshot.recent_clock.tolist(),
-            "recent_position": snapshot.recent_position.tolist(),
-            "writers": snapshot.writers})})
-        final = f"{self.dir}/snapshot-{gen:08d}.parquet"
-        tmp = final + ".tmp"
-        with self.fs.open_output_stream(tmp) as fh:
-            pq.write_table(table, fh, write_page_checksum=True)
-        if self.local:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        self.fs.move(tmp, final)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        old = self.generation
-        self.generation, self._frames = gen, 0
-        self._delete_generation(old)
+        Raises:
+            DurabilityError: the update is not logged and the log is exactly as before (a
+                failed write or sync is cut off again); if even that fails, every later
+                append is refused until the shard restarts (its recovery drops the torn
+                frame).
+        """
+        if self._broken:
+            raise DurabilityError(self._broken)
+        frame = encode_frame(update.to_bytes())
+        if not self.local:
+            folder = f"{self.dir}/log-{self.generation:08d}"
+            path = f"{folder}/{self._frames:012d}.bin"
+            try:
+                if self._frames == 0:
+                    self.fs.create_dir(folder, recursive=True)
+                with self.fs.open_output_stream(path) as fh:
+                    fh.write(frame)
+            except Exception as exc:  # noqa: BLE001 - whatever the filesystem raises
+                if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+                    self.fs.delete_file(path)
+                raise DurabilityError(f"{path}: update not logged ({exc})") from None
+            self._frames += 1
+            return
+        path = f"{self.dir}/log-{self.generation:08d}.bin"
+        fd = self._open_log(path)
+        try:
+            write_all(fd, frame)
+            os.fsync(fd)
+        except OSError as exc:
+            self._undo_append(fd, path)
+            raise DurabilityError(f"{path}: update not logged ({exc.strerror or exc}); "
+                                  "nothing was applied") from None
+        self._log_size += len(frame)
+
+    def _open_log(self, path: str) -> int:
+        if self._fd is None:
+            created = not os.path.exists(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            if created:
+                try:
+                    fsync_dir(self.dir)  # the new log's name survives a power cut
+                except OSError as exc:
+                    os.close(fd)
+                    os.unlink(path)
+                    raise DurabilityError(f"{path}: update not logged ({exc.strerror or exc}); "
+                                          "nothing was applied") from None
+            self._fd, self._log_size = fd, os.fstat(fd).st_size
+        return self._fd
+
+    def _undo_append(self, fd: int, path: str) -> None:
+        """Cuts a failed append's bytes off the log (and syncs the cut)."""
+        try:
+            os.ftruncate(fd, self._log_size)
+            os.fsync(fd)
+        except OSError as exc:
+            self._broken = (f"{path}: a failed append could not be undone ({exc.strerror or exc});"
+                            " the shard accepts no writes until it restarts")
+            self.close()
+
+    def close(self) -> None:
+        """Closes the open log (appends reopen it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def roll(self) -> int:
+        """Starts the next generation's log for the appends that follow; returns the
+        generation a snapshot of the state before them must be written as."""
+        self.close()
+        self.generation += 1
+        self._frames = 0
+        return self.generation
+
+    def write_snapshot(self, snapshot: Snapshot, gen: int | None = None) -> None:
+        """Writes the state as generation ``gen`` (default: ``roll()`` first), durable (data
+        synced, renamed into place, folder synced), then drops the older generations.
+
+        May run in another thread than the appends once ``roll()`` returned ``gen``.
+
+        Raises:
+            DurabilityError: nothing was written (the temporary file is removed); the logs
+                still hold every update, so nothing acknowledged is lost.
+        """
+        gen = self.roll() if gen is None else gen
+        table = snapshot.to_table()
+        final = self.snapshot_path(gen)
+        try:
+            if self.local:
+                publish(final, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+            else:
+                tmp = final + ".tmp"
+                try:
+                    with self.fs.open_output_stream(tmp) as fh:
+                        pq.write_table(table, fh, write_page_checksum=True)
+                    self.fs.move(tmp, final)
+                finally:
+                    if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                        self.fs.delete_file(tmp)
+        except Exception as exc:  # noqa: BLE001 - OSError, or pyarrow's own errors
+            raise DurabilityError(f"{final}: snapshot not written ({exc})") from None
+        self.snapshot_generation = max(self.snapshot_generation, gen)
+        self._delete_before(gen)
+
+    def _delete_before(self, gen: int) -> None:
+        """Deletes the snapshots and logs of the generations before ``gen``."""
+        for old in self._generations("snapshot-") + self._generations("log-"):
+            if old < gen:
+                self._delete_generation(old)
 
     def _delete_generation(self, gen: int) -> None:
-        for path in (f"{self.dir}/snapshot-{gen:08d}.parquet", f"{self.dir}/log-{gen:08d}.bin"):
+        for path in (self.snapshot_path(gen), f"{self.dir}/log-{gen:08d}.bin"):
             if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
                 self.fs.delete_file(path)
         folder = f"{self.dir}/log-{gen:08d}"

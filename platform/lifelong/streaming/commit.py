@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 from lifelong.distributed.batches import UpdateBatch
 from lifelong.distributed.storage import filesystem
 from lifelong.errors import CorruptStateError
+from lifelong.files import publish
 from lifelong.streaming.stats import StreamStats
 
 RECORD = "commit.npz"
@@ -121,16 +122,7 @@ class CommitStore:
         data = record.to_bytes()
         tmp = f"{self.dir}/.{RECORD}.tmp"
         if self.local:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # the rename itself survives a power cut
-            finally:
-                os.close(dir_fd)
+            publish(self.path, data)  # synced, renamed into place, folder synced
         else:  # object stores put whole objects
             with self.fs.open_output_stream(tmp) as out:
                 out.write(data)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from lifelong.distributed.storage import filesystem
 from lifelong.errors import ConfigError, CorruptSegmentError, SegmentExistsError
+from lifelong.files import publish
 
 SEGMENT_PATTERN = re.compile(r"^segment-(\d{12})\.parquet$")
 FORMAT_KEY = b"lifelong.payload_format"
@@ -145,7 +146,15 @@ def write_segment(location: str, number: int, payloads, labels, source_id: str,
                      schema=SCHEMA.with_metadata({FORMAT_KEY: payload_format.encode()}))
     fs.create_dir(base, recursive=True)
     path = f"{base}/{segment_name(number)}"
-    tmp = f"{base}/.{segment_name(number)}.tmp"
+    if isinstance(fs, pafs.LocalFileSystem):  # synced, linked into place only if still new
+        try:
+            publish(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True),
+                    exclusive=True)
+        except FileExistsError:
+            raise SegmentExistsError(f"{path} exists; a segment is never replaced (readers "
+                                     "may have read it)") from None
+        return path
+    tmp = f"{base}/.{segment_name(number)}.tmp"  # object stores put whole objects durably
     pq.write_table(table, tmp, filesystem=fs, write_page_checksum=True)
     fs.move(tmp, path)
     return path
