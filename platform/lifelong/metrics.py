@@ -107,6 +107,8 @@ MEMORY_INSERTS = "lifelong_memory_inserts"        # counter, keys inserted into 
 MEMORY_REFRESHES = "lifelong_memory_refreshes"    # counter, keys refreshed by a correct lookup
 MEMORY_OCCUPANCY = "lifelong_memory_occupancy"    # gauge, filled slots
 MEMORY_OLDEST_AGE = "lifelong_memory_oldest_age"  # gauge, age of the oldest filled slot
+MEMORY_SNAPSHOT_FAILURES = "lifelong_memory_snapshot_failures"  # gauge, failed since start
+MEMORY_TORN_FRAMES = "lifelong_memory_torn_frames"  # gauge, torn log frames dropped at start
 
 
 def prometheus_name(name: str, kind: str) -> str:

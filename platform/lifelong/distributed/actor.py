@@ -53,8 +53,14 @@ class _ShardMetrics:
                                            tag_keys=keys)
         self.oldest_age = ray_metrics.Gauge(metrics.MEMORY_OLDEST_AGE,
                                             "age of the oldest filled slot", tag_keys=keys)
+        self.snapshot_failures = ray_metrics.Gauge(
+            metrics.MEMORY_SNAPSHOT_FAILURES, "snapshots that could not be written (the log "
+            "holds every update)", tag_keys=keys)
+        self.torn_frames = ray_metrics.Gauge(
+            metrics.MEMORY_TORN_FRAMES, "torn final log frames dropped at start (never "
+            "acknowledged)", tag_keys=keys)
         for m in (self.latency, self.queries, self.inserts, self.refreshes, self.occupancy,
-                  self.oldest_age):
+                  self.oldest_age, self.snapshot_failures, self.torn_frames):
             m.set_default_tags(tags)
 
 
@@ -77,6 +83,8 @@ class ShardActor:
         status = self.shard.status()
         self.metrics.occupancy.set(status["occupied"])
         self.metrics.oldest_age.set(status["oldest_age"])
+        self.metrics.snapshot_failures.set(status.get("snapshot_failures", 0))
+        self.metrics.torn_frames.set(status.get("torn_frames", 0))
 
     def search(self, q, labels, k):
         start = time.perf_counter()

@@ -63,12 +63,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _print_status(name: str, status: list[dict]) -> None:
     cols = ["shard", "slots", "occupied", "oldest_age", "clock", "queries", "inserts",
-            "refreshes", "replayed", "device", "pid"]
+            "refreshes", "replayed", "generation", "torn_frames", "device", "pid"]
     print(f"memory {name}: {sum(s['occupied'] for s in status)} of "
           f"{sum(s['slots'] for s in status)} slots filled")
     print("  ".join(f"{c:>10}" for c in cols))
     for s in status:
         print("  ".join(f"{str(s.get(c, '')):>10}" for c in cols))
+    for s in status:
+        if s.get("snapshot_error"):  # every update is still in the log: nothing is lost
+            print(f"shard {s['shard']}: {s['snapshot_failures']} snapshot(s) failed, last: "
+                  f"{s['snapshot_error']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
