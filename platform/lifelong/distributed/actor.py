@@ -102,6 +102,10 @@ class ShardActor:
         self._gauges()
         return inserted
 
+    def step(self, write, q, labels, k):
+        """``MemoryShard.step``: the previous step's update, then this step's search."""
+        return self.apply(write), self.search(q, labels, k)
+
     def state(self):
         return self.shard.state()
 

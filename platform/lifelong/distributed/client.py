@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.distributed.batches import ShardWrite, UpdateBatch
+from lifelong.distributed.reroute import reroute, written_slots
 from lifelong.distributed.shard import MemoryShard, ShardAnswer
 from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import InvalidLabelError, MemoryStateError, UnsupportedOperationError
@@ -83,14 +84,20 @@ class ShardedMemory:
         writer: this client's writer id (default: a fresh random one). Shards apply each
             (writer, seq) batch once: a client that resumes a writer's work after a crash sets
             ``seq`` to its last batch number and re-sends that batch.
+        pipelined: one round trip per training step (see ``query``); ``flush()`` sends the
+            last update.
     """
 
-    def __init__(self, spec: MemorySpec, shards: ShardGroup, writer: str | None = None):
+    def __init__(self, spec: MemorySpec, shards: ShardGroup, writer: str | None = None,
+                 pipelined: bool = False):
         self.spec = spec
         self.shards = shards
         self.writer = writer or uuid.uuid4().hex
         self.seq = 0
         self.redo_after = -1  # see ``resume``
+        self.pipelined = pipelined
+        self.pending: UpdateBatch | None = None  # planned, not yet acknowledged (pipelined)
+        self.last_written: torch.Tensor | None = None  # slots the last sent update wrote
         self.offsets = np.asarray(spec.shard_offsets() + [spec.num_slots])
 
     def resume(self, writer: str, seq: int) -> None:
@@ -99,13 +106,15 @@ class ShardedMemory:
         above ``seq`` that a shard has already applied (a step redone since the checkpoint,
         whose queries differ) is not applied again: the first version stands (its inserts'
         ``written_slots`` are then -1 where the shard no longer knows them)."""
+        self.flush()
         self.writer, self.seq, self.redo_after = writer, int(seq), int(seq)
 
     @classmethod
-    def local(cls, spec: MemorySpec, durable: bool = False) -> "ShardedMemory":
+    def local(cls, spec: MemorySpec, durable: bool = False,
+              pipelined: bool = False) -> "ShardedMemory":
         """All shards in this process."""
         return cls(spec, LocalShards([MemoryShard(spec, i, durable=durable)
-                                      for i in range(spec.shards)]))
+                                      for i in range(spec.shards)]), pipelined=pipelined)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -175,6 +184,17 @@ class ShardedMemory:
 
         Returns:
             The MemoryOutput, tensors on the CPU; the loss has its gradient to q.
+            ``written_slots`` is None when ``pipelined`` (the update is still on its way; the
+            next call's answer brings its acknowledgement, then in ``last_written``).
+
+        Pipelined (``self.pipelined``), the update is planned but not sent: it travels with the
+        next call's search, in one call per shard (``MemoryShard.step``: apply, then search),
+        so a training step costs one round trip. The shard applies it before it searches, so
+        this writer reads its own writes. It is acknowledged, durable, only when that answer
+        comes back; until then the client keeps it and a retried call (a shard restarted by
+        Ray) re-sends it, applied once by (writer, seq). ``flush()`` sends it on its own; the
+        other methods (state, status, load) flush first. A failed update (e.g.
+        ``DurabilityError``) raises from the call that carried it and stays pending.
 
         Raises:
             UnsupportedOperationError: grad_similarities=True: the shards answer with the k
@@ -188,8 +208,21 @@ class ShardedMemory:
                 "have no gradient to q (the loss has its gradient either way)")
         out, pending = self._answer(q, labels)
         if labels is not None and update:
-            out.written_slots = self.apply_update(self._plan(*pending))
+            batch = self._plan(*pending)
+            if self.pipelined:
+                self.pending = batch
+            else:
+                out.written_slots = self.apply_update(batch)
         return out
+
+    def flush(self) -> torch.Tensor | None:
+        """Sends the pending (pipelined) update and waits for its acknowledgement; returns the
+        slots it wrote [B], or None if nothing was pending."""
+        if self.pending is None:
+            return None
+        self.last_written = self.apply_update(self.pending)
+        self.pending = None
+        return self.last_written
 
     def predict_and_plan(self, q: torch.Tensor,
                          labels: torch.Tensor) -> tuple[MemoryOutput, UpdateBatch]:
@@ -207,8 +240,7 @@ class ShardedMemory:
         qn = F.normalize(rescale_rows(q), dim=1)
         q_np = np.ascontiguousarray(qn.detach().cpu().numpy())
         y_np = labels.cpu().numpy() if labels is not None else None
-        answers: list[ShardAnswer] = self.shards.call(
-            "search", [(q_np, y_np, self.k)] * self.spec.shards)
+        answers: list[ShardAnswer] = self._search(q_np, y_np)
         sims, slots, values = self._merge(answers)
         out = MemoryOutput(values=torch.from_numpy(values[:, 0].copy()),
                            similarities=torch.from_numpy(sims), slots=torch.from_numpy(slots),
@@ -219,6 +251,16 @@ class ShardedMemory:
         out.loss = self._loss(qn, answers, sims, slots, values, y_np)
         out.correct = out.values == labels.cpu()
         return out, (q_np, y_np, slots[:, 0], out.correct.numpy(), answers)
+
+    def _search(self, q_np: np.ndarray, y_np: np.ndarray | None) -> list[ShardAnswer]:
+        """The shards' answers; a pending update goes with the search, applied first."""
+        if self.pending is None:
+            return self.shards.call("search", [(q_np, y_np, self.k)] * self.spec.shards)
+        batch = self.pending
+        results = self.shards.call("step", [(w, q_np, y_np, self.k) for w in batch.writes])
+        self.pending = None  # acknowledged: durable on every shard
+        self.last_written = self._finish(batch, [applied for applied, _ in results])
+        return [answer for _, answer in results]
 
     def _merge(self, answers: list[ShardAnswer]):
         sims = np.concatenate([a.sims for a in answers], axis=1)
@@ -322,75 +364,23 @@ class ShardedMemory:
         if len(batch.writes) != self.spec.shards:
             raise MemoryStateError(f"an update batch must hold one write per shard "
                                    f"({self.spec.shards}), got {len(batch.writes)}")
-        answers = self.shards.call("apply", [(w,) for w in batch.writes])
-        written = batch.nearest.copy()
-        refused = np.zeros(len(written), dtype=bool)
-        full = set()
-        for s, (w, slots) in enumerate(zip(batch.writes, answers)):
-            slots = np.asarray(slots, dtype=np.int64)
-            n = len(w.insert_labels)
-            if len(slots) < n:  # a redone step the shard had applied (see ``resume``)
-                written[w.insert_positions] = -1
-                continue
-            written[w.insert_positions] = slots[:n]
-            if len(slots) > n:  # the slot each refresh wrote (an insert if it was stale)
-                written[w.refresh_positions] = slots[n:]
-            positions = np.concatenate([w.insert_positions, w.refresh_positions])
-            no = positions[: len(slots)][slots < 0]
-            if no.size:
-                refused[no] = True
-                full.add(s)
-        if full:
-            self._reroute(batch, written, refused, full)
-        return torch.from_numpy(written)
+        if self.pending is not None and batch is not self.pending:
+            self.flush()  # batches go out in order
+        return self._finish(batch, self.shards.call("apply", [(w,) for w in batch.writes]))
 
-    def _reroute(self, batch: UpdateBatch, written: np.ndarray, refused: np.ndarray,
-                 full: set[int]) -> None:
-        """Places the queries the shards refused (``refused`` [B]; their slots go into
-        ``written``, in place) into empty slots of
-        the shards not known to be full, one shard at a time, then what is left by eviction
-        in each query's first shard."""
-        size, d = len(written), self.spec.key_dim
-        qs, ys = np.zeros((size, d), dtype=np.float32), np.zeros(size, dtype=np.int64)
-        home = np.zeros(size, dtype=np.int64)
-        for s, w in enumerate(batch.writes):
-            for pos, q, y in ((w.insert_positions, w.insert_q, w.insert_labels),
-                              (w.refresh_positions, w.refresh_q, w.refresh_labels)):
-                qs[pos], ys[pos], home[pos] = q, y, s
-        step = 0
-        redo = 0 if 0 <= self.redo_after < batch.seq else -1  # a redone step's rounds too
-        remaining = np.flatnonzero(refused)
-        shards = [t for t in range(self.spec.shards) if t not in full]
-        for t in shards + [None]:
-            if not remaining.size:
-                return
-            step += 1
-            if t is None:  # no empty slot anywhere: evict, each in its first shard
-                parts = [remaining[home[remaining] == s] for s in range(self.spec.shards)]
-            else:
-                parts = [remaining if s == t else remaining[:0]
-                         for s in range(self.spec.shards)]
-            writes = [ShardWrite(
-                writer=f"{self.writer}/{batch.seq}.{step}", seq=1,
-                refresh_slots=np.zeros(0, dtype=np.int64),
-                refresh_q=np.zeros((0, d), dtype=np.float32),
-                refresh_labels=np.zeros(0, dtype=np.int64),
-                refresh_positions=np.zeros(0, dtype=np.int64), insert_q=qs[p],
-                insert_labels=ys[p], insert_positions=p,
-                insert_empty=len(p) if t is not None else 0, redo_after=redo) for p in parts]
-            answers = self.shards.call("apply", [(w,) for w in writes])
-            for p, slots in zip(parts, answers):
-                slots = np.asarray(slots, dtype=np.int64)[: len(p)]
-                if len(slots) < len(p):  # a redone round the shard had applied (``resume``)
-                    written[p], refused[p] = -1, False
-                    continue
-                written[p] = slots
-                refused[p] = slots < 0
-            remaining = np.flatnonzero(refused)
+    def _finish(self, batch: UpdateBatch, answers: list) -> torch.Tensor:
+        """The slot each query of ``batch`` wrote [B], from the shards' apply answers, after
+        re-routing what they refused (``reroute``)."""
+        written, refused, full = written_slots(batch, answers)
+        if full:
+            reroute(self.shards, self.spec.key_dim, self.writer, self.redo_after, batch,
+                    written, refused, full)
+        return torch.from_numpy(written)
 
     # ---------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, torch.Tensor]:
         """keys [N, d], values [N], ages [N], recent_slots [V], as ``Memory.state_dict()``."""
+        self.flush()
         states = self.shards.call("state", [()] * self.spec.shards)
         cat = lambda name: np.concatenate([s[name] for s in states])  # noqa: E731
         stack = lambda name: np.stack([s[name] for s in states])  # noqa: E731
@@ -421,6 +411,7 @@ class ShardedMemory:
         missing, unexpected = check_state_keys(state_dict, _STATE_KEYS, strict)
         spec = self.spec
         check_state(state_dict, spec.key_dim, spec.num_slots, spec.num_values)
+        self.flush()
         keys, values, ages = (state_dict[name].detach().cpu().numpy() for name in
                               ("keys", "values", "ages"))
         bounds, clock = list(self.offsets), int(ages.max())
@@ -431,6 +422,7 @@ class ShardedMemory:
 
     def status(self) -> list[dict]:
         """Per shard: occupancy, oldest age, queries, inserts, refreshes, ..."""
+        self.flush()
         return self.shards.call("status", [()] * self.spec.shards)
 
     def occupancy(self) -> int:

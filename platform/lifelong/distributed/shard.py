@@ -215,6 +215,13 @@ class MemoryShard:
             self.snapshots.after_append()  # never raises: the update is acknowledged
         return self._global(update.inserted)
 
+    def step(self, write: ShardWrite, q: np.ndarray, labels: np.ndarray | None,
+             k: int) -> tuple[np.ndarray, ShardAnswer]:
+        """A pipelined client's one call per step: ``apply(write)`` (the previous step's
+        update), then ``search(q, labels, k)``, which so sees it. If the apply raises, nothing
+        is searched."""
+        return self.apply(write), self.search(q, labels, k)
+
     def _global(self, local: np.ndarray) -> np.ndarray:
         """Local slot ids as global ones; -1 (refused) stays -1."""
         local = np.asarray(local, dtype=np.int64)
