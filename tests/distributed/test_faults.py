@@ -18,18 +18,28 @@ pytestmark = pytest.mark.ray
 BATCHES, BATCH, D = 40, 8, 16
 
 
-def writer(name, storage, index, acknowledged, errors, started):
+def writer(name, storage, index, acknowledged, errors, started, pipelined=False):
     """Writes BATCHES batches of never-seen labels (every query is an insert) and records what
-    each acknowledged batch wrote."""
+    each acknowledged batch wrote (pipelined: batch b is acknowledged by the answer of b + 1,
+    the last one by ``flush``)."""
     try:
         mem = attach(name, storage)
+        mem.pipelined = pipelined
         gen = torch.Generator().manual_seed(index)
+        sent = None
         for b in range(BATCHES):
             labels = torch.arange(BATCH) + (index * BATCHES + b) * BATCH
             q = torch.randn(BATCH, D, generator=gen)
             out = mem.query(q, labels)
-            acknowledged.append((F.normalize(q, dim=1), labels, out.written_slots))
+            if pipelined:
+                if sent is not None:
+                    acknowledged.append((*sent, mem.last_written))
+                sent = (F.normalize(q, dim=1), labels)
+            else:
+                acknowledged.append((F.normalize(q, dim=1), labels, out.written_slots))
             started.set()
+        if pipelined:
+            acknowledged.append((*sent, mem.flush()))
     except Exception as exc:  # reported by the test
         errors.append(exc)
 
@@ -45,7 +55,7 @@ def check_exactly_once(mem, acknowledged):
     assert clocks == [len(acknowledged)] * len(clocks)  # every batch applied once per shard
 
 
-def run_with_fault(cluster_fault, tmp_path, cluster):
+def run_with_fault(cluster_fault, tmp_path, cluster, pipelined=False):
     import ray
 
     spec = MemorySpec(name="faulty", key_dim=D, num_slots=8 * BATCHES * BATCH,
@@ -54,7 +64,8 @@ def run_with_fault(cluster_fault, tmp_path, cluster):
     mem = create_memory(spec, timeout_s=120)
     acknowledged, errors, started = [], [], threading.Event()
     threads = [threading.Thread(target=writer, args=("faulty", str(tmp_path), i, acknowledged,
-                                                     errors, started)) for i in range(2)]
+                                                     errors, started, pipelined))
+               for i in range(2)]
     for t in threads:
         t.start()
     started.wait(60)
@@ -106,6 +117,16 @@ def test_killed_shard_process_loses_nothing(cluster, tmp_path):
         return lambda status: status["pid"] != pid or pytest.fail("shard 0 was not restarted")
 
     run_with_fault(kill_shard, tmp_path, cluster)
+
+
+def test_killed_shard_with_pipelined_batches_in_flight_loses_none_and_applies_none_twice(
+        cluster, tmp_path):
+    def kill_shard(mem):
+        pid = mem.status()[0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        return lambda status: status["pid"] != pid or pytest.fail("shard 0 was not restarted")
+
+    run_with_fault(kill_shard, tmp_path, cluster, pipelined=True)
 
 
 def test_removed_node_loses_nothing(cluster, tmp_path):

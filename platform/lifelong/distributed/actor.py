@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 import time
 from typing import Any, Sequence
 
@@ -17,6 +19,8 @@ from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import LifelongError, ShardUnavailableError
 
 NAMESPACE = "lifelong"
+GAUGE_INTERVAL_S = 5.0  # how often a shard actor sets its gauges
+logger = logging.getLogger(__name__)
 
 
 def actor_name(memory: str, index: int) -> str:
@@ -78,13 +82,25 @@ class ShardActor:
         self.shard = MemoryShard(spec, index, device=device)
         self.metrics = _ShardMetrics(spec.name, index)
         self._gauges()
+        threading.Thread(target=self._gauge_loop, daemon=True, name="gauges").start()
 
     def _gauges(self) -> None:
-        status = self.shard.status()
-        self.metrics.occupancy.set(status["occupied"])
-        self.metrics.oldest_age.set(status["oldest_age"])
-        self.metrics.snapshot_failures.set(status.get("snapshot_failures", 0))
-        self.metrics.torn_frames.set(status.get("torn_frames", 0))
+        values = self.shard.gauges()
+        self.metrics.occupancy.set(values["occupied"])
+        self.metrics.oldest_age.set(values["oldest_age"])
+        self.metrics.snapshot_failures.set(values["snapshot_failures"])
+        self.metrics.torn_frames.set(values["torn_frames"])
+
+    def _gauge_loop(self) -> None:
+        """Sets the gauges every GAUGE_INTERVAL_S, traffic or not: not per call (they cost a
+        pass over the slots), and an idle shard's series stay exported (Ray drops a gauge
+        series that is not set again within twice its export interval)."""
+        while True:
+            time.sleep(GAUGE_INTERVAL_S)
+            try:
+                self._gauges()
+            except Exception:  # noqa: BLE001 - a gauge must never take the shard down
+                logger.debug("shard gauges not set", exc_info=True)
 
     def search(self, q, labels, k):
         start = time.perf_counter()
@@ -99,7 +115,6 @@ class ShardActor:
             self.metrics.inserts.inc(len(write.insert_labels))
         if len(write.refresh_labels):
             self.metrics.refreshes.inc(len(write.refresh_labels))
-        self._gauges()
         return inserted
 
     def step(self, write, q, labels, k):

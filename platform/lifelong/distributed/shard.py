@@ -428,5 +428,17 @@ class MemoryShard:
                 "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
                 **self._durability_status()}
 
+    def gauges(self) -> dict[str, int]:
+        """What the shard's gauges show: occupied slots, the oldest filled slot's age, failed
+        snapshots, torn frames dropped at start. Reads only (another thread may call it)."""
+        mem = self.memory
+        filled = mem.values >= 0
+        ages = mem.ages[filled]
+        store = self.store
+        return {"occupied": int(filled.sum()),
+                "oldest_age": int(ages.max()) if ages.numel() else 0,
+                "snapshot_failures": self.snapshots.failures if store else 0,
+                "torn_frames": store.torn_frames if store else 0}
+
     def _durability_status(self) -> dict:
         return self.snapshots.status() if self.store is not None else {"generation": None}

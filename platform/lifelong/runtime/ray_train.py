@@ -95,6 +95,7 @@ def report_checkpoint(rank: int, memory: Any = None, writer_base: str | None = N
     def save(step: int, state: dict[str, Any], stats: dict[str, float]) -> None:
         reported = {"step": step, **stats}
         if memory is not None:
+            memory.flush()  # every batch numbered up to memory_seq is acknowledged
             state = {**state, "memory_writer": writer_base, "memory_seq": int(memory.seq)}
         if rank != 0:
             ray.train.report(reported, checkpoint=None)
@@ -134,6 +135,7 @@ def _worker(config: dict[str, Any]) -> None:
         memory = attach(*config["memory"], writer=f"{writer_base}.rank{rank}")
         if resume is not None and "memory_seq" in resume:
             memory.resume(memory.writer, int(resume["memory_seq"]))
+        memory.pipelined = True  # one round trip per memory step; flushed at checkpoints
     logger = None
     if rank == 0 and config["run_id"]:
         from lifelong.tracking import TrackedRun
@@ -151,6 +153,8 @@ def _worker(config: dict[str, Any]) -> None:
                                     save=report_checkpoint(rank, memory, writer_base),
                                     any_rank=_any_rank_with_fault(
                                         rank, (resume or {}).get("step", 0) + 1)))
+    if memory is not None:
+        memory.flush()  # the last step's update
 
 
 def fit_on_ray(loop: Callable[..., Any], job: Any, *, ray_config: RayTrainConfig,
