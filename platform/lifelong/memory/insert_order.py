@@ -212,6 +212,23 @@ class InsertOrder:
             raise ValueError(f"asked for {count} insert slots, only {count - left} available")
         return torch.cat(found_scores), torch.cat(found_slots)
 
+    def choose(self, count: int, exclude: torch.Tensor | None, age_noise: float,
+               generator: torch.Generator, values: torch.Tensor, write_time: torch.Tensor,
+               clock: int) -> torch.Tensor:
+        """``Memory.oldest_slots``: [count] int64 distinct slots not in ``exclude`` [E], empty
+        ones first in the noiseless order, then filled ones by age + U[-age_noise, age_noise]
+        (noise in float64 from ``generator``, drawn for the ``window`` of the count-th
+        noiseless score - ceil(2 age_noise) alone, in insert order). Call ``sync`` first."""
+        scores, slots = self.first(count, exclude, values, write_time, clock)
+        empty = int((scores >= EMPTY_BONUS).sum()) if age_noise else count
+        if empty == count:
+            return slots
+        threshold = int(scores[-1]) - math.ceil(2 * age_noise)
+        scores, candidates = self.window(threshold, exclude, values, write_time, clock)
+        noise = torch.rand(candidates.numel(), generator=generator, dtype=torch.float64)
+        noisy = scores.double() + (2 * noise - 1).to(scores.device) * age_noise
+        return torch.cat([slots[:empty], candidates[noisy.topk(count - empty).indices]])
+
     def window(self, threshold: int, exclude: torch.Tensor | None, values: torch.Tensor,
                write_time: torch.Tensor, clock: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every filled slot not in ``exclude`` [E] whose score (its age) is >= threshold, in

@@ -357,18 +357,8 @@ class Memory(nn.Module):
         Returns:
             [count] int64 distinct slot ids.
         """
-        order, clock = self._order(), int(self.clock)
-        scores, slots = order.first(count, exclude, self.values, self.write_time, clock)
-        if self.age_noise == 0:
-            return slots
-        empty = int((scores >= EMPTY_BONUS).sum())
-        if empty == count:
-            return slots
-        threshold = int(scores[-1]) - math.ceil(2 * self.age_noise)
-        scores, candidates = order.window(threshold, exclude, self.values, self.write_time, clock)
-        noise = torch.rand(candidates.numel(), generator=self.generator, dtype=torch.float64)
-        noisy = scores.double() + (2 * noise - 1).to(scores.device) * self.age_noise
-        return torch.cat([slots[:empty], candidates[noisy.topk(count - empty).indices]])
+        return self._order().choose(count, exclude, self.age_noise, self.generator, self.values,
+                                    self.write_time, int(self.clock))
 
     def oldest_age(self) -> int:
         """The age of the oldest filled slot, 0 when none is filled (amortised O(written))."""
