@@ -88,31 +88,33 @@ class _Queue:
         self.slots[:n], self.times[:n] = slots, times
         self.head, self.tail = 0, n
 
-    def front(self, need: int, exclude: torch.Tensor | None, max_time: int | None,
+    def front(self, need: int, exclude: torch.Tensor | None, margin: int | None,
               values, write_time) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first live entries, in order: at least ``need`` whose slot is not in
-        ``exclude`` [E] (fewer if the queue holds fewer), and every one with a write time <=
-        ``max_time`` when given. Stale entries met on the way are dropped for good.
+        """The first live entries whose slot is not in ``exclude`` [E], in order: ``need`` of
+        them (fewer if the queue holds fewer) and, given a margin, every further one whose
+        write time is at most the need-th one's + margin (need >= 1 then). Stale entries met
+        on the way are dropped for good.
 
         Returns:
-            slots [m] and times [m] int64, excluded slots included.
+            slots [m] and times [m] int64 (at least those asked for; tensors of their own).
         """
-        width = 2 * need + (exclude.numel() if exclude is not None else 0) + 32
+        excluding = exclude is not None and exclude.numel() > 0
+        width = 2 * need + (exclude.numel() if excluding else 0) + 32
         while True:
             end = min(self.head + width, self.tail)
             slots, times = self.slots[self.head:end], self.times[self.head:end]
-            last = int(times[-1]) if max_time is not None and end > self.head else None
+            last = int(times[-1]) if margin is not None and end < self.tail else None
             keep = self.live(slots, times, values, write_time)
             slots, times = slots[keep], times[keep]
-            start = end - slots.numel()
-            self.slots[start:end], self.times[start:end] = slots, times
-            self.head = start
-            if end == self.tail:
-                return slots, times
-            usable = slots.numel()
-            if exclude is not None and exclude.numel() and usable:
-                usable -= int(torch.isin(slots, exclude).sum())
-            if usable >= need and (last is None or last > max_time):
+            if slots.numel() < end - self.head:
+                start = end - slots.numel()
+                self.slots[start:end], self.times[start:end] = slots, times
+                self.head = start
+            if excluding:
+                usable = ~torch.isin(slots, exclude)
+                slots, times = slots[usable], times[usable]
+            if end == self.tail or (slots.numel() >= need and (
+                    last is None or last > int(times[need - 1]) + margin)):
                 return slots, times
             width *= 2
 
@@ -196,54 +198,45 @@ class InsertOrder:
         Returns:
             scores: [count] int64, descending; slots: [count] int64.
         """
-        found_scores, found_slots, left = [], [], count
+        scores, slots, _ = self._first(count, exclude, None, values, write_time, clock)
+        return scores, slots
+
+    def _first(self, count, exclude, margin, values, write_time, clock):
+        """``first``, and the filled slots of the noise window (``choose``) given a margin."""
+        found_scores, found_slots, left, window = [], [], count, None
         for queue in self.queues:
-            if left <= 0:
-                break
-            slots, times = queue.front(left, exclude, None, values, write_time)
-            if exclude is not None and exclude.numel():
-                keep = ~torch.isin(slots, exclude)
-                slots, times = slots[keep], times[keep]
+            if left <= 0 or (queue.empty and not self.num_empty):
+                continue
+            slots, times = queue.front(left, exclude, None if queue.empty else margin,
+                                       values, write_time)
+            if not queue.empty and margin is not None and slots.numel() >= left:
+                inside = times <= int(times[left - 1]) + margin
+                window = (clock - times[inside], slots[inside])
             slots, times = slots[:left], times[:left]
             found_slots.append(slots)
             found_scores.append(clock - times + (EMPTY_BONUS if queue.empty else 0))
             left -= slots.numel()
         if left > 0:
             raise ValueError(f"asked for {count} insert slots, only {count - left} available")
-        return torch.cat(found_scores), torch.cat(found_slots)
+        return torch.cat(found_scores), torch.cat(found_slots), window
 
     def choose(self, count: int, exclude: torch.Tensor | None, age_noise: float,
                generator: torch.Generator, values: torch.Tensor, write_time: torch.Tensor,
                clock: int) -> torch.Tensor:
         """``Memory.oldest_slots``: [count] int64 distinct slots not in ``exclude`` [E], empty
-        ones first in the noiseless order, then filled ones by age + U[-age_noise, age_noise]
-        (noise in float64 from ``generator``, drawn for the ``window`` of the count-th
-        noiseless score - ceil(2 age_noise) alone, in insert order). Call ``sync`` first."""
-        scores, slots = self.first(count, exclude, values, write_time, clock)
-        empty = int((scores >= EMPTY_BONUS).sum()) if age_noise else count
-        if empty == count:
+        ones first in the noiseless order, then filled ones by age + U[-age_noise, age_noise]:
+        noise in float64 from ``generator``, drawn, in insert order, for the filled slots
+        scoring at least the count-th noiseless score - ceil(2 age_noise) alone (no other
+        can win). Call ``sync`` first."""
+        margin = math.ceil(2 * age_noise) if age_noise else None
+        scores, slots, window = self._first(count, exclude, margin, values, write_time, clock)
+        if window is None:  # no noise, or only empty slots taken
             return slots
-        threshold = int(scores[-1]) - math.ceil(2 * age_noise)
-        scores, candidates = self.window(threshold, exclude, values, write_time, clock)
+        empty = count - int((scores < EMPTY_BONUS).sum())
+        scores, candidates = window
         noise = torch.rand(candidates.numel(), generator=generator, dtype=torch.float64)
         noisy = scores.double() + (2 * noise - 1).to(scores.device) * age_noise
         return torch.cat([slots[:empty], candidates[noisy.topk(count - empty).indices]])
-
-    def window(self, threshold: int, exclude: torch.Tensor | None, values: torch.Tensor,
-               write_time: torch.Tensor, clock: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every filled slot not in ``exclude`` [E] whose score (its age) is >= threshold, in
-        insert order (call ``sync`` first).
-
-        Returns:
-            scores: [m] int64, descending; slots: [m] int64.
-        """
-        queue = self.queues[1]
-        slots, times = queue.front(0, exclude, clock - threshold, values, write_time)
-        keep = times <= clock - threshold
-        if exclude is not None and exclude.numel():
-            keep &= ~torch.isin(slots, exclude)
-        slots, times = slots[keep], times[keep]
-        return clock - times, slots
 
     def oldest_filled_time(self, values: torch.Tensor, write_time: torch.Tensor) -> int | None:
         """The write time of the oldest filled slot (call ``sync`` first); None if none is."""
