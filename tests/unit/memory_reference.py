@@ -60,9 +60,10 @@ class ReferenceMemory:
         return preds, loss
 
     def oldest(self, count, exclude):
-        """Empty slots first, then oldest, ties to the lowest slot id."""
+        """Empty slots first, then oldest, ties by rank (``golden_rank``)."""
+        rank = golden_rank(len(self.values))
         order = sorted(range(len(self.values)),
-                       key=lambda s: (-(self.values[s] < 0).item(), -int(self.ages[s]), s))
+                       key=lambda s: (-(self.values[s] < 0).item(), -int(self.ages[s]), rank[s]))
         return [s for s in order if s not in exclude][:count]
 
     def write(self, qn, labels, nearest, correct):
@@ -86,6 +87,20 @@ class ReferenceMemory:
             self.ages[slot] = 0
             self.recent[int(labels[i])] = slot
         return written
+
+
+def golden_rank(n):
+    """rank[s] for slots [0, n): the slots in rank order are 0, G, 2G, ... mod n, G the integer
+    below n (sqrt 5 - 1) / 2 raised to the first value coprime to n (1 for n <= 2)."""
+    stride = 1
+    if n > 2:
+        stride = max(1, (math.isqrt(5 * n * n) - n) // 2)
+        while math.gcd(stride, n) != 1:
+            stride += 1
+    rank = [0] * n
+    for r in range(n):
+        rank[(r * stride) % n] = r
+    return rank
 
 
 def temperature(k, alpha):

@@ -30,7 +30,7 @@ from lifelong.memory import LoadResult, MemoryOutput
 from lifelong.memory.checks import (check_labels, check_query, check_state, check_state_keys,
                                     rescale_rows)
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
-from lifelong.memory.memory import EMPTY_BONUS
+from lifelong.memory.insert_order import EMPTY_BONUS, slot_rank
 
 __all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 
@@ -321,7 +321,8 @@ class ShardedMemory:
     # --------------------------------------------------------------------------------- update
     def _plan(self, q, labels, nearest, correct, answers) -> UpdateBatch:
         """Splits one update batch into the shards' parts (refreshes to the slot's owner,
-        inserts by the merged insert order) under the next sequence number."""
+        inserts by the merged insert order: score descending, equal scores by ``slot_rank`` of
+        the global slot id, as ``Memory`` orders them) under the next sequence number."""
         refresh = np.flatnonzero(correct)
         inserting = np.flatnonzero(~correct)
         # The global insert order: the shards' candidates merged, minus slots refreshed now.
@@ -329,7 +330,7 @@ class ShardedMemory:
         cands = np.concatenate([a.oldest_slots for a in answers])
         keep = ~np.isin(cands, nearest[refresh])
         scores, cands = scores[keep], cands[keep]
-        order = np.lexsort((cands, -scores))[: len(inserting)]
+        order = np.lexsort((slot_rank(cands, self.spec.num_slots), -scores))[: len(inserting)]
         target = self.owner(cands[order])  # shard of each insert, in insert order
         to_empty = scores[order] >= EMPTY_BONUS  # routed to a slot empty at search time
         refresh_owner = self.owner(nearest[refresh])

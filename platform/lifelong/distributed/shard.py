@@ -107,7 +107,8 @@ class MemoryShard:
         self.device = torch.device(device)
         self.memory = Memory(key_dim=spec.key_dim, num_slots=self.size, num_values=1,
                              choose_k=spec.choose_k, alpha=spec.alpha, age_noise=spec.age_noise,
-                             use_recent=False, seed=spec.seed + index).to(self.device)
+                             use_recent=False, seed=spec.seed + index, slot_offset=self.offset,
+                             total_slots=spec.num_slots).to(self.device)
         v = spec.num_values
         self.recent_slots = np.full(v, -1, dtype=np.int64)
         self.recent_clock = np.zeros(v, dtype=np.int64)
@@ -262,7 +263,7 @@ class MemoryShard:
                                   write.refresh_positions[stale],
                                   write.insert_positions[marked:]]).astype(np.int64, copy=False)
         wants_empty = marked + len(stale)
-        empty = int((mem.values < 0).sum()) if wants_empty else 0  # none is refreshed now
+        empty = mem.num_slots - mem.occupancy() if wants_empty else 0  # none is refreshed now
         accept = np.ones(len(ins_labels), dtype=bool)
         accept[min(wants_empty, empty):wants_empty] = False
         plan = mem.plan_write(_tensor(refresh_local[fresh], dev),
@@ -416,13 +417,12 @@ class MemoryShard:
                 "recent_position": self.recent_position.copy()}
 
     def status(self) -> dict:
-        """Occupancy, oldest age and traffic counters."""
+        """Occupancy, oldest age (both kept incrementally by the shard's ``Memory``: amortised
+        O(slots written since the last call), not O(size)) and traffic counters."""
         mem = self.memory
-        filled = mem.values >= 0
-        ages = mem.ages[filled]
         return {"shard": self.index, "slots": self.size, "offset": self.offset,
-                "occupied": int(filled.sum()), "oldest_age": int(ages.max()) if ages.numel()
-                else 0, "clock": int(mem.clock), "device": str(self.device),
+                "occupied": mem.occupancy(), "oldest_age": mem.oldest_age(),
+                "clock": int(mem.clock), "device": str(self.device),
                 "queries": self.stats.queries, "inserts": self.stats.inserts,
                 "refreshes": self.stats.refreshes, "updates": self.stats.updates,
                 "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,

@@ -27,15 +27,14 @@ from torch import nn
 from lifelong.errors import MemoryStateError
 from lifelong.memory.checks import (check_labels, check_query, check_state, check_state_keys,
                                     rescale_rows)
+from lifelong.memory.insert_order import EMPTY_BONUS, InsertOrder
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
 from lifelong.memory.output import MemoryOutput, WritePlan
 from lifelong.memory.protocol import LoadResult
 from lifelong.memory.search import ExactSearch, Search
 
-__all__ = ["Memory", "MemoryOutput", "WritePlan", "margin_from_pair", "softmax_temperature"]
-
-# Empty slots are preferred for inserts over any written slot: their insert score gets this bonus.
-EMPTY_BONUS = 2**32  # an insert score at least this marks an empty slot (shard clients)
+__all__ = ["EMPTY_BONUS", "Memory", "MemoryOutput", "WritePlan", "margin_from_pair",
+           "softmax_temperature"]
 
 
 class Memory(nn.Module):
@@ -53,6 +52,10 @@ class Memory(nn.Module):
         learn_query_proj: pass queries through a learned d x d projection (starts as identity).
         search: the nearest-neighbour backend; exact matmul + top-k by default.
         seed: seeds the private random generator of the age noise.
+        slot_offset: the global id of slot 0 when this memory is a shard of a larger one.
+        total_slots: the slots of that larger memory (None: num_slots). Insert ties are broken
+            by the rank of the global slot id among total_slots (``slot_rank``), so a sharded
+            memory chooses as one memory of total_slots does.
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class Memory(nn.Module):
         learn_query_proj: bool = False,
         search: Search | None = None,
         seed: int = 0,
+        slot_offset: int = 0,
+        total_slots: int | None = None,
     ):
         super().__init__()
         for name, val in (("key_dim", key_dim), ("num_slots", num_slots),
@@ -90,6 +95,7 @@ class Memory(nn.Module):
         self.register_buffer("write_time", torch.zeros(num_slots, dtype=torch.int64),
                              persistent=False)
         self.register_buffer("clock", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.insert_order = InsertOrder(num_slots, slot_offset, total_slots)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -113,8 +119,8 @@ class Memory(nn.Module):
         return self.clock - self.write_time
 
     def occupancy(self) -> int:
-        """Number of filled (non-empty) slots."""
-        return int((self.values >= 0).sum())
+        """Number of filled (non-empty) slots (kept by the insert order: O(1) per call)."""
+        return self.num_slots - self._order().num_empty
 
     # ---------------------------------------------------------------------------------- lookup
     def query(self, q: torch.Tensor, labels: torch.Tensor | None = None,
@@ -241,7 +247,7 @@ class Memory(nn.Module):
 
         Refreshed keys become normalise(key + sum of the queries refreshing the slot); the
         inserts take distinct slots from ``oldest_slots``, never a refreshed one. With age noise
-        this draws from the memory's generator (once, and only when there are inserts), exactly
+        this draws from the memory's generator (once, when an insert takes a filled slot), exactly
         as ``write`` does: planning then applying a step is bit-identical to ``write``.
 
         Args:
@@ -276,6 +282,8 @@ class Memory(nn.Module):
             clock: the write clock after the step (a replayed step's recorded clock, >= the
                 current one); None: the next step, clock + 1.
         """
+        order = self._order()
+        was_empty = int((self.values[slots] < 0).sum())
         self.keys[slots] = keys
         self.values[slots] = values
         if clock is None:
@@ -283,6 +291,7 @@ class Memory(nn.Module):
         else:
             self.clock.fill_(clock)
         self.write_time[slots] = self.clock
+        order.written(slots, was_empty, self.values, self.write_time, self.clock)
         self.search.on_write(slots, self.keys)
 
     @torch.no_grad()
@@ -312,36 +321,34 @@ class Memory(nn.Module):
         self.values.copy_(values)
         self.write_time.copy_(write_time)
         self.clock.fill_(clock)
+        self.insert_order.invalidate()
         self.search.reset()
 
-    def _insert_scores(self) -> torch.Tensor:
-        """[N] int64: empty slots first (a bonus beyond any age), then by age."""
-        return self.ages + (self.values < 0).long() * EMPTY_BONUS
+    def _order(self) -> InsertOrder:
+        """The insert order, rebuilt first if the state changed other than by ``apply_write``."""
+        self.insert_order.sync(self.values, self.write_time, self.clock)
+        return self.insert_order
 
     def oldest_candidates(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``count`` first slots of the noiseless insert order, with their scores.
 
-        Returns:
-            scores: [count] int64, descending; slots: [count] int64, ties by lowest slot id.
-        """
-        score = self._insert_scores()
-        slots = self._oldest_exact(score, count)
-        return score[slots], slots
+        The order is score descending, a slot's score being its age plus ``EMPTY_BONUS`` when it
+        is empty, equal scores by ascending ``slot_rank`` of the global slot id. Amortised
+        O(count + slots written since the last call), not O(N).
 
-    def _oldest_exact(self, score: torch.Tensor, count: int,
-                      exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``count`` slots of highest score [N], ties to the lowest slot id, as one int64
-        key per slot; excluded slots [E] come last."""
-        ids = torch.arange(self.num_slots, device=score.device)
-        composite = score * self.num_slots + (self.num_slots - 1 - ids)
-        if exclude is not None and exclude.numel():
-            composite[exclude] = torch.iinfo(torch.int64).min
-        return composite.topk(count).indices
+        Returns:
+            scores: [count] int64, descending; slots: [count] int64 local slot ids.
+        """
+        return self._order().first(count, None, self.values, self.write_time, int(self.clock))
 
     def oldest_slots(self, count: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``count`` slots to insert into, oldest first: empty slots, then by age + noise.
+        """The ``count`` slots to insert into: empty slots first, in the noiseless insert
+        order (``oldest_candidates``), then filled ones by age + U[-age_noise, age_noise].
 
-        With age_noise 0 ties go to the lowest slot id, so the choice is deterministic.
+        With age_noise 0 this is the noiseless order, so the choice is deterministic. With
+        noise, T is the score of the count-th slot of the noiseless order: a filled slot scoring
+        below T - ceil(2 age_noise) cannot win, so noise (float64, from the memory's generator)
+        is drawn for the filled slots at or above that alone, in insert order.
 
         Args:
             count: how many distinct slots.
@@ -350,19 +357,13 @@ class Memory(nn.Module):
         Returns:
             [count] int64 distinct slot ids.
         """
-        score = self._insert_scores()  # [N] int64
-        if self.age_noise == 0:
-            return self._oldest_exact(score, count, exclude)
-        if exclude is not None and exclude.numel():
-            score[exclude] = torch.iinfo(torch.int64).min
-        # Noise moves a score by at most age_noise, so only slots within 2 * age_noise of the
-        # count-th oldest can be chosen: draw noise for those alone (same distribution as
-        # drawing it for all N slots, at a fraction of the cost for large memories).
-        threshold = score.topk(count).values[-1]
-        candidates = (score >= threshold - math.ceil(2 * self.age_noise)).nonzero().squeeze(1)
-        noise = torch.rand(candidates.numel(), generator=self.generator, dtype=torch.float64)
-        noisy = score[candidates].double() + (2 * noise - 1).to(score.device) * self.age_noise
-        return candidates[noisy.topk(count).indices]
+        return self._order().choose(count, exclude, self.age_noise, self.generator, self.values,
+                                    self.write_time, int(self.clock))
+
+    def oldest_age(self) -> int:
+        """The age of the oldest filled slot, 0 when none is filled (amortised O(written))."""
+        time = self._order().oldest_filled_time(self.values, self.write_time)
+        return 0 if time is None else int(self.clock) - time
 
     def _set_recent(self, labels: torch.Tensor, slots: torch.Tensor) -> None:
         """recent_slots[label] = slot; for a label repeated in the batch the last query wins."""
@@ -380,6 +381,7 @@ class Memory(nn.Module):
         self.recent_slots.fill_(-1)
         self.write_time.zero_()
         self.clock.zero_()
+        self.insert_order.invalidate()
         self.search.reset()
 
     def _check_query(self, q: torch.Tensor) -> None:
@@ -435,6 +437,7 @@ class Memory(nn.Module):
         with torch.no_grad():
             self.clock.fill_(int(ages.max()) if ages.numel() else 0)
             self.write_time.copy_(self.clock - ages)
+        self.insert_order.invalidate()
         self.search.reset()
 
     def _check_state(self, state_dict, prefix) -> None:
