@@ -430,7 +430,8 @@ class MemoryShard:
 
     def gauges(self) -> dict[str, int]:
         """What the shard's gauges show: occupied slots, the oldest filled slot's age, failed
-        snapshots, torn frames dropped at start. Reads only (another thread may call it)."""
+        snapshots, torn frames dropped at start. Reads only, O(size) (the actor calls it every
+        few seconds from another thread, so it leaves the insert order alone)."""
         mem = self.memory
         filled = mem.values >= 0
         ages = mem.ages[filled]
