@@ -101,7 +101,7 @@ def in_process(cfg: ProfileConfig, local, storage: str) -> tuple[float, dict]:
     timed."""
     spec = spec_for(cfg, "in-process", storage)
     shards = [MemoryShard(spec, i) for i in range(cfg.shards)]
-    memory = ShardedMemory(spec, LocalShards(shards))
+    memory = ShardedMemory(spec, LocalShards(shards), pipelined=True)
     memory.load_state_dict(local.state_dict())
     timer = Timer()
     timer.wrap(memory.shards, "call", "round")
@@ -113,7 +113,7 @@ def in_process(cfg: ProfileConfig, local, storage: str) -> tuple[float, dict]:
 
     def call(method, args):  # the actor refreshes its gauges from status() after apply
         out = real_call(method, args)
-        if method == "apply":
+        if method in ("apply", "step"):
             for s in shards:
                 s.status()
         return out
@@ -153,9 +153,10 @@ def serialisation(memory, cfg: ProfileConfig) -> dict:
     return result
 
 
-def on_ray(cfg: ProfileConfig, local, storage: str) -> tuple[float, dict]:
+def on_ray(cfg: ProfileConfig, local, storage: str, pipelined: bool) -> tuple[float, dict]:
     memory = create_memory(spec_for(cfg, "profiled", storage))
     memory.load_state_dict(local.state_dict())
+    memory.pipelined = pipelined
     timer = Timer()
     real = memory.shards.call
 
@@ -171,13 +172,15 @@ def on_ray(cfg: ProfileConfig, local, storage: str) -> tuple[float, dict]:
         real("ping", [()] * cfg.shards)
     parts["bare_round_trip"] = (time.perf_counter() - start) / 100 * 1e3
     memory.shards.call = real
+    memory.flush()
+    memory.pipelined = False
     parts.update(serialisation(memory, cfg))
     delete_memory("profiled", storage)
     return ms, parts
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(ProfileConfig, __doc__, argv)
+    cfg = config_from_args(ProfileConfig, __doc__, argv, "benchmarks/configs/profile_sharded.yaml")
     torch.set_num_threads(1)
     storage = tempfile.mkdtemp(prefix="profile-sharded-")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="profile-ray-")
@@ -193,13 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
                                                    batches=(1,)))
         local_ms = steps(local, cfg, Timer())
         process_ms, process = in_process(cfg, local, storage)
-        ray_ms, remote = on_ray(cfg, local, storage)
+        ray_ms, remote = on_ray(cfg, local, storage, pipelined=False)
+        piped_ms, piped = on_ray(cfg, local, storage, pipelined=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
     result = {"config": asdict(cfg), "local_ms": local_ms, "in_process_ms": process_ms,
-              "ray_ms": ray_ms, "in_process": process, "ray": remote}
+              "ray_ms": ray_ms, "pipelined_ms": piped_ms, "in_process": process,
+              "ray": remote, "pipelined": piped}
     print_table(result)
     with open(cfg.out, "w") as fh:
         json.dump(result, fh, indent=2)
@@ -211,16 +216,20 @@ def print_table(r: dict) -> None:
     cfg, p, q = r["config"], r["in_process"], r["ray"]
     print(f"\none step, {cfg['slots']} slots, batch {cfg['batch']}, {cfg['shards']} shards, "
           f"ms (mean of {cfg['steps']} steps)")
+    o = r["pipelined"]
     rows = [("local Memory step", r["local_ms"]),
-            ("sharded step, shards in process", r["in_process_ms"]),
-            ("sharded step, shards on Ray", r["ray_ms"]),
-            ("  Ray added per step (Ray - in process)", r["ray_ms"] - r["in_process_ms"]),
-            ("  search round on Ray", q.get("round.search", 0)),
-            ("  apply round on Ray", q.get("round.apply", 0)),
-            ("  client work on Ray (step - rounds)",
+            ("sharded step, shards in process (pipelined)", r["in_process_ms"]),
+            ("sharded step on Ray, two rounds", r["ray_ms"]),
+            ("  search round", q.get("round.search", 0)),
+            ("  apply round", q.get("round.apply", 0)),
+            ("  client work (step - rounds)",
              r["ray_ms"] - q.get("round.search", 0) - q.get("round.apply", 0)),
-            ("  bare round trip to all shards", q["bare_round_trip"]),
-            ("in process: both rounds", p.get("round", 0)),
+            ("sharded step on Ray, pipelined", r["pipelined_ms"]),
+            ("  step round (apply t + search t+1)", o.get("round.step", 0)),
+            ("  client work (step - round)", r["pipelined_ms"] - o.get("round.step", 0)),
+            ("  Ray added (pipelined Ray - in process)", r["pipelined_ms"] - r["in_process_ms"]),
+            ("bare round trip to all shards", q["bare_round_trip"]),
+            ("in process: the step round", p.get("round", 0)),
             ("  shard.search (all shards)", p.get("shard.search", 0)),
             ("  shard.apply (all shards)", p.get("shard.apply", 0)),
             ("    of which plan", p.get("shard._plan", 0)),
