@@ -113,8 +113,10 @@ def test_a_restarted_worker_group_resumes_its_writers_and_applies_redone_steps_o
     result = train_on_ray(tiny_job(tmp_path, "ray.max_failures=1"), None, None, progress=False)
     assert marker.exists(), "the fault was not injected"
     assert result.steps == 4
-    # As without the restart: 4 steps x 2 workers x 10 update batches, on each of 2 shards;
-    # step 3's batches, redone by the resumed writers, were recognised and not applied again.
+    # As without the restart: 4 steps x 2 workers x 10 update batches, on each of 2 shards,
+    # each applied once. Step 3's batches, redone by the resumed writers, were recognised and
+    # not applied again, except each rank's last one: pipelined, it was still waiting in the
+    # client for step 4's search when the group died, so the redo is its first application.
     memory = attach("omniglot-lifelong", str(tmp_path / "memories"))
     assert sum(s["clock"] for s in memory.status()) == 2 * 4 * 2 * 10
-    assert sum(s["duplicates"] for s in memory.status()) == 2 * 10 * 2
+    assert sum(s["duplicates"] for s in memory.status()) == 2 * (10 - 1) * 2
