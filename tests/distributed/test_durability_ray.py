@@ -2,12 +2,14 @@
 torn frame restarts and serves, the frame dropped and counted; one whose log is damaged in the
 middle stops with a typed CorruptStateError naming the file, not an untyped ActorDiedError."""
 
+import time
+
 import pytest
 import torch
 
 from lifelong.distributed import MemorySpec, create_memory, delete_memory
 from lifelong.distributed.actor import NAMESPACE, actor_name
-from lifelong.errors import CorruptStateError
+from lifelong.errors import CorruptStateError, ShardUnavailableError
 
 pytestmark = pytest.mark.ray
 
@@ -27,7 +29,24 @@ def written(name, tmp_path):
 
 def restart_shard(ray, name, index):
     """Kills the shard's actor process; Ray restarts it, and it rebuilds from its files."""
-    ray.kill(ray.get_actor(actor_name(name, index), namespace=NAMESPACE), no_restart=False)
+    handle = ray.get_actor(actor_name(name, index), namespace=NAMESPACE)
+    pid = ray.get(handle.status.remote())["pid"]
+    ray.kill(handle, no_restart=False)
+    return pid
+
+
+def restarted_status(memory, index, old_pid):
+    """The shard's status once its restarted process answers (ray.kill returns at once)."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            status = memory.status()[index]
+        except ShardUnavailableError:
+            status = None
+        if status is not None and status["pid"] != old_pid:
+            return status
+        time.sleep(0.2)
+    pytest.fail("the shard was not restarted")
 
 
 def test_a_shard_whose_log_ends_in_a_torn_frame_restarts_and_serves(ray_local, tmp_path):
@@ -35,8 +54,7 @@ def test_a_shard_whose_log_ends_in_a_torn_frame_restarts_and_serves(ray_local, t
     before = memory.state_dict()
     with open(log, "ab") as fh:  # what a crash in the middle of an append leaves
         fh.write(log.read_bytes()[:40])
-    restart_shard(ray_local, "torn", 1)
-    status = memory.status()[1]
+    status = restarted_status(memory, 1, restart_shard(ray_local, "torn", 1))
     assert status["torn_frames"] == 1 and status["replayed"] == 3
     after = memory.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -50,7 +68,9 @@ def test_a_shard_whose_log_is_damaged_in_the_middle_raises_a_typed_error(ray_loc
     data = bytearray(log.read_bytes())
     data[len(data) // 2] ^= 0xFF
     log.write_bytes(bytes(data))
-    restart_shard(ray_local, "damaged", 1)
+    old_pid = restart_shard(ray_local, "damaged", 1)
+    with pytest.raises(CorruptStateError, match="shard-001/log-00000000.bin"):
+        restarted_status(memory, 1, old_pid)  # status reads only: nothing is written
     with pytest.raises(CorruptStateError, match="shard-001/log-00000000.bin"):
         memory.query(torch.eye(8)[:2], torch.tensor([1, 2]))
     assert log.read_bytes() == bytes(data)  # left as found, for a person to look at
