@@ -141,7 +141,7 @@ class MemoryShard:
         if labels is None:
             return answer
         with torch.no_grad():
-            y = torch.from_numpy(labels).to(self.device).unsqueeze(1)
+            y = _tensor(labels, self.device).unsqueeze(1)
             positive = (values == y) & ~empty
             negative = ~empty & (values != y)
             for kind, mask in (("pos", positive), ("neg", negative)):
