@@ -43,20 +43,21 @@ def spec(age_noise=8.0):
 
 
 class FlakyShards(LocalShards):
-    """Shards that outlive the job; an apply may crash the job after some shards applied."""
+    """Shards that outlive the job; a call that applies a batch (``apply``, or a pipelined
+    ``step``: apply, then search) may crash the job after some shards applied."""
 
     def __init__(self, shards, rng, p):
         super().__init__(shards)
         self.rng, self.p = rng, p
 
     def call(self, method, args):
-        if method != "apply":
+        if method not in ("apply", "step"):
             return super().call(method, args)
         out = []
         for shard, a in zip(self.shards, args):
             if self.rng.random() < self.p:
                 raise Crash(f"killed before shard {shard.index} applied")
-            out.append(shard.apply(*a))
+            out.append(getattr(shard, method)(*a))
         return out
 
 

@@ -347,10 +347,11 @@ class ShardedMemory:
         return UpdateBatch(seq=self.seq, writes=writes, nearest=nearest, inserting=inserting,
                            target=target)
 
-    def apply_update(self, batch: UpdateBatch) -> torch.Tensor:
+    def apply_update(self, batch: UpdateBatch, wait: bool = True) -> torch.Tensor | None:
         """Sends a planned batch to the shards (again, after a crash: each shard applies it
         once and answers a repeat with its first answer); returns the global slot each query
-        wrote [B].
+        wrote [B]. With ``wait=False`` the batch is sent with the next call instead, as a
+        pipelined ``query`` does (returns None; ``flush()`` sends it at once).
 
         Inserts a shard refused (the empty slots they were routed to were taken by another
         writer since the search, or a stale refresh turned into an insert on a full shard)
@@ -367,6 +368,9 @@ class ShardedMemory:
                                    f"({self.spec.shards}), got {len(batch.writes)}")
         if self.pending is not None and batch is not self.pending:
             self.flush()  # batches go out in order
+        if not wait:
+            self.pending = batch
+            return None
         return self._finish(batch, self.shards.call("apply", [(w,) for w in batch.writes]))
 
     def _finish(self, batch: UpdateBatch, answers: list) -> torch.Tensor:

@@ -7,12 +7,16 @@ One step, for a micro-batch of B rows of the current segment::
     out, batch = memory.predict_and_plan(keys[rows], labels[rows])   # read-only
     record = (offset after the batch, batch.seq, batch's writes, counts incl. the batch)
     store.save(record)                                    # durable before anything is sent
-    memory.apply_update(batch)                            # shards apply (writer, seq) once
+    memory.apply_update(batch, wait=False)                # sent with the next batch's search
 
-A restart loads the record and sends its writes again before reading on (see ``commit.py``).
-Back-pressure: a batch is planned only after the shards acknowledged the one before, and the
-reader (``reader.py``) prepares at most one segment ahead, so a slow memory slows reading
-instead of filling a buffer.
+The batch travels with the next micro-batch's search (one round trip per micro-batch, see
+``ShardedMemory.query``), which the shards answer only after applying it (writer, seq) once;
+so when record t+1 is saved, batch t is acknowledged, and the record always holds the one
+batch that may not be. It is flushed before any other record is saved, when the reader finds
+nothing new, and when the job stops. A restart loads the record and sends its writes again
+before reading on (see ``commit.py``). Back-pressure: a batch is planned only after the shards
+acknowledged the one before, and the reader (``reader.py``) prepares at most one segment ahead,
+so a slow memory slows reading instead of filling a buffer.
 """
 
 from __future__ import annotations
@@ -141,6 +145,7 @@ class StreamRunner:
             while not self.stopping and not self._done():
                 item = self.reader.next(timeout=self.s.poll_s)
                 if item is None:  # idle once the reader found nothing new for long enough
+                    self.memory.flush()  # the last batch, acknowledged while waiting
                     if self.s.idle_timeout_s is not None and self.reader.caught_up and \
                             time.monotonic() - idle_since >= self.s.idle_timeout_s:
                         break
@@ -161,6 +166,7 @@ class StreamRunner:
                         self._quarantine(item.number, _rows_reason(dropped, item.segment),
                                          dropped)
                     self._feed(item.segment, item.keys, bar)
+            self.memory.flush()
         finally:
             self.reader.close()
             bar.close()
@@ -257,7 +263,7 @@ class StreamRunner:
                                   segment=segment.number + 1 if done else segment.number,
                                   row=0 if done else end, stats=stats, batch=batch,
                                   run_id=r.run_id, meta=r.meta))
-        self.memory.apply_update(batch)
+        self.memory.apply_update(batch, wait=False)  # with the next batch's search
         now = time.perf_counter()
         self._last_batch_at = now
         self._last_event_us = int(segment.event_times[end - 1])
@@ -269,6 +275,7 @@ class StreamRunner:
             self.plot(stats)
 
     def _commit(self, record: CommitRecord) -> None:
+        self.memory.flush()  # the record replaces the one holding the pending batch
         self.store.save(record)
         self.record = record
 
