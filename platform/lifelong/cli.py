@@ -235,7 +235,7 @@ def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> i
     return 0
 
 
-_USAGE = """usage: lifelong COMMAND [--config PATH] [key=value ...]
+_USAGE = """usage: lifelong COMMAND [--config PATH] [key=value ...]   (or lifelong --version)
 
 commands:
   train omniglot      episodic training of the Omniglot one-shot encoder
@@ -281,9 +281,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                            ("evaluate", "retention"), ("stream", "produce"),
                            ("stream", "run")):
         return job_main(f"{argv[0]}_{argv[1]}", argv[2:], prog=f"lifelong {argv[0]} {argv[1]}")
-    asked = argv[:1] in (["-h"], ["--help"])
+    if argv[:1] == ["--version"]:
+        print(f"lifelong {_version()}")
+        return 0
+    asked = argv[-1:] in (["-h"], ["--help"]) and len(argv) <= 2
+    verb = argv[0] if len(argv) == 2 and argv[0] in _VERBS else None
+    if asked and verb:  # `lifelong train --help`: that verb's commands
+        lines = [line for line in _USAGE.splitlines() if line.startswith(f"  {verb} ")]
+        print(f"usage: lifelong {verb} TASK [--config PATH] [key=value ...]\n\n"
+              f"{verb} tasks:\n" + "\n".join(lines) +
+              f"\n\nRun `lifelong {verb} TASK --help` for a task's options.")
+        return 0
+    asked = asked and len(argv) == 1
     print(_USAGE, file=sys.stdout if asked else sys.stderr)
     return 0 if asked else 2
+
+
+_VERBS = ("train", "evaluate", "stream")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lifelong")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -87,3 +87,19 @@ def test_translation_configs_load_and_check():
                                           "ray": {"enabled": True, "num_workers": 2}})
     with pytest.raises(ConfigError, match="checkpoint"):
         config_from_dict(TranslationEvalJob, {})
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "stream"])
+def test_a_verbs_help_lists_its_tasks_and_exits_0(verb, capsys):
+    assert cli.main([verb, "--help"]) == 0
+    out = capsys.readouterr().out
+    tasks = [line.split()[1] for line in out.splitlines() if line.startswith(f"  {verb} ")]
+    assert tasks and f"lifelong {verb} TASK --help" in out
+    assert cli.main([verb]) == 2  # a verb without its task is still an error
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"lifelong {version('lifelong')}"
