@@ -3,10 +3,11 @@ client's merge, per round (issue 16, item 1).
 
 The same steps run three ways side by side on one small memory (where search costs little, so
 what is left is overhead): the local ``Memory``; a ``ShardedMemory`` over ``LocalShards`` in
-this process (the shards' own work, timed per part: search, plan, log append, apply, status
-for the gauges); and a ``ShardedMemory`` over Ray actors on a 2-node local cluster (each round
-timed from the client). Ray's cost per round = the Ray round - the same round in process.
-Serialisation is timed separately (Ray's serialiser on the arguments and answers of a round).
+this process, pipelined (the shards' own work, timed per part: search, plan, log append,
+apply); and a ``ShardedMemory`` over Ray actors on a 2-node local cluster, in two rounds and
+pipelined (each round timed from the client). Ray's cost = the pipelined Ray step - the same
+step in process. Serialisation is timed separately (cloudpickle with protocol-5 out-of-band
+buffers, as Ray serialises, on the arguments and answers of one round).
 
 Usage:
     python benchmarks/profile_sharded.py                  # 4096 slots, batch 16, 2 shards
@@ -106,19 +107,9 @@ def in_process(cfg: ProfileConfig, local, storage: str) -> tuple[float, dict]:
     timer = Timer()
     timer.wrap(memory.shards, "call", "round")
     for s in shards:
-        for method in ("search", "apply", "_plan", "_apply_update", "status"):
+        for method in ("search", "apply", "_plan", "_apply_update"):
             timer.wrap(s, method, f"shard.{method}")
         timer.wrap(s.store, "append", "shard.log_append")
-    real_call = memory.shards.call
-
-    def call(method, args):  # the actor refreshes its gauges from status() after apply
-        out = real_call(method, args)
-        if method in ("apply", "step"):
-            for s in shards:
-                s.status()
-        return out
-
-    memory.shards.call = call
     ms = steps(memory, cfg, timer)
     return ms, {k: v / cfg.steps * 1e3 for k, v in timer.total.items()}
 
@@ -234,8 +225,7 @@ def print_table(r: dict) -> None:
             ("  shard.apply (all shards)", p.get("shard.apply", 0)),
             ("    of which plan", p.get("shard._plan", 0)),
             ("    of which log append (fsync)", p.get("shard.log_append", 0)),
-            ("    of which apply to slots", p.get("shard._apply_update", 0)),
-            ("  shard.status for gauges (O(N))", p.get("shard.status", 0))]
+            ("    of which apply to slots", p.get("shard._apply_update", 0))]
     for key in sorted(k for k in q if k.endswith("_ms")):
         rows.append((f"  serialise {key[:-3]} ({q[key[:-3] + '_bytes']} B)", q[key]))
     for name, ms in rows:

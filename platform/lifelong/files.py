@@ -13,12 +13,21 @@ import os
 import uuid
 from typing import Callable
 
-__all__ = ["fsync_dir", "make_dirs", "publish", "write_all"]
+__all__ = ["fsync_dir", "fsync_file", "make_dirs", "publish", "write_all"]
 
 
 def fsync_dir(folder: str) -> None:
     """Makes the folder's entries (files created, renamed or removed in it) durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    """Makes the file's data (and size) durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -70,11 +79,7 @@ def publish(path: str, write: Callable[[str], None] | bytes, exclusive: bool = F
                 os.close(fd)
         else:
             write(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
         if exclusive:
             os.link(tmp, path)
             try:

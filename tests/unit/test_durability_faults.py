@@ -214,14 +214,21 @@ def test_damage_before_the_end_or_a_bad_checksum_is_refused_naming_the_file(tmp_
 
 
 # --------------------------------------------------------- item 3: what is synced, in order
-def test_every_file_recovery_needs_is_synced_before_the_write_is_acknowledged(
-        tmp_path, monkeypatch):
+def record_syncs(monkeypatch, placing: str, kind: str) -> list[tuple[str, str]]:
+    """Records, in order, every os.fsync (the synced file or folder) and every call of
+    os.<placing> (``replace`` or ``link``: the path it creates, as ``kind``)."""
     events = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_place = os.fsync, getattr(os, placing)
     monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", fd_path(fd)))
                         or real_fsync(fd))
-    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("rename", str(b)))
-                        or real_replace(a, b))
+    monkeypatch.setattr(os, placing, lambda a, b: events.append((kind, str(b)))
+                        or real_place(a, b))
+    return events
+
+
+def test_every_file_recovery_needs_is_synced_before_the_write_is_acknowledged(
+        tmp_path, monkeypatch):
+    events = record_syncs(monkeypatch, "replace", "rename")
     spec = spec_at(tmp_path, shards=1, snapshot_every=2)
     mem = ShardedMemory.local(spec, durable=True)
     folder = str(shard_dir(tmp_path))
@@ -247,12 +254,7 @@ def test_a_stream_segment_is_synced_before_it_appears_and_never_replaced(tmp_pat
     from lifelong.errors import SegmentExistsError
     from lifelong.streaming.segments import write_segment
 
-    events = []
-    real_fsync, real_link = os.fsync, os.link
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", fd_path(fd)))
-                        or real_fsync(fd))
-    monkeypatch.setattr(os, "link", lambda a, b: events.append(("link", str(b)))
-                        or real_link(a, b))
+    events = record_syncs(monkeypatch, "link", "link")
     payloads = np.zeros((3, 4), np.float32)
     path = write_segment(str(tmp_path), 0, payloads, [0, 1, 2], "test", "float32[4]")
     assert [kind for kind, _ in events] == ["fsync", "link", "fsync"]

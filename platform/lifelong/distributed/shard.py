@@ -128,8 +128,7 @@ class MemoryShard:
         """The local answer to B normalised queries q [B, d] (labels [B] or None)."""
         self._check(q, labels)
         mem = self.memory
-        # Arrays from Ray's object store are read-only; torch wants a writable buffer.
-        qt = torch.from_numpy(q if q.flags.writeable else q.copy()).to(self.device)
+        qt = _tensor(q, self.device)
         with torch.no_grad():
             sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, self.size))
             empty = torch.isinf(sims)
@@ -397,10 +396,12 @@ class MemoryShard:
     def _snapshot_state(self, copy: bool) -> Snapshot:
         """The state to snapshot; ``copy``: arrays of its own (for a background write)."""
         mem = self.memory
-        own = (lambda a: a.copy()) if copy else (lambda a: a)
+        on_cpu = self.device.type == "cpu"  # else .cpu() makes the copies already
+        own = (lambda a, copied=False: a if copied or not copy else a.copy())  # noqa: E731
         return Snapshot(
-            keys=own(mem.keys.cpu().numpy()), values=own(mem.values.cpu().numpy()),
-            write_time=own(mem.write_time.cpu().numpy()), clock=int(mem.clock),
+            keys=own(mem.keys.cpu().numpy(), not on_cpu),
+            values=own(mem.values.cpu().numpy(), not on_cpu),
+            write_time=own(mem.write_time.cpu().numpy(), not on_cpu), clock=int(mem.clock),
             recent_slots=own(self.recent_slots), recent_clock=own(self.recent_clock),
             recent_position=own(self.recent_position), writers=dict(self.writers))
 

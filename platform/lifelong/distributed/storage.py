@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from lifelong.distributed.records import Snapshot, Update, encode_frame, read_frames
 from lifelong.errors import CorruptStateError, DurabilityError
-from lifelong.files import fsync_dir, make_dirs, publish, write_all
+from lifelong.files import fsync_dir, fsync_file, make_dirs, publish, write_all
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or a pyarrow filesystem URI."""
@@ -136,11 +136,7 @@ class ShardStore:
             if good < len(data):  # a torn final frame: never acknowledged
                 self.torn_frames += 1
                 os.truncate(path, good)
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_file(path)
         else:
             folder = f"{self.dir}/log-{gen:08d}"
             infos = sorted(self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)),
