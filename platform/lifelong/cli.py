@@ -38,12 +38,18 @@ def _job_parser(prog: str, description: str, default_config: str | None) -> argp
     return parser
 
 
+_MODEL_HELP = ("{} checkpoint (.pt) written by training, or an MLflow model URI "
+               "(models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/NAME)")
+
+
 def _parse_with_checkpoint(parser: argparse.ArgumentParser, argv: Sequence[str],
                            model: str = "encoder", run_help: str | None = None):
-    """Adds --checkpoint / --run-id (the model to evaluate) and turns them into overrides."""
-    parser.add_argument("--checkpoint", help=f"{model} checkpoint (.pt) written by training")
+    """Adds --checkpoint / --model / --run-id (the model to evaluate) and turns them into
+    overrides; --checkpoint and --model both take a .pt path or an MLflow model URI."""
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint",
+                        help=_MODEL_HELP.format(model))
     parser.add_argument("--run-id", help=run_help
-                        or f"MLflow run id whose {model} artifact to evaluate")
+                        or f"MLflow run id whose {model} model to evaluate")
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     if args.checkpoint:
@@ -222,7 +228,8 @@ def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> i
                          "Ctrl-C after the batch in flight.",
                          _default_config("stream.yaml"))
     parser.add_argument("--source", help="segment folder or URI (= stream.source)")
-    parser.add_argument("--checkpoint", help="image encoder checkpoint (= encoder.checkpoint)")
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint",
+                        help=_MODEL_HELP.format("image encoder") + " (= encoder.checkpoint)")
     parser.add_argument("--run-id", help="MLflow run whose encoder to use (= encoder.run_id)")
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)

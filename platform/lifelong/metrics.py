@@ -35,7 +35,8 @@ EVAL_BLEU = "eval.bleu"
 EVAL_TRANSLATE_S = "eval.translate_s"
 BLEU_SIGNATURE = "bleu_signature.txt"
 RARE_WORDS_JSON = "rare_words.json"
-TRANSLATOR_ARTIFACT_DIR = "translator"
+TRANSLATOR_ARTIFACT_DIR = "translator"  # the logged model's name
+RARE_WORDS_TABLE = "rare_words_table.json"  # an MLflow table, one row per rare-word bound
 
 
 def rare_word_metric(max_train_count: int, stat: str) -> str:
@@ -53,11 +54,20 @@ def translations_artifact(split: str) -> str:
 ACC = "acc"
 CI95 = "ci95"
 
+# The k of the k-shot cells logged as metrics (eval.<N>way.<k>shot.acc / .ci95); every cell
+# goes to the table artifact ACCURACY_TABLE_JSON.
+HEADLINE_SHOTS = (1, 5)
+
 # Artifacts.
-ACCURACY_TABLE_JSON = "accuracy_table.json"
+ACCURACY_TABLE_JSON = "accuracy_table.json"  # an MLflow table: way, shot, acc, ci95, episodes
 ACCURACY_TABLE_MD = "accuracy_table.md"
-ENCODER_ARTIFACT_DIR = "encoder"
+ENCODER_ARTIFACT_DIR = "encoder"  # the logged model's name (runs:/<run id>/encoder)
 CONFIG_ARTIFACT = "config.yaml"
+
+# Run tags: the named memory a run used and its snapshot generations (one per shard).
+MEMORY_TAG = "lifelong.memory"
+MEMORY_GENERATION_TAG = "lifelong.memory.snapshot_generation"
+MODEL_URI_TAG = "lifelong.model_uri"  # the model the run was given (path or MLflow URI)
 
 
 # Life-long retention (experiments/omniglot/retention.py): retention.<slots>slots.<D>delay.<stat>, stat acc

@@ -1,6 +1,9 @@
 """The retention stream: probes asked exactly D examples after their one showing, every ask
 in a new batch, and a memory too small for the inserts in between forgets."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from torch import nn
@@ -127,7 +130,13 @@ def test_log_retention_keeps_its_reference_apart_from_eval_metrics(tmp_path):
         log_retention(run, report)
     logged = run.client.get_run(run.run_id).data.metrics
     assert logged["retention.64slots.10delay.acc"] == 1.0
-    assert logged["retention.64slots.10delay.open_acc"] == 0.0
+    # every cell is a row of the table artifact, not a metric
+    assert "retention.64slots.10delay.open_acc" not in logged
+    table = json.loads(Path(run.client.download_artifacts(
+        run.run_id, "retention.json", str(tmp_path / "dl"))).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert rows == [{"slots": 64, "delay": 10, "acc": 1.0, "ci95": 0.0, "open_acc": 0.0,
+                     "inserts": 4.0}]
     assert logged["retention.episodic.3way.1shot.acc"] == pytest.approx(0.8)
     assert logged["retention.slots_needed"] == 64
     assert not [k for k in logged if k.startswith("eval.")]

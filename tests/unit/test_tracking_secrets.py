@@ -50,13 +50,17 @@ def test_a_training_job_with_a_secret_tracking_uri_never_prints_or_logs_the_pass
     checkpoint = tmp_path / "translator.pt"
     checkpoint.write_bytes(b"weights")
     monkeypatch.setattr(jobs, "train_translation", lambda job, logger, progress: SimpleNamespace(
-        steps=1, wall_s=0.1, sentences_per_s=10.0, checkpoint=str(checkpoint)))
+        steps=1, wall_s=0.1, sentences_per_s=10.0, checkpoint=str(checkpoint), memory_tags={}))
+    models = []  # a fake checkpoint is no model: what would be logged is recorded
+    monkeypatch.setattr(jobs, "log_translator_model",
+                        lambda run, path, register_as: models.append((run.run_id, path)))
     job = TranslationJob()
     job = dataclasses.replace(job, tracking=dataclasses.replace(
         job.tracking, tracking_uri=SECRET_URI, artifact_location=str(tmp_path / "art")))
 
     jobs.run_translation_train_job(job, progress=False)
 
+    assert [path for _, path in models] == [str(checkpoint)]
     printed = capsys.readouterr()
     assert "MLflow run" in printed.out and "alice:***@db.example" in printed.out
     assert SECRET not in printed.out + printed.err

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from lifelong.config import check_int
 from lifelong.errors import ConfigError, MemoryNameError
+from lifelong.locations import durable_location, lifelong_home
 from lifelong.memory.config import MemoryConfig
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -33,14 +34,14 @@ def check_name(name: object) -> str:
 def default_storage() -> str:
     """Where named memories live by default: ``$LIFELONG_MEMORY_STORAGE``, else
     ``~/.lifelong/memories``."""
-    return os.environ.get("LIFELONG_MEMORY_STORAGE",
-                          os.path.join(os.path.expanduser("~"), ".lifelong", "memories"))
+    return os.environ.get("LIFELONG_MEMORY_STORAGE", str(lifelong_home() / "memories"))
 
 
 def absolute_location(location: str) -> str:
     """A relative local path made absolute (shard actors and workers run in other
-    directories); URIs are kept as they are."""
-    return location if "://" in location else os.path.abspath(location)
+    directories; inside a Ray job's working-dir copy, from ``$LIFELONG_HOME``: see
+    ``lifelong.locations``); URIs are kept as they are."""
+    return durable_location(location)
 
 
 @dataclass(frozen=True, kw_only=True)

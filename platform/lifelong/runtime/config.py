@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lifelong.config import check_int
 from lifelong.errors import ConfigError
+from lifelong.locations import durable_location
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,3 +55,13 @@ class RayTrainConfig:
             raise ConfigError(f"must be > 0, got {self.cpus_per_worker!r}", key="cpus_per_worker")
         if not self.trainer_resource >= 0:
             raise ConfigError("must be >= 0", key="trainer_resource")
+
+
+def durable_outputs(job: T) -> T:
+    """``job`` with its ``output_dir`` and ``ray.storage_path`` made durable absolute paths
+    (``lifelong.locations.durable_location``: never in a Ray job's working-dir copy), as
+    every node and every later reader sees them."""
+    ray = job.ray
+    if ray.storage_path is not None:
+        ray = dataclasses.replace(ray, storage_path=durable_location(ray.storage_path))
+    return dataclasses.replace(job, output_dir=durable_location(job.output_dir), ray=ray)

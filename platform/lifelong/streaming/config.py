@@ -75,8 +75,9 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """The encoder of image payloads (section ``encoder``): a checkpoint path or an MLflow run
-    that logged one; vectors need neither."""
+    """The encoder of image payloads (section ``encoder``): a checkpoint path or MLflow model
+    URI (``models:/name/version``, ``runs:/id/encoder``), or an MLflow run that logged one;
+    vectors need neither."""
 
     checkpoint: str | None = None
     run_id: str | None = None

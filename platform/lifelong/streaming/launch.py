@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lifelong import metrics
 from lifelong.distributed.spec import absolute_location
+from lifelong.distributed.tags import memory_tags
 from lifelong.errors import ConfigError, CorruptSegmentError, MemoryNotFoundError
 from lifelong.streaming.commit import CommitStore
 from lifelong.streaming.config import StreamJob
@@ -110,6 +111,8 @@ def run_stream_job(job: StreamJob, progress: bool = True, out=None) -> StreamRes
         if run is not None:
             if previous is None:
                 run.log_config(job)
+            run.set_tags({**memory_tags(memory),
+                          metrics.MODEL_URI_TAG: job.encoder.checkpoint or job.encoder.run_id})
             print(f"MLflow run {run.run_id} ({redact_uri(run.tracking_uri)})", file=out,
                   flush=True)
         result = _run(job, memory, store, state, source, loader, run, previous is not None,

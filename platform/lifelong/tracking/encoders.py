@@ -1,23 +1,19 @@
-"""The encoder a job names: a checkpoint path, or an MLflow run that logged one."""
+"""The encoder a job names: a checkpoint path, an MLflow model URI or run id."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from lifelong import metrics
 from lifelong.models.checkpoint import load_encoder
+from lifelong.tracking.models import resolve_model_file
 
 
 def resolve_encoder(checkpoint: str | None, run_id: str | None, tracking_uri: str | None):
-    """Loads the encoder named by checkpoint path or MLflow run id (the run wins when both).
+    """Loads the encoder named by a checkpoint path or model URI (``models:/...``,
+    ``runs:/...``), or by an MLflow run id (the run wins when both); never runs stored code.
 
     Returns:
         (encoder in eval mode, its checkpoint metadata, the local checkpoint path)
     """
-    if run_id is not None:
-        from lifelong.tracking.runs import download_encoder
-
-        path = download_encoder(run_id, tracking_uri)
-    else:
-        path = Path(checkpoint)
+    path = resolve_model_file(checkpoint, run_id, tracking_uri, metrics.ENCODER_ARTIFACT_DIR)
     encoder, meta = load_encoder(path)
     return encoder, meta, path

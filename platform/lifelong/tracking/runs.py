@@ -1,45 +1,60 @@
-"""MLflow tracking: one run per job, with its config, metrics by step, tables and the encoder.
+"""MLflow tracking: one run per job, with its config, metrics by step, tables and the model.
 
-Every mlflow import of the platform lives in this module. The default store is a local SQLite
-file (``sqlite:///mlruns.db`` in the working directory); ``$MLFLOW_TRACKING_URI`` or an explicit
-URI in the job's config points it anywhere else. Metric names come from ``lifelong.metrics``.
+Every mlflow import of the platform lives in this package. The default store is the user's
+SQLite file ``~/.lifelong/mlruns.db`` (``$LIFELONG_HOME/mlruns.db``; artifacts in
+``mlartifacts/`` beside it), outside any working directory, so a job submitted with
+``ray job submit --working-dir .`` keeps its run after Ray deletes its copy of the folder;
+``$MLFLOW_TRACKING_URI`` or an explicit URI in the job's config points it anywhere else.
+Metric names come from ``lifelong.metrics``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import json
 import os
 import re
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from lifelong import metrics
-from lifelong.errors import ConfigError
+from lifelong.locations import durable_path, lifelong_home
 from lifelong.tracking.config import TrackingConfig
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 # MLflow rejects longer param values; longer ones are cut with a marker.
 _MAX_PARAM_CHARS = 6000
 _BATCH = 100  # MLflow's limit on params per log_batch call
+# MLflow 3's experiment kinds: this one opens runs in the model-training views, not GenAI's.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+ARTIFACTS_FOLDER = "mlartifacts"  # beside a SQLite store's file
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<home>/mlruns.db``, home = ``$LIFELONG_HOME`` or ``~/.lifelong``."""
+    return f"sqlite:///{lifelong_home() / 'mlruns.db'}"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``default_tracking_uri()``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def absolute_tracking_uri(uri: str | None = None) -> str:
-    """``resolve_tracking_uri`` with a relative SQLite or file store made absolute, so worker
-    processes started in other directories log into the same store."""
+    """``resolve_tracking_uri`` with a relative SQLite or file store made absolute
+    (``lifelong.locations.durable_path``: never inside a Ray job's working-dir copy), so
+    workers started in other directories log into the same store and the store outlives
+    the job."""
     uri = resolve_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        return "sqlite:///" + durable_path(uri[len("sqlite:///"):])
     if "://" not in uri:
-        return os.path.abspath(uri)
+        return durable_path(uri)
     return uri
 
 
@@ -94,11 +109,16 @@ def store_lock(uri: str) -> Iterator[None]:
 class TrackedRun:
     """An MLflow run; use as a context manager (the run ends FINISHED, or FAILED on error).
 
+    A new run carries MLflow's source tags (``mlflow.source.name``, ``mlflow.source.type``,
+    ``mlflow.source.git.commit`` when the code is a git checkout, ``mlflow.user``); a new
+    experiment is of MLflow 3's model-training kind (``mlflow.experimentKind``).
+
     Args:
         experiment: Experiment name (created when missing).
         tracking_uri: Store URI; see ``resolve_tracking_uri``.
         run_name: Display name of the run.
-        artifact_location: Artifact root of a newly created experiment (None: MLflow's default).
+        artifact_location: Artifact root of a newly created experiment (None: ``mlartifacts``
+            beside a SQLite store's file, MLflow's default elsewhere).
         tags: Extra run tags.
         run_id: Log into this existing run instead of starting one (e.g. an evaluation of a
             trained encoder joins its training run); experiment and run_name are then ignored.
@@ -124,18 +144,31 @@ class TrackedRun:
             return
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            location = None
-            if artifact_location:
-                location = Path(artifact_location).expanduser().resolve().as_uri() \
-                    if "://" not in artifact_location else artifact_location
-            experiment_id = self.client.create_experiment(experiment,
-                                                          artifact_location=location)
+            experiment_id = self.client.create_experiment(
+                experiment, artifact_location=self._artifact_root(artifact_location),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the platform set its kind
+                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG,
+                                               EXPERIMENT_KIND)
         self.experiment_id = experiment_id
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+        run = self.client.create_run(experiment_id, run_name=run_name,
+                                     tags={**source_tags(), **dict(tags or {})})
         self.run_id: str = run.info.run_id
         self.artifact_uri: str = run.info.artifact_uri
+
+    def _artifact_root(self, artifact_location: str | None) -> str | None:
+        """A new experiment's artifact root as a URI: the given one, else ``mlartifacts``
+        beside a SQLite store's file (MLflow's own default, ``./mlruns``, is relative to the
+        current directory, which a Ray job deletes), else MLflow's default."""
+        if artifact_location:
+            return artifact_location if "://" in artifact_location \
+                else Path(durable_path(artifact_location)).as_uri()
+        db = _sqlite_file(self.tracking_uri)
+        if db is None:
+            return None
+        return (Path(durable_path(db)).parent / ARTIFACTS_FOLDER).as_uri()
 
     def __enter__(self) -> "TrackedRun":
         return self
@@ -157,16 +190,26 @@ class TrackedRun:
         flat = config_to_dict(config)
         self.log_params({**flat, **(extra or {})})
         safe = {k: redact_uri(v) if isinstance(v, str) else v for k, v in flat.items()}
+        safe = {k: list(v) if isinstance(v, tuple) else v for k, v in safe.items()}
         self.log_text(yaml.safe_dump(safe, sort_keys=False), metrics.CONFIG_ARTIFACT)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``);
+        """Logs a flat ``{"section.field": value}`` mapping (e.g. ``config_to_dict(job)``) as
+        plain values (``param_value``: None left out, ``true``/``false``, lists as ``[5, 20]``);
         passwords in URIs are redacted (``redact_uri``)."""
         from mlflow.entities import Param
 
-        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        items = [Param(k, param_value(v)) for k, v in params.items() if v is not None]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Sets run tags (values as plain strings, like params)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, param_value(v)) for k, v in tags.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, tags=items)
 
     def log_metrics(self, values: Mapping[str, float], step: int = 0) -> None:
         """Logs scalar metrics at a step."""
@@ -181,16 +224,21 @@ class TrackedRun:
         """Stores text as an artifact file (e.g. ``"accuracy_table.md"``)."""
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Stores rows (dicts of one shape) as an MLflow table artifact (``.json``), shown
+        as a table in the UI's artifact view and by ``mlflow.load_table``."""
+        columns = list(rows[0]) if rows else []
+        data = {c: [row.get(c) for row in rows] for c in columns}
+        self.client.log_table(self.run_id, data, artifact_file)
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copies a local file into the run's artifacts."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_encoder(self, checkpoint: str | os.PathLike) -> None:
-        """Stores an encoder checkpoint under the ``encoder/`` artifact directory."""
-        self.log_artifact(checkpoint, metrics.ENCODER_ARTIFACT_DIR)
-
     def log_accuracy_table(self, results: Iterable[Any], markdown: str) -> dict[str, float]:
-        """Logs every k-shot cell as ``eval.<N>way.<k>shot.acc`` / ``.ci95`` plus JSON and MD.
+        """Logs the headline cells as metrics (``eval.<N>way.1shot.acc`` / ``.ci95``, and
+        5-shot where measured), every cell as the table artifact ``accuracy_table.json``
+        (columns way, shot, acc, ci95, episodes) and the markdown table.
 
         Args:
             results: ``ShotAccuracy`` objects (way, episodes, presentations, mean(k), ci95(k)).
@@ -200,19 +248,46 @@ class TrackedRun:
             The metrics logged.
         """
         values: dict[str, float] = {}
-        table: dict[str, Any] = {}
+        rows: list[dict[str, Any]] = []
         for r in results:
-            cells = {}
             for k in range(r.presentations):
-                acc, ci = r.mean(k), r.ci95(k)
-                values[metrics.shot_metric(metrics.EVAL, r.way, k)] = acc
-                values[metrics.shot_metric(metrics.EVAL, r.way, k, metrics.CI95)] = ci
-                cells[f"{k}shot"] = {"acc": acc, "ci95": ci}
-            table[f"{r.way}way"] = {"episodes": r.episodes, "shots": cells}
+                acc, ci = float(r.mean(k)), float(r.ci95(k))
+                rows.append({"way": r.way, "shot": k, "acc": acc, "ci95": ci,
+                             "episodes": r.episodes})
+                if k in metrics.HEADLINE_SHOTS:
+                    values[metrics.shot_metric(metrics.EVAL, r.way, k)] = acc
+                    values[metrics.shot_metric(metrics.EVAL, r.way, k, metrics.CI95)] = ci
         self.log_metrics(values)
-        self.log_text(json.dumps(table, indent=2), metrics.ACCURACY_TABLE_JSON)
+        self.log_table(rows, metrics.ACCURACY_TABLE_JSON)
         self.log_text(markdown + "\n", metrics.ACCURACY_TABLE_MD)
         return values
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags of this process: ``mlflow.source.name`` (the script),
+    ``mlflow.source.type``, ``mlflow.user`` and, when the script sits in a git checkout,
+    ``mlflow.source.git.commit``."""
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    tags = {"mlflow.source.name": script, "mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        pass
+    commit = _git_commit(Path(script).parent if os.path.isfile(script) else Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit(folder: Path) -> str | None:
+    """HEAD of the git checkout holding ``folder`` (None: not one, or no git)."""
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
 def open_run(tracking: TrackingConfig, run_id: str | None = None,
@@ -252,42 +327,14 @@ def job_run(tracking: TrackingConfig, run_id: str | None = None,
         run.end("FINISHED")
 
 
-def _param_str(value: Any) -> str:
-    text = redact_uri(value)
+def param_value(value: Any) -> str:
+    """A param or tag value as it reads in the UI: ``true``/``false``, numbers and strings
+    as they are, sequences as ``[5, 20]`` (JSON), passwords redacted, cut at MLflow's limit."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (list, tuple)):
+        text = json.dumps(list(value), default=str)
+    else:
+        text = str(value)
+    text = redact_uri(text)
     return text if len(text) <= _MAX_PARAM_CHARS else text[:_MAX_PARAM_CHARS - 3] + "..."
-
-
-def download_encoder(run_id: str, tracking_uri: str | None = None,
-                     dst: str | os.PathLike | None = None) -> Path:
-    """Fetches the encoder checkpoint a run logged with ``log_encoder``.
-
-    Args:
-        run_id: The MLflow run id.
-        tracking_uri: Store URI; see ``resolve_tracking_uri``.
-        dst: Local directory for the download (a temporary one by default).
-
-    Returns:
-        The local path of the ``.pt`` file.
-
-    Raises:
-        ConfigError: The run has no encoder artifact.
-    """
-    from mlflow.tracking import MlflowClient
-
-    uri = resolve_tracking_uri(tracking_uri)
-    with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        if _sqlite_file(uri) is not None:
-            client.search_experiments(max_results=1)  # sets a new store up under the lock
-    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="lifelong-encoder-"))
-    dst.mkdir(parents=True, exist_ok=True)
-    try:
-        local = client.download_artifacts(run_id, metrics.ENCODER_ARTIFACT_DIR, str(dst))
-    except Exception as exc:  # mlflow raises several types for a missing run or artifact
-        raise ConfigError(f"run {run_id} has no '{metrics.ENCODER_ARTIFACT_DIR}/' artifact: "
-                          f"{exc}") from exc
-    files = sorted(Path(local).glob("*.pt"))
-    if not files:
-        raise ConfigError(f"run {run_id} has no encoder checkpoint under "
-                          f"'{metrics.ENCODER_ARTIFACT_DIR}/'")
-    return files[0]

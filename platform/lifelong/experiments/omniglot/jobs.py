@@ -1,7 +1,7 @@
 """The Omniglot jobs behind ``jobs/*.py`` and the ``lifelong`` command: train, evaluate, demo.
 
 Each job reads its frozen config, runs, logs to MLflow (config as params, metrics by step, the
-accuracy table, the encoder) and prints a per-shot accuracy table.
+accuracy table, the encoder as an MLflow model) and prints a per-shot accuracy table.
 """
 
 from __future__ import annotations
@@ -26,7 +26,17 @@ from lifelong.experiments.omniglot.retention_job import retention_stage
 from lifelong.experiments.omniglot.train import TrainResult, train_omniglot
 from lifelong.memory import MemoryConfig
 from lifelong.models.checkpoint import load_encoder
-from lifelong.tracking import job_run, redact_uri, resolve_encoder
+from lifelong.models.serving import encoder_input_example
+from lifelong.runtime.config import durable_outputs
+from lifelong.tracking import (
+    LoggedModel,
+    TrackedRun,
+    is_model_uri,
+    job_run,
+    log_model,
+    redact_uri,
+    resolve_encoder,
+)
 
 
 @dataclass
@@ -40,6 +50,7 @@ class JobResult:
     train: TrainResult | None = None
     wall_s: float = 0.0
     retention: Any = None  # a retention_job.RetentionReport when the job ran one
+    model: LoggedModel | None = None  # the encoder logged as an MLflow model
 
 
 def evaluate(encoder: torch.nn.Module, settings: EvalSettings, memory: MemoryConfig,
@@ -62,9 +73,21 @@ def _print_table(table: str, results: list[ShotAccuracy], out=sys.stdout) -> Non
     out.flush()
 
 
+def log_encoder_model(run: TrackedRun, checkpoint, register_as: str | None) -> LoggedModel:
+    """Logs an encoder checkpoint into ``run`` as the MLflow model ``encoder`` (registered
+    as ``register_as`` when given) and prints where it is."""
+    encoder, _ = load_encoder(checkpoint)
+    logged = log_model(run, encoder, checkpoint, name=metrics.ENCODER_ARTIFACT_DIR,
+                       input_example=encoder_input_example(), register_as=register_as)
+    print(f"MLflow model {logged.registered or logged.run_uri}", flush=True)
+    return logged
+
+
 def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
     """Trains (and, if job.evaluation.episodes > 0, evaluates), logging to MLflow."""
     start = time.perf_counter()
+    job = durable_outputs(job)
+    logged = None
     with job_run(job.tracking, tags={"job": "train_omniglot"}) as run:
         if run is not None:
             run.log_config(job)
@@ -79,10 +102,11 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
         print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
               f"({result.images_per_s:.0f} images/s); encoder: {result.checkpoint}", flush=True)
         if run is not None:
-            run.log_encoder(result.checkpoint)
+            run.set_tags(result.memory_tags)
             run.log_metrics({metrics.TRAIN_STEPS: result.steps,
                              metrics.TRAIN_WALL_S: result.wall_s},
                             step=result.steps)
+            logged = log_encoder_model(run, result.checkpoint, job.tracking.register_as)
         results: list[ShotAccuracy] = []
         table = ""
         retention = None
@@ -99,17 +123,19 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
                                         progress)
     return JobResult(results, table, run.run_id if run else None,
                      run.tracking_uri if run else None, train=result,
-                     wall_s=time.perf_counter() - start, retention=retention)
+                     wall_s=time.perf_counter() - start, retention=retention, model=logged)
 
 
 def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResult:
-    """Evaluates a checkpoint or a run's encoder; logs into that run or a new one."""
+    """Evaluates an encoder (checkpoint path, model URI or run); logs into that run or a
+    new one, which records the model it was given."""
     start = time.perf_counter()
     if job.threads:
         torch.set_num_threads(job.threads)
     encoder, meta, checkpoint = resolve_encoder(job.checkpoint, job.run_id,
                                                 job.tracking.tracking_uri)
-    print(f"encoder {meta['encoder']} (key_dim {meta['key_dim']}) from {checkpoint}, "
+    source = job.checkpoint if job.run_id is None else f"run {job.run_id}"
+    print(f"encoder {meta['encoder']} (key_dim {meta['key_dim']}) from {source}, "
           f"trained {meta['extra'].get('step', '?')} steps", flush=True)
     results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
     table = accuracy_table(results)
@@ -118,7 +144,9 @@ def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResu
         if run is not None:
             if job.run_id is None:
                 run.log_config(job, extra={"encoder": meta["encoder"]})
-                run.log_encoder(checkpoint)
+                run.set_tags({metrics.MODEL_URI_TAG: job.checkpoint})
+                if not is_model_uri(job.checkpoint):  # a file: the run keeps the model
+                    log_encoder_model(run, checkpoint, None)
             run.log_accuracy_table(results, table)
     return JobResult(results, table, run.run_id if run else None,
                      run.tracking_uri if run else None, wall_s=time.perf_counter() - start)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifelong.data import load_omniglot
-from lifelong.distributed import ensure_memory
+from lifelong.distributed import attach, ensure_memory
+from lifelong.distributed.tags import memory_tags
 from lifelong.experiments.omniglot.config import OmniglotTrainJob
 from lifelong.experiments.omniglot.train import TrainResult, train_omniglot
 from lifelong.models import build_encoder
@@ -55,5 +56,7 @@ def train_on_ray(job: OmniglotTrainJob, run_id: str | None, tracking_uri: str | 
                           dropout=job.model.dropout, extra={**state["meta"], "step": state["step"]})
     wall, steps = float(state["elapsed_s"]), int(state["step"])
     images = steps * job.train.way * job.train.presentations * job.train.episodes_per_batch
+    tags = memory_tags(attach(*memory)) if memory is not None else {}
     return TrainResult(checkpoint=target, steps=steps, wall_s=wall,
-                       images_per_s=images / max(wall, 1e-9), last_metrics=reported)
+                       images_per_s=images / max(wall, 1e-9), last_metrics=reported,
+                       memory_tags=tags)

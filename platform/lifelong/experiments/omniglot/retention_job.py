@@ -4,7 +4,6 @@ a plot and MLflow metrics."""
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -127,16 +126,20 @@ def plot_retention(result: RetentionResult, episodic: ShotAccuracy, path: Path) 
     return path
 
 
+def retention_rows(result: RetentionResult) -> list[dict[str, float]]:
+    """Every cell of the curve: slots, delay, acc, ci95, open_acc, inserts (one row each)."""
+    return [{"slots": slots, "delay": d, metrics.ACC: float(result.acc(slots, d)),
+             metrics.CI95: float(result.ci95(slots, d)),
+             metrics.OPEN_ACC: float(result.open_acc(slots, d)),
+             metrics.INSERTS: float(result.inserts_between[slots, d])}
+            for slots in result.settings.memory_sizes for d in result.settings.delays]
+
+
 def retention_metrics(result: RetentionResult) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for slots in result.settings.memory_sizes:
-        for d in result.settings.delays:
-            out[metrics.retention_metric(slots, d)] = result.acc(slots, d)
-            out[metrics.retention_metric(slots, d, metrics.CI95)] = result.ci95(slots, d)
-            out[metrics.retention_metric(slots, d, metrics.OPEN_ACC)] = result.open_acc(slots, d)
-            out[metrics.retention_metric(slots, d, metrics.INSERTS)] = \
-                result.inserts_between[slots, d]
-    return out
+    """The headline figures: each memory size's N-way accuracy at the longest delay."""
+    d = max(result.settings.delays)
+    return {metrics.retention_metric(slots, d): float(result.acc(slots, d))
+            for slots in result.settings.memory_sizes}
 
 
 def measure_retention(encoder: torch.nn.Module, images, settings: RetentionSettings,
@@ -168,7 +171,9 @@ def print_retention(report: RetentionReport, out=sys.stdout) -> None:
 
 
 def log_retention(run, report: RetentionReport) -> None:
-    """Metrics ``retention.*``, the table (markdown, JSON) and the plot into an MLflow run."""
+    """The headline metrics ``retention.*`` (accuracy at the longest delay per memory size,
+    the episodic reference, the slots needed), every cell as the table artifact
+    ``retention.json``, the markdown table and the plot into an MLflow run."""
     s = report.result.settings
     values = retention_metrics(report.result)
     values[metrics.shot_metric(metrics.RETENTION_EPISODIC, s.way, 1)] = report.episodic.mean(1)
@@ -177,7 +182,7 @@ def log_retention(run, report: RetentionReport) -> None:
     values[metrics.RETENTION_SLOTS_NEEDED] = float(report.slots_needed or 0)
     run.log_metrics(values)
     run.log_text(report.table + "\n", metrics.RETENTION_TABLE_MD)
-    run.log_text(json.dumps(values, indent=2), metrics.RETENTION_TABLE_JSON)
+    run.log_table(retention_rows(report.result), metrics.RETENTION_TABLE_JSON)
     with tempfile.TemporaryDirectory() as tmp:
         run.log_artifact(plot_retention(report.result, report.episodic,
                                         Path(tmp) / metrics.RETENTION_PLOT))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -56,6 +56,7 @@ class TrainResult:
     wall_s: float
     images_per_s: float
     last_metrics: dict[str, float]
+    memory_tags: dict[str, str] = field(default_factory=dict)  # the named memory trained against
 
 
 def split_validation(split: OmniglotSplit, characters: int,

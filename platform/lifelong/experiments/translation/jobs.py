@@ -14,13 +14,34 @@ from lifelong.experiments.translation.config import TranslationEvalJob, Translat
 from lifelong.experiments.translation.evaluate import bleu, rare_word_items, run_rare_words, translate
 from lifelong.experiments.translation.train import TranslationTrainResult, train_translation
 from lifelong.models.checkpoint import TranslationModel
-from lifelong.tracking import job_run, redact_uri
+from lifelong.models.serving import GreedyTranslator, translator_input_example
+from lifelong.runtime.config import durable_outputs
+from lifelong.tracking import TrackedRun, job_run, log_model, redact_uri, resolve_model_file
+
+# The sentences of the logged model's input example (its signature: ids in, ids out).
+EXAMPLE_SENTENCES = ["A man is riding a bicycle.", "Two dogs play in the snow."]
+# The rare-word figures logged as metrics (every column goes to the table artifact).
+RARE_HEADLINE = ("hit_without", "hit_with")
+
+
+def log_translator_model(run: TrackedRun, checkpoint, register_as: str | None):
+    """Logs a translator checkpoint into ``run`` as the MLflow model ``translator``
+    (``GreedyTranslator``: source ids in, greedy target ids out; registered as
+    ``register_as`` when given) and prints where it is."""
+    tm = TranslationModel.load(checkpoint)
+    example = translator_input_example(tm.source_vocab.encode(EXAMPLE_SENTENCES))
+    logged = log_model(run, GreedyTranslator(tm.model, tm.memory).eval(), checkpoint,
+                       name=metrics.TRANSLATOR_ARTIFACT_DIR, input_example=example,
+                       serialization_format="pickle", register_as=register_as)
+    print(f"MLflow model {logged.registered or logged.run_uri}", flush=True)
+    return logged
 
 
 def run_translation_train_job(job: TranslationJob,
                               progress: bool = True) -> TranslationTrainResult:
     """Trains (Ray Train when ``job.ray.enabled``), logging config, metrics and the
-    translator to one MLflow run (FAILED if training fails)."""
+    translator (an MLflow model) to one MLflow run (FAILED if training fails)."""
+    job = durable_outputs(job)
     with job_run(job.tracking, tags={"job": "train_translation"}) as run:
         if run is not None:
             run.log_config(job)
@@ -35,9 +56,10 @@ def run_translation_train_job(job: TranslationJob,
         print(f"trained {result.steps} steps in {result.wall_s:.0f} s "
               f"({result.sentences_per_s:.0f} sentences/s); model: {result.checkpoint}")
         if run is not None:
+            run.set_tags(result.memory_tags)
             run.log_metrics({metrics.TRAIN_STEPS: result.steps,
                              metrics.TRAIN_WALL_S: result.wall_s}, step=result.steps)
-            run.log_artifact(result.checkpoint, metrics.TRANSLATOR_ARTIFACT_DIR)
+            log_translator_model(run, result.checkpoint, job.tracking.register_as)
     return result
 
 
@@ -48,7 +70,8 @@ def evaluate_translation(job: TranslationEvalJob, progress: bool = True, out=Non
     out = out or sys.stdout
     if job.threads:
         torch.set_num_threads(job.threads)
-    tm = TranslationModel.load(job.checkpoint)
+    tm = TranslationModel.load(resolve_model_file(job.checkpoint, None, job.tracking.tracking_uri,
+                                                  metrics.TRANSLATOR_ARTIFACT_DIR))
     test = load_multi30k(job.split, root=job.data_root, progress=progress)
     n = job.max_sentences or len(test)
     start = time.perf_counter()
@@ -79,14 +102,17 @@ def evaluate_translation(job: TranslationEvalJob, progress: bool = True, out=Non
         print(f"| {count} | {len(items)} | {100 * row['hit_without']:.1f}% | "
               f"{100 * row['hit_with']:.1f}% | {row['bleu_without']:.2f} | "
               f"{row['bleu_with']:.2f} |", file=out)
-        for key in ("hit_without", "hit_with", "bleu_without", "bleu_with", "words"):
+        for key in RARE_HEADLINE:
             results[metrics.rare_word_metric(count, key)] = row[key]
     out.flush()
     with job_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_translation"}) as run:
         if run is not None:
             if job.run_id is None:
                 run.log_config(job)
+                run.set_tags({metrics.MODEL_URI_TAG: job.checkpoint})
             run.log_metrics(results)
+            run.log_table([{k: v for k, v in row.items() if k != "examples"} for row in table],
+                          metrics.RARE_WORDS_TABLE)
             run.log_text(signature, metrics.BLEU_SIGNATURE)
             run.log_text("\n".join(hyps), metrics.translations_artifact(job.split))
             run.log_text(json.dumps(table, indent=1, ensure_ascii=False),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lifelong.data import load_multi30k
 from lifelong.distributed import attach, ensure_memory
+from lifelong.distributed.tags import memory_tags
 from lifelong.experiments.translation.config import TranslationJob
 from lifelong.experiments.translation.train import TranslationTrainResult, train_translation
 from lifelong.memory import MemoryConfig
@@ -38,9 +39,10 @@ def train_translation_on_ray(job: TranslationJob, run_id: str | None,
     sv, tv = SubwordVocab(state["source_vocab"]), SubwordVocab(state["target_vocab"])
     model = Translator(len(sv), len(tv), job.model)
     model.load_state_dict(state["model"])
-    local = None
+    local, tags = None, {}
     if memory is not None:  # the shared memory's contents travel with the checkpoint
         sharded = attach(*memory)
+        tags = memory_tags(sharded)
         local = MemoryConfig.of(sharded).build(key_dim=sharded.key_dim,
                                                num_slots=sharded.num_slots,
                                                num_values=sharded.num_values)
@@ -50,4 +52,4 @@ def train_translation_on_ray(job: TranslationJob, run_id: str | None,
     steps = int(state["step"])
     wall = time.perf_counter() - start
     return TranslationTrainResult(path, steps, wall,
-                                  steps * job.train.batch_size / max(wall, 1e-9))
+                                  steps * job.train.batch_size / max(wall, 1e-9), tags)

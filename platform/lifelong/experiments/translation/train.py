@@ -9,7 +9,7 @@ cleared: every training step writes its target tokens into it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,7 @@ class TranslationTrainResult:
     steps: int
     wall_s: float
     sentences_per_s: float
+    memory_tags: dict[str, str] = field(default_factory=dict)  # the named memory trained against
 
 
 def train_translation(job: TranslationJob, logger=None, progress: bool = True,
