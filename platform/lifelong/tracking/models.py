@@ -23,6 +23,7 @@ store, never read by the platform.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -105,12 +106,22 @@ def log_model(run: TrackedRun, module, checkpoint: str | os.PathLike, *, name: s
         output = module(torch.from_numpy(input_example))
     signature = infer_signature(input_example, output.numpy())
     version = torch.__version__.split("+")[0]
-    with _fluent_target(run.tracking_uri, run.experiment_id):
-        info = mlflow.pytorch.log_model(
-            module, name=name, run_id=run.run_id, signature=signature,
-            input_example=input_example, serialization_format=serialization_format,
-            extra_files=[str(checkpoint)], pip_requirements=[f"torch=={version}"],
-            registered_model_name=register_as, validate_serving_input=False)
+    # pt2: the serving check (which reloads the model) is skipped; pickle passes every extra
+    # argument on to torch.save, so its check runs, is refused by MLflow's own pickle guard
+    # and would log a warning: quieted, the platform never serves from that file.
+    extra = {"validate_serving_input": False} if serialization_format == "pt2" else {}
+    quiet = logging.getLogger("mlflow.models.model")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with _fluent_target(run.tracking_uri, run.experiment_id):
+            info = mlflow.pytorch.log_model(
+                module, name=name, run_id=run.run_id, signature=signature,
+                input_example=input_example, serialization_format=serialization_format,
+                extra_files=[str(checkpoint)], pip_requirements=[f"torch=={version}"],
+                registered_model_name=register_as, **extra)
+    finally:
+        quiet.setLevel(level)
     registered = None
     if register_as is not None and info.registered_model_version is not None:
         registered = f"models:/{register_as}/{info.registered_model_version}"
