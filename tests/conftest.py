@@ -43,6 +43,7 @@ class HeadNode:
     dashboard: str  # http address: `ray job submit --address`
     gcs: str        # host:port: `ray.init(address=...)`, RAY_ADDRESS of jobs
     env: dict       # environment with the cluster's one-off auth token
+    temp: str = ""  # the head's temp dir (its session, job working-dir copies)
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def ray_head(tmp_path):
                    env=env, check=True, capture_output=True, timeout=120)
     try:
         yield HeadNode(dashboard=f"http://127.0.0.1:{dashboard}",
-                       gcs=f"127.0.0.1:{port}", env=env)
+                       gcs=f"127.0.0.1:{port}", env=env, temp=temp)
     finally:
         for pid in our_ray_processes(env["RAY_AUTH_TOKEN"]):  # never `ray stop`: it would end
             # every Ray on the machine
