@@ -87,3 +87,8 @@ class UnsupportedOperationError(LifelongError, NotImplementedError):
 
 class SegmentExistsError(LifelongError, ValueError):
     """A stream segment of that number already exists; segments are never replaced."""
+
+
+class ClusterAuthError(LifelongError):
+    """A Ray cluster refused this process: token authentication is on there and this side
+    has no token, or another one."""

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from typing import Iterator
 
 import ray
+from ray.exceptions import AuthenticationError
 
 from lifelong.distributed.actor import NAMESPACE
+from lifelong.errors import ClusterAuthError
+
+AUTH_HINT = ("export RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, "
+             "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, the one `ray start` used)")
 
 
 def ensure_ray(address: str | None = None, *, local_cpus: float | None = None,
@@ -22,12 +29,66 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None,
             (the jobs' case: workers and shard actors mostly wait on each other, so they may
             outnumber the cores).
         log_to_driver: Print the workers' and actors' output here.
+
+    Raises:
+        ClusterAuthError: The cluster wants a token this process does not have (at once, not
+            after Ray's 20 s of connection retries).
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address or local_cpus is None:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver)
+    try:
+        if address or local_cpus is None:
+            if address and "://" not in address and _has_token_or_no_auth():
+                check_auth(address)
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver)
+            return
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(local_cpus)),
+                 namespace=NAMESPACE, log_to_driver=log_to_driver)
+    except AuthenticationError as exc:
+        raise ClusterAuthError(f"the Ray cluster{' at ' + address if address else ''} refused "
+                               f"this process ({_first_line(exc)}): {AUTH_HINT}") from None
+
+
+def check_auth(address: str) -> None:
+    """One call to the cluster's GCS at ``host:port``: raises ``ClusterAuthError`` when it
+    refuses this process's token (or its lack of one); any other outcome is left to
+    ``ray.init`` (a cluster still starting, a wrong address)."""
+    try:
+        from ray._raylet import GcsClient  # Ray's own client; ray.init retries it for 20 s
+
+        with _quiet_stderr():  # its C++ side logs the refusal as a warning line
+            GcsClient(address=address)
+    except AuthenticationError as exc:
+        raise ClusterAuthError(f"the Ray cluster at {address} refused this process "
+                               f"({_first_line(exc)}): {AUTH_HINT}") from None
+    except Exception:  # noqa: BLE001 - not ours to judge: ray.init reports it
         return
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(local_cpus)), namespace=NAMESPACE,
-             log_to_driver=log_to_driver)
+
+
+def _has_token_or_no_auth() -> bool:
+    """False where token mode is asked for and no token is at hand: Ray's client would abort
+    the process there, while ``ray.init`` raises at once (before any retry)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return True
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or os.path.isfile(os.path.expanduser("~/.ray/auth_token")))
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a block (native code's log lines included)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.split(". ")[0].splitlines()[0] if text else type(exc).__name__
+    return first.replace("RPC error: ", "")
