@@ -25,8 +25,8 @@ def real_data():
 
 
 def run_job(script, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "LIFELONG_HOME": str(cwd)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: $LIFELONG_HOME/mlruns.db
     proc = subprocess.run([sys.executable, str(REPO / "jobs" / script), "--no-progress", *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,6 +1,7 @@
 """No stored file is deserialised by a loader that can run code: every ``torch.load`` passes
 ``weights_only=True``, every ``np.load`` ``allow_pickle=False``, YAML is read with ``safe_load``,
-and nothing imports pickle-like modules (pickle, cloudpickle, dill, marshal, shelve, joblib)."""
+no MLflow model is loaded through its flavor (its file may be a pickle), and nothing imports
+pickle-like modules (pickle, cloudpickle, dill, marshal, shelve, joblib)."""
 
 import ast
 from pathlib import Path
@@ -12,7 +13,11 @@ SOURCES = [REPO / "platform" / "lifelong", REPO / "jobs", REPO / "benchmarks"]
 UNSAFE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "joblib"}
 UNSAFE_CALLS = {"yaml.load", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all",
                 "yaml.unsafe_load_all", "yaml.full_load_all", "pd.read_pickle",
-                "pandas.read_pickle", "torch.jit.load"}
+                "pandas.read_pickle", "torch.jit.load",
+                # an MLflow model's file may be a pickle: the platform reads the checkpoint
+                # beside it (lifelong.tracking.models), never the model file itself
+                "mlflow.pytorch.load_model", "mlflow.pyfunc.load_model",
+                "mlflow.models.Model.load_model"}
 
 
 def _name(node: ast.AST) -> str:
@@ -72,6 +77,7 @@ def test_the_package_jobs_and_benchmarks_deserialise_nothing_unsafely():
     "import pickle",
     "from cloudpickle import loads",
     "import pandas as pd\npd.read_pickle('f')",
+    "import mlflow\nmlflow.pytorch.load_model('models:/encoder/1')",
 ])
 def test_the_scan_finds_each_unsafe_loader(snippet):
     assert unsafe_calls(snippet)

@@ -74,8 +74,9 @@ def redact_uri(text: Any) -> str:
 
 
 def ui_command(tracking_uri: str) -> str:
-    """The shell command that opens the MLflow UI on this store (its password redacted)."""
-    return f"mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
+    """The shell command that opens the MLflow UI on this store (its password redacted),
+    through this interpreter, so it works as printed without an activated environment."""
+    return f"{sys.executable} -m mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
 
 
 def _sqlite_file(uri: str) -> str | None:
