@@ -19,5 +19,5 @@ from lifelong.tracking.runs import (
 
 __all__ = ["EXPERIMENT_KIND", "LoggedModel", "TrackedRun", "TrackingConfig",
            "absolute_tracking_uri", "default_tracking_uri", "is_model_uri", "job_run",
-           "log_model", "open_run", "param_value", "redact_uri", "resolve_encoder", "resolve_model_file", "resolve_tracking_uri",
-           "source_tags", "ui_command"]
+           "log_model", "open_run", "param_value", "redact_uri", "resolve_encoder",
+           "resolve_model_file", "resolve_tracking_uri", "source_tags", "ui_command"]
