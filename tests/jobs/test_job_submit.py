@@ -117,3 +117,13 @@ def test_submitted_translation_job_trains_on_ray_against_a_shared_memory(ray_hea
     assert len(runs) == 1
     history = client.get_metric_history(runs[0].info.run_id, "train.nll")
     assert sorted(m.step for m in history) == [1, 2, 3]  # rank 0 alone logs
+    # The translator is the run's MLflow model; the run names the memory it trained against.
+    from lifelong.models.checkpoint import TranslationModel
+    from lifelong.tracking import resolve_model_file
+
+    tags = runs[0].data.tags
+    assert tags["lifelong.memory"] and len(json.loads(
+        tags["lifelong.memory.snapshot_generation"])) == 2  # one per shard
+    tm = TranslationModel.load(resolve_model_file(
+        f"runs:/{runs[0].info.run_id}/translator", None, store, "translator"))
+    assert tm.memory is not None and tm.memory.num_slots == 2048
