@@ -2,6 +2,8 @@
 restarted and the run resumes from its checkpoint; a run started again under the same name
 resumes; rank 0 alone logs to MLflow."""
 
+import json
+
 import pytest
 import torch
 
@@ -59,6 +61,10 @@ def test_two_workers_train_against_the_shared_memory(background, ray_local, tmp_
     memory = attach("omniglot-lifelong", str(tmp_path / "memories"))
     assert memory.occupancy() > 0
     assert sum(s["clock"] for s in memory.status()) == 2 * 4 * 2 * 10
+    # The result names the memory for the run's tags: name, location, each shard's snapshot.
+    assert result.memory_tags["lifelong.memory"] == "omniglot-lifelong"
+    assert len(json.loads(result.memory_tags["lifelong.memory.snapshot_generation"])) == \
+        memory.spec.shards
     # Rank 0 alone logs: one value per step, not one per worker.
     assert metric_steps(run, "train.loss") == [1, 2, 3, 4]
 
