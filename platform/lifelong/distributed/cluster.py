@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
+import socket
 from typing import Iterator
 
 import ray
@@ -13,6 +15,7 @@ from ray.exceptions import AuthenticationError
 from lifelong.distributed.actor import NAMESPACE
 from lifelong.errors import ClusterAuthError
 
+_HOST_PORT = re.compile(r"[A-Za-z0-9.\-\[\]]+:[0-9]+")  # a GCS address, not "auto" or a URI
 AUTH_HINT = ("export RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, "
              "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, the one `ray start` used)")
 
@@ -39,21 +42,26 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None,
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         if address or local_cpus is None:
-            if address and "://" not in address and _has_token_or_no_auth():
+            if address and _HOST_PORT.fullmatch(address) and _has_token_or_no_auth():
                 check_auth(address)
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver)
             return
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(local_cpus)),
                  namespace=NAMESPACE, log_to_driver=log_to_driver)
-    except AuthenticationError as exc:
+    except (AuthenticationError, ConnectionError) as exc:
+        refusal = _refusal(exc)
+        if refusal is None:  # not an auth problem: Ray's own error
+            raise
         raise ClusterAuthError(f"the Ray cluster{' at ' + address if address else ''} refused "
-                               f"this process ({_first_line(exc)}): {AUTH_HINT}") from None
+                               f"this process ({_first_line(refusal)}): {AUTH_HINT}") from None
 
 
 def check_auth(address: str) -> None:
-    """One call to the cluster's GCS at ``host:port``: raises ``ClusterAuthError`` when it
-    refuses this process's token (or its lack of one); any other outcome is left to
-    ``ray.init`` (a cluster still starting, a wrong address)."""
+    """One call to the cluster's GCS at ``host:port`` (when it accepts a connection): raises
+    ``ClusterAuthError`` when it refuses this process's token (or its lack of one); any other
+    outcome is left to ``ray.init`` (a cluster still starting, a wrong address)."""
+    if not _reachable(address):  # Ray's client would wait 40 s: leave it to ray.init
+        return
     try:
         from ray._raylet import GcsClient  # Ray's own client; ray.init retries it for 20 s
 
@@ -64,6 +72,27 @@ def check_auth(address: str) -> None:
                                f"({_first_line(exc)}): {AUTH_HINT}") from None
     except Exception:  # noqa: BLE001 - not ours to judge: ray.init reports it
         return
+
+
+def _reachable(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``host:port`` accepts a TCP connection within ``timeout_s``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _refusal(exc: BaseException) -> BaseException | None:
+    """The ``AuthenticationError`` in ``exc``'s chain of causes (``ray.init`` wraps it in a
+    ``ConnectionError`` after its retries), or None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in str(exc):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _has_token_or_no_auth() -> bool:
