@@ -17,6 +17,17 @@ RAY = str(Path(sys.executable).with_name("ray"))
 sys.path.insert(0, str(Path(__file__).parent / "unit"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def lifelong_home(tmp_path_factory):
+    """$LIFELONG_HOME in a temporary folder for the session: no test writes the default MLflow
+    store or memories into the user's ~/.lifelong (a test naming its own wins)."""
+    patch = pytest.MonkeyPatch()
+    if not os.environ.get("LIFELONG_HOME"):
+        patch.setenv("LIFELONG_HOME", str(tmp_path_factory.mktemp("lifelong-home")))
+    yield os.environ["LIFELONG_HOME"]
+    patch.undo()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
