@@ -123,3 +123,12 @@ def test_a_translator_is_logged_and_resolved_through_the_same_function(store, tm
     assert len(loaded.source_vocab) == len(sv) and loaded.memory is not None
     for a, b in zip(loaded.model.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_run_from_before_models_still_resolves_by_run_id(store, registered):
+    """Runs logged before encoders were MLflow models hold ``encoder/encoder.pt``."""
+    uri, _ = store
+    with TrackedRun("before-models", uri) as run:
+        run.log_artifact(registered.train.checkpoint, "encoder")
+    path = resolve_model_file(None, run.run_id, uri, "encoder")
+    assert path.name == "encoder.pt" and load_encoder(path)[1]["encoder"] == "tiny"
