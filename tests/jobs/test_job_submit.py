@@ -21,11 +21,13 @@ RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.ray
 
 
-def submit(command: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `ray job submit ...`, again while the head's job agent is not up yet (it comes up
-    a few seconds after `ray start`)."""
+def submit(command: list[str], env: dict, timeout: float = 600,
+           cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `ray job submit ...` (in ``cwd``), again while the head's job agent is not up yet
+    (it comes up a few seconds after `ray start`)."""
     for _ in range(20):
-        job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
+                             cwd=cwd)
         if "No available agent" not in job.stderr:
             return job
         time.sleep(2)
@@ -46,13 +48,13 @@ def test_a_submitted_job_keeps_its_run_metrics_and_model_after_its_working_copy_
     runtime_env = {"env_vars": {"LIFELONG_HOME": str(home),
                                 "LIFELONG_DATA_DIR": os.environ.get("LIFELONG_DATA_DIR", ""),
                                 "LIFELONG_CACHE_DIR": str(tmp_path / "cache")}}
-    command = [RAY, "job", "submit", "--address", ray_head.dashboard, "--working-dir",
-               str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+    command = [RAY, "job", "submit", "--address", ray_head.dashboard, "--working-dir", ".",
+               "--runtime-env-json", json.dumps(runtime_env), "--",
                "python", "jobs/train_omniglot.py", "--no-progress", "model.encoder=tiny",
                "train.steps=4", "train.max_minutes=null", "train.episodes_per_batch=2",
                "train.log_every=1", "evaluation.episodes=0",
                "tracking.register_as=submitted-encoder"]
-    job = submit(command, env)
+    job = submit(command, env, cwd=REPO)  # from the checkout, as the README says
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout.lower()
     assert "MLflow model models:/submitted-encoder/1" in job.stdout
