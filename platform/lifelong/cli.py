@@ -88,14 +88,20 @@ def evaluate_translation_main(argv: Sequence[str],
     from lifelong.experiments.translation.config import TranslationEvalJob
     from lifelong.experiments.translation.jobs import evaluate_translation
 
-    parser = _job_parser(prog, "Translate test_2016_flickr (BLEU with sacrebleu, its signature "
-                         "recorded) and run the one-shot rare-word protocol: a test sentence "
-                         "with a word rare in training, translated without and after one "
-                         "showing of another pair holding it (memory written, no gradient).",
+    from lifelong.data.multi30k import TEST_SPLITS
+
+    parser = _job_parser(prog, "Translate a Multi30k test set (BLEU with sacrebleu, its "
+                         "signature recorded) and run the one-shot rare-word protocol: a test "
+                         "sentence with a word rare in training, translated without and after "
+                         "one showing of another pair holding it (memory written, no gradient).",
                          _default_config("evaluate_translation.yaml"))
+    parser.add_argument("--split", help=f"test set (= split): {', '.join(TEST_SPLITS)}, or "
+                        "all (one BLEU line per set found; rare words on the first)")
     args, overrides = _parse_with_checkpoint(
         parser, argv, model="translator",
         run_help="MLflow run to log the results into (e.g. the training run)")
+    if args.split:
+        overrides.append(f"split={args.split}")
     job = load_config(TranslationEvalJob, args.config, overrides)
     evaluate_translation(job, progress=not args.no_progress)
     return 0
