@@ -39,11 +39,37 @@ def bleu_lines(out):
 
 
 def test_split_all_reports_one_bleu_line_per_official_test_set(checkpoint, tmp_path, capsys):
+    from lifelong.data import load_multi30k
+    from lifelong.experiments.translation.evaluate import bleu, translate
+
     write_splits(tmp_path, TEST_SPLITS)
     assert evaluate(checkpoint, tmp_path, "--split", "all") == 0
     lines = bleu_lines(capsys.readouterr().out)
     assert [name for name, _, _ in lines] == list(TEST_SPLITS)
-    assert all(n == "3" and 0 <= float(score) <= 100 for _, n, score in lines)
+    tm = TranslationModel.load(checkpoint)
+    for name, n, score in lines:  # sacrebleu's score of the set's first 3 translations
+        data = load_multi30k(name, root=tmp_path, download=False)
+        expected = bleu(translate(tm, data.source[:3]), data.target[:3])[0]
+        assert n == "3" and score == f"{expected:.2f}"
+
+
+def test_split_all_logs_one_bleu_metric_and_one_translations_file_per_set(checkpoint,
+                                                                         tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    write_splits(tmp_path / "data", TEST_SPLITS)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert cli.main(["evaluate", "translation", "--checkpoint", checkpoint, "--no-progress",
+                     "--split", "all", f"data_root={tmp_path / 'data'}", "beam=1",
+                     "max_sentences=2", "rare_counts=[]", f"tracking.tracking_uri={uri}",
+                     f"tracking.artifact_location={tmp_path / 'artifacts'}"]) == 0
+    assert "logged to MLflow run" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("translation").experiment_id])
+    assert {k for k in run.data.metrics if k.startswith("eval.bleu")} == {
+        f"eval.bleu.{name}" for name in TEST_SPLITS}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        f"translations_{name}.de" for name in TEST_SPLITS}
 
 
 @pytest.mark.parametrize("split", TEST_SPLITS)
