@@ -86,10 +86,9 @@ def train_translation_main(argv: Sequence[str],
 def evaluate_translation_main(argv: Sequence[str],
                               prog: str = "lifelong evaluate translation") -> int:
     """BLEU and the one-shot rare-word table of a translator checkpoint."""
+    from lifelong.data.multi30k import TEST_SPLITS
     from lifelong.experiments.translation.config import TranslationEvalJob
     from lifelong.experiments.translation.jobs import evaluate_translation
-
-    from lifelong.data.multi30k import TEST_SPLITS
 
     parser = _job_parser(prog, "Translate a Multi30k test set (BLEU with sacrebleu, its "
                          "signature recorded) and run the one-shot rare-word protocol: a test "
@@ -310,14 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"commands:\n{_listing(())}\n\nRun `lifelong COMMAND --help` for a command's "
                "options.")
     parser.add_argument("--version", action="version", version=f"lifelong {_version()}")
-    groups = {(): parser.add_subparsers(metavar="COMMAND", required=True, help=argparse.SUPPRESS)}
+    groups = {(): parser.add_subparsers(metavar="COMMAND", required=True,
+                                        help=argparse.SUPPRESS)}
     for words, (summary, _) in COMMANDS.items():
         for depth in range(1, len(words)):
             group = words[:depth]
             if group not in groups:
                 name = " ".join(group)
                 sub = groups[group[:-1]].add_parser(
-                    group[-1], prog=f"lifelong {name}", formatter_class=argparse.RawDescriptionHelpFormatter,
+                    group[-1], prog=f"lifelong {name}",
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
                     usage=f"lifelong {name} TASK [--config PATH] [key=value ...]",
                     epilog=f"{name} tasks:\n{_listing(group)}\n\nRun `lifelong {name} TASK "
                            "--help` for a task's options.")

@@ -10,7 +10,8 @@ from pathlib import Path
 from lifelong.data.multi30k import SPLIT_SIZES
 
 ENGLISH = ("a dog runs", "the man sleeps", "two girls play", "a big dog sleeps")
-GERMAN = ("ein hund rennt", "der mann schläft", "zwei mädchen spielen", "ein großer hund schläft")
+GERMAN = ("ein hund rennt", "der mann schläft", "zwei mädchen spielen",
+          "ein großer hund schläft")
 
 
 def write_split(folder: Path, split: str, lines: dict[str, int] | None = None) -> None:
