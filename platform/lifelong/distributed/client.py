@@ -13,7 +13,6 @@ cannot provide, ``grad_similarities``, raises ``UnsupportedOperationError``.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from typing import Any, Protocol, Sequence
 
@@ -43,18 +42,13 @@ class ShardGroup(Protocol):
 
 class LocalShards:
     """Shards in this process (tests, single-process use). Clients in several threads may
-    share them: each shard runs one call at a time, as a Ray actor does."""
+    share them: each shard serialises its own calls, as in a Ray actor."""
 
     def __init__(self, shards: Sequence[MemoryShard]):
         self.shards = list(shards)
-        self.locks = [threading.Lock() for _ in self.shards]
 
     def call(self, method, args):
-        out = []
-        for shard, lock, a in zip(self.shards, self.locks, args):
-            with lock:
-                out.append(getattr(shard, method)(*a))
-        return out
+        return [getattr(shard, method)(*a) for shard, a in zip(self.shards, args)]
 
 
 _STATE_KEYS = ("keys", "values", "ages", "recent_slots")  # the names of state_dict()

@@ -10,10 +10,18 @@ most recently written for each label here, and the shard's first insert candidat
 here when the update is applied, so concurrent writers never take the same slot. Every update
 is logged (``storage.ShardStore``) before it is acknowledged, and a batch a writer retries (same
 writer id and sequence number) is applied once.
+
+A shard serves several callers at once (a threaded Ray actor): each call changes or reads the
+state under the shard's lock, then waits, without it, until every update its answer reflects is
+durable (group commit: callers that wrote meanwhile share one sync, and a step's sync runs
+while its search does). A sync that fails loses the updates after the last durable one: every
+answer that reflects them fails with DurabilityError, and the shard rebuilds its state from its
+files before the next call.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +32,8 @@ from lifelong.distributed.spec import MemorySpec
 from lifelong.distributed.records import Snapshot, Update
 from lifelong.distributed.snapshots import Snapshots
 from lifelong.distributed.storage import ShardStore
-from lifelong.errors import CorruptStateError, InvalidLabelError, InvalidQueryError, MemoryStateError
+from lifelong.errors import (CorruptStateError, DurabilityError, InvalidLabelError,
+                             InvalidQueryError, MemoryStateError)
 from lifelong.memory import Memory
 
 __all__ = ["MemoryShard", "ShardAnswer", "ShardStats", "ShardWrite"]
@@ -105,6 +114,21 @@ class MemoryShard:
         self.offset = spec.shard_offsets()[index]
         self.size = spec.shard_sizes()[index]
         self.device = torch.device(device)
+        self.lock = threading.RLock()  # held while a call reads or changes the state
+        self._fresh_state()
+        self.stats = ShardStats()
+        self._frame = 0  # the log frame of the last update in the state (0: all durable)
+        self.store = ShardStore(spec.location, index) if durable else None
+        if self.store is not None:
+            logged = self._restore()
+            background = self.size * spec.key_dim * 4 > self.background_snapshot_bytes
+            self.snapshots = Snapshots(self.store, spec.snapshot_every, self._snapshot_state,
+                                       background, logged=logged)
+            self._sync_failures = self.store.commit.failures
+
+    def _fresh_state(self) -> None:
+        """Empty slots, recent-slot table and writer history."""
+        spec, index = self.spec, self.index
         self.memory = Memory(key_dim=spec.key_dim, num_slots=self.size, num_values=1,
                              choose_k=spec.choose_k, alpha=spec.alpha, age_noise=spec.age_noise,
                              use_recent=False, seed=spec.seed + index, slot_offset=self.offset,
@@ -113,19 +137,79 @@ class MemoryShard:
         self.recent_slots = np.full(v, -1, dtype=np.int64)
         self.recent_clock = np.zeros(v, dtype=np.int64)
         self.recent_position = np.zeros(v, dtype=np.int64)
-        # writer -> [last seq, global inserted slots, digest of that batch]
+        # writer -> [last seq, global inserted slots, digest of that batch, clock]
         self.writers: dict[str, list] = {}
-        self.stats = ShardStats()
-        self.store = ShardStore(spec.location, index) if durable else None
-        if self.store is not None:
-            logged = self._restore()
-            background = self.size * spec.key_dim * 4 > self.background_snapshot_bytes
-            self.snapshots = Snapshots(self.store, spec.snapshot_every, self._snapshot_state,
-                                       background, logged=logged)
 
-    # -------------------------------------------------------------------------------- query
+    # ------------------------------------------------------------------ calls, durable replies
     def search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
         """The local answer to B normalised queries q [B, d] (labels [B] or None)."""
+        with self.lock:
+            self._recover()
+            answer, frame = self._search(q, labels, k), self._frame
+        self._durable(frame)
+        return answer
+
+    def apply(self, write: ShardWrite) -> np.ndarray:
+        """Applies this shard's part of an update batch once, durably; returns the global
+        slot of each of its inserts, then of each of its refreshes, in order, -1 where
+        refused (see ``_plan``); the same answer again for a retried batch, none for a redone
+        one.
+
+        Raises:
+            MemoryStateError: the batch is older than the writer's last one, or repeats its
+                number with other contents (two clients using one writer id), or does not
+                fit this shard (see ``_validate``).
+            InvalidQueryError, InvalidLabelError: bad queries or labels.
+            DurabilityError: it could not be logged (nothing applied).
+        """
+        with self.lock:
+            self._recover()
+            inserted, frame = self._apply(write), self._frame
+        self._durable(frame)
+        return inserted
+
+    def step(self, write: ShardWrite, q: np.ndarray, labels: np.ndarray | None,
+             k: int) -> tuple[np.ndarray, ShardAnswer]:
+        """A pipelined client's one call per step: ``apply(write)`` (the previous step's
+        update), then ``search(q, labels, k)``, which so sees it; the log is synced while the
+        search runs. If the apply raises, nothing is searched."""
+        with self.lock:
+            self._recover()
+            inserted = self._apply(write)
+            if self.store is not None:
+                self.store.sync_soon()  # while the search runs
+            answer, frame = self._search(q, labels, k), self._frame
+        self._durable(frame)
+        return inserted, answer
+
+    def _durable(self, frame: int) -> None:
+        """Returns once log frame ``frame`` is durable (an answer is sent only then).
+
+        Raises:
+            DurabilityError: a failed sync lost it; the state is rebuilt from the files.
+        """
+        if self.store is None:
+            return
+        try:
+            self.store.sync(frame)
+        except DurabilityError:
+            with self.lock:
+                self._recover()
+            raise
+
+    def _recover(self) -> None:
+        """After a failed sync lost logged updates (``GroupCommit``): the state again as the
+        files hold it, without them (their callers got DurabilityError). Lock held."""
+        if self.store is None or self.store.commit.failures == self._sync_failures:
+            return
+        self._sync_failures = self.store.commit.failures
+        self.snapshots.wait()
+        self._fresh_state()
+        self._frame = 0
+        self.snapshots.logged = self._restore()
+
+    # -------------------------------------------------------------------------------- query
+    def _search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
         self._check(q, labels)
         mem = self.memory
         qt = _tensor(q, self.device)
@@ -177,17 +261,8 @@ class MemoryShard:
                                     f"[0, {self.spec.num_values})")
 
     # ------------------------------------------------------------------------------- update
-    def apply(self, write: ShardWrite) -> np.ndarray:
-        """Applies this shard's part of an update batch once; returns the global slot of each
-        of its inserts, then of each of its refreshes, in order, -1 where refused (see
-        ``_plan``); the same answer again for a retried batch, none for a redone one.
-
-        Raises:
-            MemoryStateError: the batch is older than the writer's last one, or repeats its
-                number with other contents (two clients using one writer id), or does not
-                fit this shard (see ``_validate``).
-            InvalidQueryError, InvalidLabelError: bad queries or labels.
-        """
+    def _apply(self, write: ShardWrite) -> np.ndarray:
+        """``apply`` under the lock: logged (not yet durable, ``_frame``) and applied."""
         self._validate(write)  # before anything is logged or changed
         last = self.writers.get(write.writer)
         digest = write.digest()
@@ -206,7 +281,7 @@ class MemoryShard:
             return np.asarray(last[1], dtype=np.int64)
         update = self._plan(write, digest)
         if self.store is not None:
-            self.store.append(update)  # durable before acknowledged
+            self._frame = self.store.write(update)  # durable before acknowledged: _durable
         self._apply_update(update)
         self.stats.updates += 1
         self.stats.inserts += len(write.insert_labels)
@@ -214,13 +289,6 @@ class MemoryShard:
         if self.store is not None:
             self.snapshots.after_append()  # never raises: the update is acknowledged
         return self._global(update.inserted)
-
-    def step(self, write: ShardWrite, q: np.ndarray, labels: np.ndarray | None,
-             k: int) -> tuple[np.ndarray, ShardAnswer]:
-        """A pipelined client's one call per step: ``apply(write)`` (the previous step's
-        update), then ``search(q, labels, k)``, which so sees it. If the apply raises, nothing
-        is searched."""
-        return self.apply(write), self.search(q, labels, k)
 
     def _global(self, local: np.ndarray) -> np.ndarray:
         """Local slot ids as global ones; -1 (refused) stays -1."""
@@ -372,12 +440,15 @@ class MemoryShard:
             raise MemoryStateError("keys must be finite, values in [-1, num_values), ages in "
                                    "[0, clock]")
         clock = int(clock)
-        self._load_snapshot(Snapshot(
-            keys=keys, values=values.astype(np.int64), write_time=clock - ages.astype(np.int64),
-            clock=clock, recent_slots=np.full(self.spec.num_values, -1, dtype=np.int64),
-            recent_clock=np.zeros(self.spec.num_values, dtype=np.int64),
-            recent_position=np.zeros(self.spec.num_values, dtype=np.int64), writers={}))
-        return self.snapshot() if self.store is not None else 0
+        with self.lock:
+            self._recover()
+            self._load_snapshot(Snapshot(
+                keys=keys, values=values.astype(np.int64),
+                write_time=clock - ages.astype(np.int64), clock=clock,
+                recent_slots=np.full(self.spec.num_values, -1, dtype=np.int64),
+                recent_clock=np.zeros(self.spec.num_values, dtype=np.int64),
+                recent_position=np.zeros(self.spec.num_values, dtype=np.int64), writers={}))
+            return self.snapshot() if self.store is not None else 0
 
     def snapshot(self) -> int:
         """Writes the full state as a new generation now (after any snapshot in progress);
@@ -387,7 +458,9 @@ class MemoryShard:
             DurabilityError: it could not be written (shown by ``status()`` as well); the
                 log still holds every update.
         """
-        return self.snapshots.write_now()
+        with self.lock:
+            self._recover()
+            return self.snapshots.write_now()
 
     def wait_for_snapshot(self) -> None:
         """Returns when no snapshot is being written."""
@@ -408,26 +481,33 @@ class MemoryShard:
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict[str, np.ndarray]:
         """keys [n, d], values [n], ages [n], recent_slots (global) / recent_clock /
-        recent_position [V]."""
-        mem = self.memory
-        return {"keys": mem.keys.cpu().numpy(), "values": mem.values.cpu().numpy(),
-                "ages": mem.ages.cpu().numpy(),
-                "recent_slots": np.where(self.recent_slots >= 0,
-                                         self.recent_slots + self.offset, -1),
-                "recent_clock": self.recent_clock.copy(),
-                "recent_position": self.recent_position.copy()}
+        recent_position [V]: copies, sent once durable."""
+        with self.lock:
+            self._recover()
+            mem = self.memory
+            state = {"keys": mem.keys.cpu().numpy().copy(),  # the state now, not a view
+                     "values": mem.values.cpu().numpy().copy(), "ages": mem.ages.cpu().numpy(),
+                     "recent_slots": np.where(self.recent_slots >= 0,
+                                              self.recent_slots + self.offset, -1),
+                     "recent_clock": self.recent_clock.copy(),
+                     "recent_position": self.recent_position.copy()}
+            frame = self._frame
+        self._durable(frame)
+        return state
 
     def status(self) -> dict:
         """Occupancy, oldest age (both kept incrementally by the shard's ``Memory``: amortised
         O(slots written since the last call), not O(size)) and traffic counters."""
-        mem = self.memory
-        return {"shard": self.index, "slots": self.size, "offset": self.offset,
-                "occupied": mem.occupancy(), "oldest_age": mem.oldest_age(),
-                "clock": int(mem.clock), "device": str(self.device),
-                "queries": self.stats.queries, "inserts": self.stats.inserts,
-                "refreshes": self.stats.refreshes, "updates": self.stats.updates,
-                "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
-                **self._durability_status()}
+        with self.lock:
+            self._recover()
+            mem = self.memory
+            return {"shard": self.index, "slots": self.size, "offset": self.offset,
+                    "occupied": mem.occupancy(), "oldest_age": mem.oldest_age(),
+                    "clock": int(mem.clock), "device": str(self.device),
+                    "queries": self.stats.queries, "inserts": self.stats.inserts,
+                    "refreshes": self.stats.refreshes, "updates": self.stats.updates,
+                    "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
+                    **self._durability_status()}
 
     def gauges(self) -> dict[str, int]:
         """What the shard's gauges show: occupied slots, the oldest filled slot's age, failed
@@ -443,4 +523,8 @@ class MemoryShard:
                 "torn_frames": store.torn_frames if store else 0}
 
     def _durability_status(self) -> dict:
-        return self.snapshots.status() if self.store is not None else {"generation": None}
+        if self.store is None:
+            return {"generation": None}
+        commit = self.store.commit
+        return {**self.snapshots.status(), "sync_failures": commit.failures,
+                "sync_error": commit.error}
