@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lifelong.distributed.answer import ShardAnswer
 from lifelong.distributed.batches import ShardWrite, UpdateBatch
 from lifelong.distributed.reroute import reroute, written_slots
-from lifelong.distributed.shard import MemoryShard, ShardAnswer
+from lifelong.distributed.shard import MemoryShard
 from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import InvalidLabelError, MemoryStateError, UnsupportedOperationError
 from lifelong.memory import LoadResult, MemoryOutput

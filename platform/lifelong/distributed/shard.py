@@ -27,9 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lifelong.distributed.answer import ShardAnswer, answer_query
 from lifelong.distributed.batches import ShardWrite
-from lifelong.distributed.spec import MemorySpec
+from lifelong.distributed.plan import plan_update
 from lifelong.distributed.records import Snapshot, Update
+from lifelong.distributed.spec import MemorySpec
 from lifelong.distributed.snapshots import Snapshots
 from lifelong.distributed.storage import ShardStore
 from lifelong.errors import (CorruptStateError, DurabilityError, InvalidLabelError,
@@ -37,43 +39,6 @@ from lifelong.errors import (CorruptStateError, DurabilityError, InvalidLabelErr
 from lifelong.memory import Memory
 
 __all__ = ["MemoryShard", "ShardAnswer", "ShardStats", "ShardWrite"]
-
-
-@dataclass
-class ShardAnswer:
-    """A shard's answer to a query batch of B (numpy, so it crosses processes cheaply).
-
-    sims/slots/values: [B, k'] local top-k (k' = min(k, shard size)), best first, -inf / -1 / -1
-    where fewer slots are filled; slots are local ids (add ``offset``) and slots and values are
-    int32, which keeps a batch-16 answer under Ray's 100 KiB limit for replies sent inline
-    (larger ones go through the object store: several ms more per call, measured). With
-    labels: pos_*/neg_* the best positive / negative of that list (global slot, -1 if none)
-    with their keys [B, d]; recent_* the slot last written here for the label (-1 if none), its
-    stamp (clock, position in batch), similarity, value and key; and oldest_scores/oldest_slots
-    [c] the shard's first insert candidates.
-    """
-
-    sims: np.ndarray
-    slots: np.ndarray
-    values: np.ndarray
-    offset: int = 0
-    pos_slot: np.ndarray | None = None
-    pos_key: np.ndarray | None = None
-    neg_slot: np.ndarray | None = None
-    neg_key: np.ndarray | None = None
-    recent_slot: np.ndarray | None = None
-    recent_stamp: np.ndarray | None = None
-    recent_sim: np.ndarray | None = None
-    recent_value: np.ndarray | None = None
-    recent_key: np.ndarray | None = None
-    oldest_scores: np.ndarray | None = None
-    oldest_slots: np.ndarray | None = None
-
-
-def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``a`` on ``device``; arrays from Ray's object store are read-only, so those are copied."""
-    a = np.ascontiguousarray(a)
-    return torch.from_numpy(a if a.flags.writeable else a.copy()).to(device)
 
 
 @dataclass
@@ -211,41 +176,9 @@ class MemoryShard:
     # -------------------------------------------------------------------------------- query
     def _search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
         self._check(q, labels)
-        mem = self.memory
-        qt = _tensor(q, self.device)
-        with torch.no_grad():
-            sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, self.size))
-            empty = torch.isinf(sims)
-            values = mem.values[slots].masked_fill(empty, -1)
         self.stats.queries += q.shape[0]
-        answer = ShardAnswer(sims=sims.cpu().numpy(),
-                             slots=slots.masked_fill(empty, -1).to(torch.int32).cpu().numpy(),
-                             values=values.to(torch.int32).cpu().numpy(), offset=self.offset)
-        if labels is None:
-            return answer
-        with torch.no_grad():
-            y = _tensor(labels, self.device).unsqueeze(1)
-            positive = (values == y) & ~empty
-            negative = ~empty & (values != y)
-            for kind, mask in (("pos", positive), ("neg", negative)):
-                first = mask.to(torch.int8).argmax(dim=1, keepdim=True)  # first True
-                local = slots.gather(1, first).squeeze(1)
-                slot = torch.where(mask.any(dim=1), local + self.offset, -1)
-                setattr(answer, f"{kind}_slot", slot.cpu().numpy())
-                setattr(answer, f"{kind}_key", mem.keys[local].cpu().numpy())
-            recent = self.recent_slots[labels]
-            local = torch.from_numpy(recent.clip(min=0)).to(self.device)
-            keys = mem.keys[local]
-            answer.recent_slot = np.where(recent >= 0, recent + self.offset, -1)
-            answer.recent_stamp = np.stack([self.recent_clock[labels],
-                                            self.recent_position[labels]], axis=1)
-            answer.recent_value = np.where(recent >= 0, mem.values[local].cpu().numpy(), -1)
-            answer.recent_sim = (qt * keys).sum(1).cpu().numpy()
-            answer.recent_key = keys.cpu().numpy()
-            scores, oldest = mem.oldest_candidates(min(2 * q.shape[0], self.size))
-            answer.oldest_scores = scores.cpu().numpy()
-            answer.oldest_slots = (oldest + self.offset).cpu().numpy()
-        return answer
+        return answer_query(self.memory, q, labels, k, self.offset, self.recent_slots,
+                            self.recent_clock, self.recent_position)
 
     def _check(self, q: np.ndarray, labels: np.ndarray | None) -> None:
         d = self.spec.key_dim
@@ -279,7 +212,7 @@ class MemoryShard:
                     "contents: is a second client using the same writer id?")
             self.stats.duplicates += 1
             return np.asarray(last[1], dtype=np.int64)
-        update = self._plan(write, digest)
+        update = plan_update(self.memory, write, digest, self.offset)
         if self.store is not None:
             self._frame = self.store.write(update)  # durable before acknowledged: _durable
         self._apply_update(update)
@@ -301,58 +234,6 @@ class MemoryShard:
             raise MemoryStateError(f"a shard write must be a ShardWrite, got "
                                    f"{type(write).__name__}")
         write.check(self.spec.key_dim, self.spec.num_values, self.offset, self.size, self.index)
-
-    def _plan(self, write: ShardWrite, digest: str) -> Update:
-        """The update's effect (``Memory.plan_write``), computed without changing any state.
-
-        A refresh whose slot no longer holds its label (another writer overwrote it since the
-        search) becomes an insert; inserts the client routed to an empty slot (the first
-        ``write.insert_empty``) and those converted refreshes take this shard's empty slots
-        and are refused (answer -1) when none is left, rather than evict an entry. The answer
-        (``Update.inserted``) holds the slot of each insert, then of each refresh, in order.
-        """
-        mem, dev = self.memory, self.device
-        refresh_local = write.refresh_slots - self.offset
-        if ((refresh_local < 0) | (refresh_local >= self.size)).any():
-            raise MemoryStateError("refresh slots outside this shard")
-        refresh_local = refresh_local.astype(np.int64)
-        held = mem.values[_tensor(refresh_local, dev)].cpu().numpy()
-        fresh = held == write.refresh_labels
-        stale = np.flatnonzero(~fresh)
-        n_ins = len(write.insert_labels)
-        marked = min(max(int(write.insert_empty), 0), n_ins)
-        # The insert order: routed to an empty slot, converted refreshes, then the others.
-        ins_q = np.concatenate([write.insert_q[:marked], write.refresh_q[stale],
-                                write.insert_q[marked:]]).astype(np.float32, copy=False)
-        ins_labels = np.concatenate([write.insert_labels[:marked], write.refresh_labels[stale],
-                                     write.insert_labels[marked:]]).astype(np.int64, copy=False)
-        ins_pos = np.concatenate([write.insert_positions[:marked],
-                                  write.refresh_positions[stale],
-                                  write.insert_positions[marked:]]).astype(np.int64, copy=False)
-        wants_empty = marked + len(stale)
-        empty = mem.num_slots - mem.occupancy() if wants_empty else 0  # none is refreshed now
-        accept = np.ones(len(ins_labels), dtype=bool)
-        accept[min(wants_empty, empty):wants_empty] = False
-        plan = mem.plan_write(_tensor(refresh_local[fresh], dev),
-                              _tensor(write.refresh_q[fresh], dev), _tensor(ins_q[accept], dev),
-                              _tensor(ins_labels[accept], dev))
-        taken = np.full(len(ins_labels), -1, dtype=np.int64)
-        taken[accept] = plan.inserted.cpu().numpy()
-        # the answer in the write's order: its inserts, then its refreshes
-        converted = taken[marked:marked + len(stale)]
-        answer_refresh = np.where(fresh, refresh_local, -1)
-        answer_refresh[stale] = converted
-        answer = np.concatenate([taken[:marked], taken[marked + len(stale):], answer_refresh])
-        return Update(writer=write.writer, seq=write.seq, digest=digest,
-                      clock=int(mem.clock) + 1, slots=plan.slots.cpu().numpy(),
-                      keys=plan.keys.cpu().numpy().astype(np.float32),
-                      values=plan.values.cpu().numpy(),
-                      recent_labels=np.concatenate([write.refresh_labels[fresh],
-                                                    ins_labels[accept]]),
-                      recent_slots=np.concatenate([refresh_local[fresh], taken[accept]]),
-                      recent_positions=np.concatenate([write.refresh_positions[fresh],
-                                                       ins_pos[accept]]),
-                      inserted=answer.astype(np.int64))
 
     def _apply_update(self, update: Update) -> None:
         dev = self.device
