@@ -32,6 +32,7 @@ class GroupCommit:
         describe: the DurabilityError message for a failed sync (its OSError).
 
     Attributes:
+        syncs: syncs done (each covers every frame written before it began).
         failures: syncs that failed; the frames they lost are not in the log.
         error: why the last one failed.
         broken: why the log cannot be trusted any more (a cut failed too), else None.
@@ -48,6 +49,7 @@ class GroupCommit:
         self._lost: list[tuple[int, int]] = []  # frames (a, b] lost to a failed sync
         self._syncing = False
         self._thread: threading.Thread | None = None
+        self.syncs = 0
         self.failures = 0
         self.error: str | None = None
         self.broken: str | None = None
@@ -129,6 +131,7 @@ class GroupCommit:
         finally:
             self.lock.acquire()
         self._syncing = False
+        self.syncs += 1
         if failed is None:
             self._durable, self._durable_size = target, size
         else:

@@ -407,5 +407,6 @@ class MemoryShard:
         if self.store is None:
             return {"generation": None}
         commit = self.store.commit
-        return {**self.snapshots.status(), "sync_failures": commit.failures,
+        return {**self.snapshots.status(), "log_syncs": commit.syncs,
+                "sync_failures": commit.failures,
                 "sync_error": commit.error}
