@@ -350,9 +350,9 @@ class MemoryShard:
         if snap.keys.shape != (self.size, self.spec.key_dim) or \
                 snap.recent_slots.shape != (self.spec.num_values,):
             raise MemoryStateError(f"snapshot of shard {self.index} does not fit the spec")
-        self.memory.load_slots(torch.from_numpy(snap.keys).to(dev),
-                               torch.from_numpy(snap.values).to(dev),
-                               torch.from_numpy(snap.write_time).to(dev), snap.clock)
+        # load_state's arrays come from Ray's object store, read-only: _tensor copies those
+        self.memory.load_slots(_tensor(snap.keys, dev), _tensor(snap.values, dev),
+                               _tensor(snap.write_time, dev), snap.clock)
         self.recent_slots, self.recent_clock = snap.recent_slots, snap.recent_clock
         self.recent_position = snap.recent_position
         self.writers = snap.writers
