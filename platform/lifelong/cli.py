@@ -247,6 +247,7 @@ commands:
   memory ...          named memories on a Ray cluster: create | list | status | snapshot | delete
   stream produce      write a long-tailed Omniglot stream of new classes as Parquet segments
   stream run          feed a stream into a named memory: prequential, exactly once, forever
+  monitor ...         Prometheus for the Ray cluster (start) and the dashboards' queries (check)
 
 Run `lifelong COMMAND --help` for a command's options."""
 
@@ -274,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lifelong.distributed.commands import main as memory_main
 
         return memory_main(argv[1:])
+    if argv[:1] == ["monitor"]:
+        from lifelong.monitor.command import main as monitor_main
+
+        return monitor_main(argv[1:])
     if argv[:1] == ["demo"]:
         return job_main("demo", argv[1:], prog="lifelong demo")
     if tuple(argv[:2]) in (("train", "omniglot"), ("train", "translation"),
