@@ -1,7 +1,7 @@
 """`lifelong monitor` without a cluster: the generated prometheus.yml, the binary's lookup, the
 dashboards' conventions (Ray's: SessionName / Cluster variables, $__rate_interval, worker
 labels aggregated away, a datasource variable and no hard-coded datasource uid), and the
-rendering of Grafana variables. The real Prometheus test: tests/distributed/test_monitoring_ray.py."""
+rendering of Grafana variables. The real Prometheus test: distributed/test_monitoring_ray.py."""
 
 import re
 import shutil

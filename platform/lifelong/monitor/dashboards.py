@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,7 +40,7 @@ class PanelQuery:
 class QueryResult:
     query: PanelQuery
     rendered: str  # what was sent to Prometheus
-    samples: int   # series (instant samples, or label values of a variable) returned
+    samples: int   # series returned (instant samples, or a variable's label values)
     finite: int    # of those, samples with a finite value
 
     @property
@@ -126,14 +125,6 @@ class PrometheusAPI:
             return [{"metric": {}, "value": data["result"]}]
         return data["result"]
 
-    def label_values(self, label: str, match: str, recent_s: float = 30.0) -> list[str]:
-        """Values of ``label`` on the series of ``match`` that have samples in the last
-        ``recent_s`` seconds (series exported now, not ones that went stale earlier)."""
-        now = time.time()
-        return self._get(f"/api/v1/label/{label}/values",
-                         [("match[]", match), ("start", f"{now - recent_s:.3f}"),
-                          ("end", f"{now:.3f}")])
-
     def targets_up(self) -> int:
         """Active targets whose last scrape succeeded."""
         data = self._get("/api/v1/targets", [("state", "active")])
@@ -142,14 +133,17 @@ class PrometheusAPI:
 
 def evaluate(api: PrometheusAPI, query: PanelQuery, dashboard: dict,
              rate_interval: str = "1m") -> QueryResult:
-    """Runs one dashboard expression (a variable's ``label_values`` through the labels API)."""
+    """Runs one dashboard expression (a variable's ``label_values`` as a ``count by``)."""
     rendered = render(query.expr, dashboard, rate_interval)
-    if query.panel.startswith("$"):
+    if query.panel.startswith("$"):  # the values of series exported now (Grafana would also
+        # list those of the dashboard's whole time range)
         found = _LABEL_VALUES.match(rendered.strip())
         if not found:
             raise MonitorError(f"{query.dashboard} {query.panel}: only label_values(selector, "
                                f"label) variables are supported, not {query.expr!r}")
-        names = api.label_values(found.group(2), found.group(1))
+        selector, label = found.groups()
+        rendered = f"count by ({label}) ({selector})"
+        names = {r["metric"].get(label) for r in api.query(rendered)} - {None, ""}
         return QueryResult(query, rendered, len(names), len(names))
     result = api.query(rendered)
     finite = sum(math.isfinite(float(r["value"][1])) for r in result)
