@@ -73,6 +73,10 @@ def _provision_grafana(ray_temp_dir: str, out) -> None:
         print(f"dashboards copied into Ray's Grafana provisioning: {folder}", file=out)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def start_main(args, out=None) -> int:
     out = out or sys.stdout
     config = PrometheusConfig(ray_temp_dir=args.ray_temp_dir, port=args.port,
@@ -90,7 +94,7 @@ def start_main(args, out=None) -> int:
           f"listed in {config.sd_file}\n  config {prometheus.config_path}, log "
           f"{prometheus.log_path}\n  check the dashboards' queries: lifelong monitor check "
           f"--url {config.url}\nCtrl-C stops it.", file=out, flush=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: prometheus.stop())
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it as Ctrl-C does
     try:
         code = prometheus.wait()
     except KeyboardInterrupt:
