@@ -142,3 +142,57 @@ def test_monitor_help_exits_0(capsys):
             main(argv)
         assert exit_.value.code == 0
     assert "prom_metrics_service_discovery.json" in capsys.readouterr().out
+
+
+def test_lifelong_monitor_start_runs_prometheus_until_sigterm(tmp_path):
+    import os
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    try:
+        prom.find_prometheus(install=False)
+    except MonitorError as exc:
+        pytest.skip(f"no Prometheus binary here: {exc}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = subprocess.Popen(
+        [sys.executable, "-m", "lifelong.cli", "monitor", "start", "--port", str(port),
+         "--ray-temp-dir", str(tmp_path / "ray"), "--run-dir", str(tmp_path / "run"),
+         "--no-install"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        while not any("Ctrl-C stops it" in line for line in lines):
+            line = command.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        text = "".join(lines)
+        assert "does not exist yet" in text  # no Ray head here: one clear note
+        pid = int(re.search(r"Prometheus \(pid (\d+)\)", text).group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=10) as r:
+            assert r.status == 200
+        assert yaml.safe_load((tmp_path / "run" / "prometheus.yml").read_text())[
+            "scrape_configs"][0]["file_sd_configs"][0]["files"] == [
+            str(tmp_path / "ray" / "prom_metrics_service_discovery.json")]
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        assert not _alive(pid), "the Prometheus it started outlived it"
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
