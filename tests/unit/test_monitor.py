@@ -54,6 +54,18 @@ def test_monitor_config_is_checked(field, value):
         PrometheusConfig(**{field: value})
 
 
+def test_a_taken_port_is_one_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = PrometheusConfig(port=taken.getsockname()[1], run_dir=str(tmp_path))
+        with pytest.raises(MonitorError, match="is taken.*--port"):
+            prom.PrometheusProcess(config, "/bin/false").start()
+    assert not (tmp_path / "prometheus.yml").exists()  # nothing started, nothing written
+
+
 def test_durations_in_prometheus_syntax():
     assert [prom.duration(s) for s in (10, 1.0, 0.5, 2.25)] == ["10s", "1s", "500ms", "2250ms"]
 

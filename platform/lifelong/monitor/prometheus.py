@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -145,6 +146,20 @@ def find_prometheus(binary: str | None = None, install: bool = True, out=None) -
     return found
 
 
+def _check_free(host: str, port: int) -> None:
+    """Raises MonitorError if something listens on (host, port) already."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Prometheus: a port in
+        try:  # TIME_WAIT is free, a listening one is not
+            s.bind((host, port))
+        except OSError as exc:
+            raise MonitorError(
+                f"{host}:{port} is taken ({exc.strerror}): another Prometheus (Debian's "
+                "`prometheus` service listens on 9090: `systemctl stop prometheus`)? Choose "
+                "another --port") from None
+
+
 class PrometheusProcess:
     """One Prometheus started by this process (``with PrometheusProcess(config) as p:``).
 
@@ -165,6 +180,7 @@ class PrometheusProcess:
         Raises:
             MonitorError: it exited or did not become ready (the message ends with its log).
         """
+        _check_free(self.config.listen, self.config.port)
         folder = self.config.folder
         (folder / "data").mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(prometheus_yml(self.config))
