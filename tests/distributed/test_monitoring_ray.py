@@ -24,7 +24,8 @@ from lifelong.streaming import launch
 from test_stream_job_ray import job, vector_stream
 
 pytestmark = pytest.mark.ray
-IDLE_S = 60  # the issue's "60 s without traffic": three times Ray's gauge expiry (2 x 10 s)
+IDLE_S = 60  # the issue's "60 s without traffic": six times Ray's gauge expiry here (2 x 5 s)
+EXPORT_MS = 5000
 SCRAPE_S = 1.0
 
 
@@ -48,9 +49,11 @@ def ray_with_dashboard():
     short temp dir of its own, with its own ports."""
     ray = pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="lifelong-mon-")  # short: Ray's socket paths live there
+    # Ray exports every 5 s instead of 10: data sooner, and gauges not set again expire
+    # sooner (within 10 s instead of 20 s), so the idle check is stricter, not looser.
     ray.init(num_cpus=4, include_dashboard=True, dashboard_port=free_port(),
              _metrics_export_port=free_port(), _temp_dir=temp, namespace="lifelong",
-             log_to_driver=False)
+             log_to_driver=False, _system_config={"metrics_report_interval_ms": EXPORT_MS})
     try:
         yield temp
     finally:
