@@ -263,6 +263,12 @@ def _memory_main(argv: Sequence[str], prog: str) -> int:
     return memory_main(argv)
 
 
+def _monitor_main(argv: Sequence[str], prog: str) -> int:
+    from lifelong.monitor.command import main as monitor_main
+
+    return monitor_main(argv)
+
+
 def _job(name: str):
     return lambda argv, prog: job_main(name, argv, prog)
 
@@ -288,6 +294,8 @@ COMMANDS = {
                             "segments", _job("stream_produce")),
     ("stream", "run"): ("feed a stream into a named memory: prequential, exactly once, "
                         "forever", _job("stream_run")),
+    ("monitor",): ("Prometheus for the Ray cluster (start) and the dashboards' queries "
+                   "(check)", _monitor_main),
 }
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lifelong.distributed.answer import ShardAnswer, answer_query
+from lifelong.distributed.answer import ShardAnswer, answer_query, as_tensor
 from lifelong.distributed.batches import ShardWrite
 from lifelong.distributed.plan import plan_update
 from lifelong.distributed.records import Snapshot, Update
@@ -299,9 +299,9 @@ class MemoryShard:
         if snap.keys.shape != (self.size, self.spec.key_dim) or \
                 snap.recent_slots.shape != (self.spec.num_values,):
             raise MemoryStateError(f"snapshot of shard {self.index} does not fit the spec")
-        self.memory.load_slots(torch.from_numpy(snap.keys).to(dev),
-                               torch.from_numpy(snap.values).to(dev),
-                               torch.from_numpy(snap.write_time).to(dev), snap.clock)
+        # load_state's arrays come from Ray's object store, read-only: as_tensor copies those
+        self.memory.load_slots(as_tensor(snap.keys, dev), as_tensor(snap.values, dev),
+                               as_tensor(snap.write_time, dev), snap.clock)
         self.recent_slots, self.recent_clock = snap.recent_slots, snap.recent_clock
         self.recent_position = snap.recent_position
         self.writers = snap.writers
