@@ -13,7 +13,7 @@ LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export LIFELONG_DATA_DIR
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-sharded bench-workers bench-stream retention stream clean
+.PHONY: install demo test test-slow bench bench-sharded bench-workers bench-stream retention stream monitor clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ stream: install
 	$(VENV)/bin/lifelong stream produce --to runs/stream/segments --examples $(STREAM_EXAMPLES) --if-empty
 	$(PY) jobs/stream.py --source runs/stream/segments --checkpoint $(STREAM_CHECKPOINT) \
 	    shared_memory.storage=runs/stream/memories stream.idle_timeout_s=0
+
+# A Prometheus on 127.0.0.1:$(MONITOR_PORT) scraping every node of the Ray cluster whose head
+# runs here (found through Ray's service-discovery file); Ctrl-C stops it. See README "Monitoring".
+MONITOR_PORT ?= 9090
+MONITOR_ARGS ?=
+monitor: install
+	$(VENV)/bin/lifelong monitor start --port $(MONITOR_PORT) $(MONITOR_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

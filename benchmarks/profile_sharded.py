@@ -34,6 +34,7 @@ from bench_memory import BenchConfig, make_memory, memory_step
 from lifelong.config import config_from_args
 from lifelong.distributed import MemorySpec, ShardedMemory, create_memory, delete_memory
 from lifelong.distributed.client import LocalShards
+from lifelong.distributed import shard as shard_module
 from lifelong.distributed.shard import MemoryShard
 
 
@@ -74,6 +75,13 @@ class Timer:
                 return real(*args, **kwargs)
 
         setattr(obj, method, timed)
+        self.wrapped = getattr(self, "wrapped", []) + [(obj, method, real)]
+
+    def unwrap(self):
+        """Puts back what ``wrap`` replaced."""
+        for obj, method, real in reversed(getattr(self, "wrapped", [])):
+            setattr(obj, method, real)
+        self.wrapped = []
 
 
 def spec_for(cfg: ProfileConfig, name: str, storage: str) -> MemorySpec:
@@ -106,11 +114,19 @@ def in_process(cfg: ProfileConfig, local, storage: str) -> tuple[float, dict]:
     memory.load_state_dict(local.state_dict())
     timer = Timer()
     timer.wrap(memory.shards, "call", "round")
+    # The parts of MemoryShard.step: _apply (plan, log write, apply to slots), _search, then
+    # the wait for the log sync (the group commit thread syncs while the search runs).
+    timer.wrap(shard_module, "plan_update", "shard.plan")
     for s in shards:
-        for method in ("search", "apply", "_plan", "_apply_update"):
-            timer.wrap(s, method, f"shard.{method}")
-        timer.wrap(s.store, "append", "shard.log_append")
-    ms = steps(memory, cfg, timer)
+        for method, name in (("_search", "search"), ("_apply", "apply"),
+                             ("_apply_update", "apply_update")):
+            timer.wrap(s, method, f"shard.{name}")
+        for method in ("write", "sync"):
+            timer.wrap(s.store, method, f"shard.log_{method}")
+    try:
+        ms = steps(memory, cfg, timer)
+    finally:
+        timer.unwrap()
     return ms, {k: v / cfg.steps * 1e3 for k, v in timer.total.items()}
 
 
@@ -223,9 +239,10 @@ def print_table(r: dict) -> None:
             ("in process: the step round", p.get("round", 0)),
             ("  shard.search (all shards)", p.get("shard.search", 0)),
             ("  shard.apply (all shards)", p.get("shard.apply", 0)),
-            ("    of which plan", p.get("shard._plan", 0)),
-            ("    of which log append (fsync)", p.get("shard.log_append", 0)),
-            ("    of which apply to slots", p.get("shard._apply_update", 0))]
+            ("    of which plan", p.get("shard.plan", 0)),
+            ("    of which log write", p.get("shard.log_write", 0)),
+            ("    of which apply to slots", p.get("shard.apply_update", 0)),
+            ("  wait for the log sync, after the search", p.get("shard.log_sync", 0))]
     for key in sorted(k for k in q if k.endswith("_ms")):
         rows.append((f"  serialise {key[:-3]} ({q[key[:-3] + '_bytes']} B)", q[key]))
     for name, ms in rows:

@@ -1,5 +1,6 @@
 """The ``lifelong`` command: ``lifelong train omniglot``, ``lifelong evaluate omniglot``,
-``lifelong demo``, ``lifelong stream produce|run``. The scripts in ``jobs/`` call the same entry points.
+``lifelong demo``, ``lifelong stream produce|run`` (the tree: ``COMMANDS``). The scripts in
+``jobs/`` call the same entry points.
 
 Every job takes ``--config PATH.yaml`` plus ``key=value`` overrides (dotted keys, YAML values),
 e.g. ``lifelong train omniglot --config jobs/configs/train_omniglot.yaml train.lr=3e-4``.
@@ -91,17 +92,22 @@ def train_translation_main(argv: Sequence[str],
 def evaluate_translation_main(argv: Sequence[str],
                               prog: str = "lifelong evaluate translation") -> int:
     """BLEU and the one-shot rare-word table of a translator checkpoint."""
+    from lifelong.data.multi30k import TEST_SPLITS
     from lifelong.experiments.translation.config import TranslationEvalJob
     from lifelong.experiments.translation.jobs import evaluate_translation
 
-    parser = _job_parser(prog, "Translate test_2016_flickr (BLEU with sacrebleu, its signature "
-                         "recorded) and run the one-shot rare-word protocol: a test sentence "
-                         "with a word rare in training, translated without and after one "
-                         "showing of another pair holding it (memory written, no gradient).",
+    parser = _job_parser(prog, "Translate a Multi30k test set (BLEU with sacrebleu, its "
+                         "signature recorded) and run the one-shot rare-word protocol: a test "
+                         "sentence with a word rare in training, translated without and after "
+                         "one showing of another pair holding it (memory written, no gradient).",
                          _default_config("evaluate_translation.yaml"))
+    parser.add_argument("--split", help=f"test set (= split): {', '.join(TEST_SPLITS)}, or "
+                        "all (one BLEU line per set found; rare words on the first)")
     args, overrides = _parse_with_checkpoint(
         parser, argv, model="translator",
         run_help="MLflow run to log the results into (e.g. the training run)")
+    if args.split:
+        overrides.append(f"split={args.split}")
     job = load_config(TranslationEvalJob, args.config, overrides)
     evaluate_translation(job, progress=not args.no_progress)
     return 0
@@ -242,22 +248,6 @@ def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> i
     return 0
 
 
-_USAGE = """usage: lifelong COMMAND [--config PATH] [key=value ...]   (or lifelong --version)
-
-commands:
-  train omniglot      episodic training of the Omniglot one-shot encoder
-  train translation   the Multi30k En-De translator with the memory on its decoder
-  evaluate omniglot   N-way k-shot evaluation of a trained encoder (--checkpoint or --run-id)
-  evaluate translation  BLEU and one-shot rare words of a translator (--checkpoint)
-  evaluate retention  life-long recall of classes seen once, D examples earlier (never reset)
-  demo                quick train + evaluation, logged to MLflow
-  memory ...          named memories on a Ray cluster: create | list | status | snapshot | delete
-  stream produce      write a long-tailed Omniglot stream of new classes as Parquet segments
-  stream run          feed a stream into a named memory: prequential, exactly once, forever
-
-Run `lifelong COMMAND --help` for a command's options."""
-
-
 _JOBS = {"train_omniglot": train_omniglot_main, "evaluate_omniglot": evaluate_omniglot_main,
          "evaluate_retention": evaluate_retention_main, "demo": demo_main,
          "stream_produce": stream_produce_main, "stream_run": stream_run_main,
@@ -274,37 +264,98 @@ def job_main(name: str, argv: Sequence[str], prog: str) -> int:
         return 2
 
 
+def _memory_main(argv: Sequence[str], prog: str) -> int:
+    from lifelong.distributed.commands import main as memory_main
+
+    return memory_main(argv)
+
+
+def _monitor_main(argv: Sequence[str], prog: str) -> int:
+    from lifelong.monitor.command import main as monitor_main
+
+    return monitor_main(argv)
+
+
+def _job(name: str):
+    return lambda argv, prog: job_main(name, argv, prog)
+
+
+# The command tree: the words of a command -> (one-line summary, runner(argv, prog) -> exit
+# code). `build_parser` and `main` read it, so a command added here is dispatched, listed by
+# the `--help` of every group above it and walked by tests/unit/test_cli.py.
+COMMANDS = {
+    ("train", "omniglot"): ("episodic training of the Omniglot one-shot encoder",
+                            _job("train_omniglot")),
+    ("train", "translation"): ("the Multi30k En-De translator with the memory on its decoder",
+                               _job("train_translation")),
+    ("evaluate", "omniglot"): ("N-way k-shot evaluation of a trained encoder (--checkpoint or "
+                               "--run-id)", _job("evaluate_omniglot")),
+    ("evaluate", "translation"): ("BLEU on a Multi30k test set or all four (--split), one-shot "
+                                  "rare words (--checkpoint)", _job("evaluate_translation")),
+    ("evaluate", "retention"): ("life-long recall of classes seen once, D examples earlier "
+                                "(never reset)", _job("evaluate_retention")),
+    ("demo",): ("quick train + evaluation, logged to MLflow", _job("demo")),
+    ("memory",): ("named memories on a Ray cluster: create | list | status | snapshot | "
+                  "delete", _memory_main),
+    ("stream", "produce"): ("write a long-tailed Omniglot stream of new classes as Parquet "
+                            "segments", _job("stream_produce")),
+    ("stream", "run"): ("feed a stream into a named memory: prequential, exactly once, "
+                        "forever", _job("stream_run")),
+    ("monitor",): ("Prometheus for the Ray cluster (start) and the dashboards' queries "
+                   "(check)", _monitor_main),
+}
+
+
+def _listing(prefix: tuple[str, ...]) -> str:
+    """The commands under ``prefix``, one a line with its summary (a help's epilog)."""
+    rows = [(" ".join(words), summary) for words, (summary, _) in COMMANDS.items()
+            if words[:len(prefix)] == prefix]
+    width = max(len(name) for name, _ in rows) + 2
+    return "\n".join(f"  {name:<{width}}{summary}" for name, summary in rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of ``COMMANDS``: ``lifelong`` and each group (``train``, ...) list
+    their commands in ``--help``; a command's own options are its job's parser (its
+    ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="lifelong", formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="lifelong COMMAND [--config PATH] [key=value ...]   (or lifelong --version)",
+        epilog=f"commands:\n{_listing(())}\n\nRun `lifelong COMMAND --help` for a command's "
+               "options.")
+    parser.add_argument("--version", action="version", version=f"lifelong {_version()}")
+    groups = {(): parser.add_subparsers(metavar="COMMAND", required=True,
+                                        help=argparse.SUPPRESS)}
+    for words, (summary, _) in COMMANDS.items():
+        for depth in range(1, len(words)):
+            group = words[:depth]
+            if group not in groups:
+                name = " ".join(group)
+                sub = groups[group[:-1]].add_parser(
+                    group[-1], prog=f"lifelong {name}",
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    usage=f"lifelong {name} TASK [--config PATH] [key=value ...]",
+                    epilog=f"{name} tasks:\n{_listing(group)}\n\nRun `lifelong {name} TASK "
+                           "--help` for a task's options.")
+                groups[group] = sub.add_subparsers(metavar="TASK", required=True,
+                                                   help=argparse.SUPPRESS)
+        groups[words[:-1]].add_parser(words[-1], help=summary, add_help=False)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatches ``lifelong <verb> [<task>] ...`` to the jobs."""
+    """Dispatches ``lifelong <command words> ...`` to the command's runner (``COMMANDS``);
+    anything else (``--help``, ``--version``, a group alone, an unknown command) is answered
+    by ``build_parser``'s tree."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["memory"]:
-        from lifelong.distributed.commands import main as memory_main
-
-        return memory_main(argv[1:])
-    if argv[:1] == ["demo"]:
-        return job_main("demo", argv[1:], prog="lifelong demo")
-    if tuple(argv[:2]) in (("train", "omniglot"), ("train", "translation"),
-                           ("evaluate", "omniglot"), ("evaluate", "translation"),
-                           ("evaluate", "retention"), ("stream", "produce"),
-                           ("stream", "run")):
-        return job_main(f"{argv[0]}_{argv[1]}", argv[2:], prog=f"lifelong {argv[0]} {argv[1]}")
-    if argv[:1] == ["--version"]:
-        print(f"lifelong {_version()}")
-        return 0
-    asked = argv[-1:] in (["-h"], ["--help"]) and len(argv) <= 2
-    verb = argv[0] if len(argv) == 2 and argv[0] in _VERBS else None
-    if asked and verb:  # `lifelong train --help`: that verb's commands
-        lines = [line for line in _USAGE.splitlines() if line.startswith(f"  {verb} ")]
-        print(f"usage: lifelong {verb} TASK [--config PATH] [key=value ...]\n\n"
-              f"{verb} tasks:\n" + "\n".join(lines) +
-              f"\n\nRun `lifelong {verb} TASK --help` for a task's options.")
-        return 0
-    asked = asked and len(argv) == 1
-    print(_USAGE, file=sys.stdout if asked else sys.stderr)
-    return 0 if asked else 2
-
-
-_VERBS = ("train", "evaluate", "stream")
+    for words, (_, run) in sorted(COMMANDS.items(), key=lambda item: -len(item[0])):
+        if tuple(argv[:len(words)]) == words:
+            return run(argv[len(words):], prog=f"lifelong {' '.join(words)}")
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exit_:  # help and version exit 0, usage errors 2
+        return exit_.code if isinstance(exit_.code, int) else 2
+    return 2  # not reached: the tree's leaves are all in COMMANDS
 
 
 def _version() -> str:

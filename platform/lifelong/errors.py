@@ -76,6 +76,11 @@ class ShardUnavailableError(LifelongError):
     """A memory shard did not answer in time."""
 
 
+class MonitorError(LifelongError):
+    """The monitoring stack (``lifelong monitor``) cannot start or answer: the message says
+    what is missing (the Prometheus binary, Ray's service-discovery file) and what to do."""
+
+
 class CorruptSegmentError(DataError):
     """A stream segment is unreadable, truncated, has another schema or holds bad payloads."""
 

@@ -50,6 +50,12 @@ def translations_artifact(split: str) -> str:
     return f"translations_{split}.de"
 
 
+def bleu_metric(split: str) -> str:
+    """BLEU on one test set when several are evaluated (``split: all``), e.g.
+    ``"eval.bleu.test_2017_mscoco"``; a single split logs ``EVAL_BLEU``."""
+    return f"{EVAL_BLEU}.{split}"
+
+
 # Statistics of a one-shot accuracy cell.
 ACC = "acc"
 CI95 = "ci95"

@@ -103,3 +103,99 @@ def test_version_prints_the_installed_version(capsys):
 
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"lifelong {version('lifelong')}"
+
+
+def _subcommands(parser) -> dict:
+    """An argparse parser's subcommand parsers, by name (argparse has no public accessor)."""
+    import argparse
+
+    return {name: sub for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
+
+
+def test_every_help_of_the_command_tree_exits_0_and_lists_its_subcommands(monkeypatch, capsys):
+    """Walks `lifelong`'s tree from its argparse parsers: build_parser's groups, then the
+    parser each command prints its help with (e.g. `lifelong memory`'s own subcommands), so a
+    command added anywhere is covered without editing this test."""
+    import argparse
+    import re
+
+    printed = []
+    print_help = argparse.ArgumentParser.print_help
+
+    def recording(self, file=None):
+        printed.append(self)
+        return print_help(self, file)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", recording)
+    tree, todo, walked = cli.build_parser(), [()], []
+    while todo:
+        path = todo.pop(0)
+        printed.clear()
+        try:
+            code = cli.main([*path, "--help"])
+        except SystemExit as exit_:
+            code = exit_.code
+        out = capsys.readouterr().out
+        assert code == 0, f"lifelong {' '.join(path)} --help exited {code}"
+        assert len(printed) == 1 and out.startswith("usage: "), path
+        node = tree
+        for word in path:
+            node = _subcommands(node).get(word) if node is not None else None
+        children = {**(_subcommands(node) if node is not None else {}),
+                    **_subcommands(printed[0])}
+        for name in children:
+            assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", out), (path, name)
+        todo += [(*path, name) for name in children]
+        walked.append(path)
+    assert set(cli.COMMANDS) <= set(walked)
+    assert ("memory", "create") in walked and ("stream", "run") in walked
+    assert len(walked) > len(cli.COMMANDS) + 4  # the root, the groups, memory's commands
+
+
+def test_each_group_alone_or_unknown_is_a_usage_error(capsys):
+    for argv in ([], ["train"], ["evaluate"], ["stream"], ["evaluate", "speed"]):
+        assert cli.main(argv) == 2, argv
+        assert "usage: lifelong" in capsys.readouterr().err
+
+
+def test_the_installed_command_prints_its_version():
+    import os
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    expected = f"lifelong {version('lifelong')}"
+    script = Path(sys.executable).with_name("lifelong")
+    for command in ([sys.executable, "-m", "lifelong.cli", "--version"],
+                    [str(script), "--version"] if script.is_file() else None):
+        if command:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                  env=os.environ.copy())
+            assert (done.returncode, done.stdout.strip()) == (0, expected), done.stderr
+
+
+def test_the_mlflow_ui_hint_runs_as_printed_with_or_without_the_venv_on_path(monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("mlflow")
+    from lifelong.tracking import ui_command
+
+    venv_bin = str(Path(sys.executable).parent)
+    if not (Path(venv_bin) / "mlflow").is_file():
+        pytest.skip("mlflow has no console script beside this interpreter")
+    bare = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and os.path.abspath(p) != os.path.abspath(venv_bin))
+    for path in (bare, venv_bin + os.pathsep + bare):
+        monkeypatch.setenv("PATH", path)
+        hint = ui_command("sqlite:////tmp/mlruns.db")
+        assert hint.endswith(" ui --backend-store-uri sqlite:////tmp/mlruns.db")
+        assert hint.startswith("mlflow ") == (path != bare), hint
+        done = subprocess.run(f"{hint} --help", shell=True, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PATH": path})
+        assert done.returncode == 0 and "--backend-store-uri" in done.stdout, (hint, done)

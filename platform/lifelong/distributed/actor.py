@@ -20,6 +20,9 @@ from lifelong.errors import LifelongError, ShardUnavailableError
 
 NAMESPACE = "lifelong"
 GAUGE_INTERVAL_S = 5.0  # how often a shard actor sets its gauges
+# Calls a shard actor runs at once (threads): each holds the shard's lock while it reads or
+# changes the state, and waits for its log sync without it, so writers share syncs.
+MAX_CONCURRENCY = 8
 logger = logging.getLogger(__name__)
 
 
@@ -70,7 +73,9 @@ class _ShardMetrics:
 
 class ShardActor:
     """A MemoryShard in a Ray actor: restarted by Ray after a crash, it rebuilds itself from
-    its snapshot and log (the constructor does), and a retried update is applied once."""
+    its snapshot and log (the constructor does), and a retried update is applied once.
+    Started threaded (``MAX_CONCURRENCY``): the calls of several clients overlap their syncs;
+    each client sends its next call only after the answer to the last."""
 
     def __init__(self, spec_json: str, index: int):
         spec = MemorySpec.from_json(spec_json)

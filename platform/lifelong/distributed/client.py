@@ -13,7 +13,6 @@ cannot provide, ``grad_similarities``, raises ``UnsupportedOperationError``.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from typing import Any, Protocol, Sequence
 
@@ -21,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lifelong.distributed.answer import ShardAnswer
 from lifelong.distributed.batches import ShardWrite, UpdateBatch
 from lifelong.distributed.reroute import reroute, written_slots
-from lifelong.distributed.shard import MemoryShard, ShardAnswer
+from lifelong.distributed.shard import MemoryShard
 from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import InvalidLabelError, MemoryStateError, UnsupportedOperationError
 from lifelong.memory import LoadResult, MemoryOutput
@@ -43,18 +43,13 @@ class ShardGroup(Protocol):
 
 class LocalShards:
     """Shards in this process (tests, single-process use). Clients in several threads may
-    share them: each shard runs one call at a time, as a Ray actor does."""
+    share them: each shard serialises its own calls, as in a Ray actor."""
 
     def __init__(self, shards: Sequence[MemoryShard]):
         self.shards = list(shards)
-        self.locks = [threading.Lock() for _ in self.shards]
 
     def call(self, method, args):
-        out = []
-        for shard, lock, a in zip(self.shards, self.locks, args):
-            with lock:
-                out.append(getattr(shard, method)(*a))
-        return out
+        return [getattr(shard, method)(*a) for shard, a in zip(self.shards, args)]
 
 
 _STATE_KEYS = ("keys", "values", "ages", "recent_slots")  # the names of state_dict()

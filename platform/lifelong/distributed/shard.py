@@ -10,61 +10,35 @@ most recently written for each label here, and the shard's first insert candidat
 here when the update is applied, so concurrent writers never take the same slot. Every update
 is logged (``storage.ShardStore``) before it is acknowledged, and a batch a writer retries (same
 writer id and sequence number) is applied once.
+
+A shard serves several callers at once (a threaded Ray actor): each call changes or reads the
+state under the shard's lock, then waits, without it, until every update its answer reflects is
+durable (group commit: callers that wrote meanwhile share one sync, and a step's sync runs
+while its search does). A sync that fails loses the updates after the last durable one: every
+answer that reflects them fails with DurabilityError, and the shard rebuilds its state from its
+files before the next call.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from lifelong.distributed.answer import ShardAnswer, answer_query, as_tensor
 from lifelong.distributed.batches import ShardWrite
-from lifelong.distributed.spec import MemorySpec
+from lifelong.distributed.plan import plan_update
 from lifelong.distributed.records import Snapshot, Update
+from lifelong.distributed.spec import MemorySpec
 from lifelong.distributed.snapshots import Snapshots
 from lifelong.distributed.storage import ShardStore
-from lifelong.errors import CorruptStateError, InvalidLabelError, InvalidQueryError, MemoryStateError
+from lifelong.errors import (CorruptStateError, DurabilityError, InvalidLabelError,
+                             InvalidQueryError, MemoryStateError)
 from lifelong.memory import Memory
 
 __all__ = ["MemoryShard", "ShardAnswer", "ShardStats", "ShardWrite"]
-
-
-@dataclass
-class ShardAnswer:
-    """A shard's answer to a query batch of B (numpy, so it crosses processes cheaply).
-
-    sims/slots/values: [B, k'] local top-k (k' = min(k, shard size)), best first, -inf / -1 / -1
-    where fewer slots are filled; slots are local ids (add ``offset``) and slots and values are
-    int32, which keeps a batch-16 answer under Ray's 100 KiB limit for replies sent inline
-    (larger ones go through the object store: several ms more per call, measured). With
-    labels: pos_*/neg_* the best positive / negative of that list (global slot, -1 if none)
-    with their keys [B, d]; recent_* the slot last written here for the label (-1 if none), its
-    stamp (clock, position in batch), similarity, value and key; and oldest_scores/oldest_slots
-    [c] the shard's first insert candidates.
-    """
-
-    sims: np.ndarray
-    slots: np.ndarray
-    values: np.ndarray
-    offset: int = 0
-    pos_slot: np.ndarray | None = None
-    pos_key: np.ndarray | None = None
-    neg_slot: np.ndarray | None = None
-    neg_key: np.ndarray | None = None
-    recent_slot: np.ndarray | None = None
-    recent_stamp: np.ndarray | None = None
-    recent_sim: np.ndarray | None = None
-    recent_value: np.ndarray | None = None
-    recent_key: np.ndarray | None = None
-    oldest_scores: np.ndarray | None = None
-    oldest_slots: np.ndarray | None = None
-
-
-def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``a`` on ``device``; arrays from Ray's object store are read-only, so those are copied."""
-    a = np.ascontiguousarray(a)
-    return torch.from_numpy(a if a.flags.writeable else a.copy()).to(device)
 
 
 @dataclass
@@ -105,6 +79,21 @@ class MemoryShard:
         self.offset = spec.shard_offsets()[index]
         self.size = spec.shard_sizes()[index]
         self.device = torch.device(device)
+        self.lock = threading.RLock()  # held while a call reads or changes the state
+        self._fresh_state()
+        self.stats = ShardStats()
+        self._frame = 0  # the log frame of the last update in the state (0: all durable)
+        self.store = ShardStore(spec.location, index) if durable else None
+        if self.store is not None:
+            logged = self._restore()
+            background = self.size * spec.key_dim * 4 > self.background_snapshot_bytes
+            self.snapshots = Snapshots(self.store, spec.snapshot_every, self._snapshot_state,
+                                       background, logged=logged)
+            self._sync_failures = self.store.commit.failures
+
+    def _fresh_state(self) -> None:
+        """Empty slots, recent-slot table and writer history."""
+        spec, index = self.spec, self.index
         self.memory = Memory(key_dim=spec.key_dim, num_slots=self.size, num_values=1,
                              choose_k=spec.choose_k, alpha=spec.alpha, age_noise=spec.age_noise,
                              use_recent=False, seed=spec.seed + index, slot_offset=self.offset,
@@ -113,55 +102,83 @@ class MemoryShard:
         self.recent_slots = np.full(v, -1, dtype=np.int64)
         self.recent_clock = np.zeros(v, dtype=np.int64)
         self.recent_position = np.zeros(v, dtype=np.int64)
-        # writer -> [last seq, global inserted slots, digest of that batch]
+        # writer -> [last seq, global inserted slots, digest of that batch, clock]
         self.writers: dict[str, list] = {}
-        self.stats = ShardStats()
-        self.store = ShardStore(spec.location, index) if durable else None
-        if self.store is not None:
-            logged = self._restore()
-            background = self.size * spec.key_dim * 4 > self.background_snapshot_bytes
-            self.snapshots = Snapshots(self.store, spec.snapshot_every, self._snapshot_state,
-                                       background, logged=logged)
 
-    # -------------------------------------------------------------------------------- query
+    # ------------------------------------------------------------------ calls, durable replies
     def search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
         """The local answer to B normalised queries q [B, d] (labels [B] or None)."""
-        self._check(q, labels)
-        mem = self.memory
-        qt = _tensor(q, self.device)
-        with torch.no_grad():
-            sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, self.size))
-            empty = torch.isinf(sims)
-            values = mem.values[slots].masked_fill(empty, -1)
-        self.stats.queries += q.shape[0]
-        answer = ShardAnswer(sims=sims.cpu().numpy(),
-                             slots=slots.masked_fill(empty, -1).to(torch.int32).cpu().numpy(),
-                             values=values.to(torch.int32).cpu().numpy(), offset=self.offset)
-        if labels is None:
-            return answer
-        with torch.no_grad():
-            y = _tensor(labels, self.device).unsqueeze(1)
-            positive = (values == y) & ~empty
-            negative = ~empty & (values != y)
-            for kind, mask in (("pos", positive), ("neg", negative)):
-                first = mask.to(torch.int8).argmax(dim=1, keepdim=True)  # first True
-                local = slots.gather(1, first).squeeze(1)
-                slot = torch.where(mask.any(dim=1), local + self.offset, -1)
-                setattr(answer, f"{kind}_slot", slot.cpu().numpy())
-                setattr(answer, f"{kind}_key", mem.keys[local].cpu().numpy())
-            recent = self.recent_slots[labels]
-            local = torch.from_numpy(recent.clip(min=0)).to(self.device)
-            keys = mem.keys[local]
-            answer.recent_slot = np.where(recent >= 0, recent + self.offset, -1)
-            answer.recent_stamp = np.stack([self.recent_clock[labels],
-                                            self.recent_position[labels]], axis=1)
-            answer.recent_value = np.where(recent >= 0, mem.values[local].cpu().numpy(), -1)
-            answer.recent_sim = (qt * keys).sum(1).cpu().numpy()
-            answer.recent_key = keys.cpu().numpy()
-            scores, oldest = mem.oldest_candidates(min(2 * q.shape[0], self.size))
-            answer.oldest_scores = scores.cpu().numpy()
-            answer.oldest_slots = (oldest + self.offset).cpu().numpy()
+        with self.lock:
+            self._recover()
+            answer, frame = self._search(q, labels, k), self._frame
+        self._durable(frame)
         return answer
+
+    def apply(self, write: ShardWrite) -> np.ndarray:
+        """Applies this shard's part of an update batch once, durably; returns the global
+        slot of each of its inserts, then of each of its refreshes, in order, -1 where
+        refused (see ``_plan``); the same answer again for a retried batch, none for a redone
+        one.
+
+        Raises:
+            MemoryStateError: the batch is older than the writer's last one, or repeats its
+                number with other contents (two clients using one writer id), or does not
+                fit this shard (see ``_validate``).
+            InvalidQueryError, InvalidLabelError: bad queries or labels.
+            DurabilityError: it could not be logged (nothing applied).
+        """
+        with self.lock:
+            self._recover()
+            inserted, frame = self._apply(write), self._frame
+        self._durable(frame)
+        return inserted
+
+    def step(self, write: ShardWrite, q: np.ndarray, labels: np.ndarray | None,
+             k: int) -> tuple[np.ndarray, ShardAnswer]:
+        """A pipelined client's one call per step: ``apply(write)`` (the previous step's
+        update), then ``search(q, labels, k)``, which so sees it; the log is synced while the
+        search runs. If the apply raises, nothing is searched."""
+        with self.lock:
+            self._recover()
+            inserted = self._apply(write)
+            if self.store is not None:
+                self.store.sync_soon()  # while the search runs
+            answer, frame = self._search(q, labels, k), self._frame
+        self._durable(frame)
+        return inserted, answer
+
+    def _durable(self, frame: int) -> None:
+        """Returns once log frame ``frame`` is durable (an answer is sent only then).
+
+        Raises:
+            DurabilityError: a failed sync lost it; the state is rebuilt from the files.
+        """
+        if self.store is None:
+            return
+        try:
+            self.store.sync(frame)
+        except DurabilityError:
+            with self.lock:
+                self._recover()
+            raise
+
+    def _recover(self) -> None:
+        """After a failed sync lost logged updates (``GroupCommit``): the state again as the
+        files hold it, without them (their callers got DurabilityError). Lock held."""
+        if self.store is None or self.store.commit.failures == self._sync_failures:
+            return
+        self._sync_failures = self.store.commit.failures
+        self.snapshots.wait()
+        self._fresh_state()
+        self._frame = 0
+        self.snapshots.logged = self._restore()
+
+    # -------------------------------------------------------------------------------- query
+    def _search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
+        self._check(q, labels)
+        self.stats.queries += q.shape[0]
+        return answer_query(self.memory, q, labels, k, self.offset, self.recent_slots,
+                            self.recent_clock, self.recent_position)
 
     def _check(self, q: np.ndarray, labels: np.ndarray | None) -> None:
         d = self.spec.key_dim
@@ -177,17 +194,8 @@ class MemoryShard:
                                     f"[0, {self.spec.num_values})")
 
     # ------------------------------------------------------------------------------- update
-    def apply(self, write: ShardWrite) -> np.ndarray:
-        """Applies this shard's part of an update batch once; returns the global slot of each
-        of its inserts, then of each of its refreshes, in order, -1 where refused (see
-        ``_plan``); the same answer again for a retried batch, none for a redone one.
-
-        Raises:
-            MemoryStateError: the batch is older than the writer's last one, or repeats its
-                number with other contents (two clients using one writer id), or does not
-                fit this shard (see ``_validate``).
-            InvalidQueryError, InvalidLabelError: bad queries or labels.
-        """
+    def _apply(self, write: ShardWrite) -> np.ndarray:
+        """``apply`` under the lock: logged (not yet durable, ``_frame``) and applied."""
         self._validate(write)  # before anything is logged or changed
         last = self.writers.get(write.writer)
         digest = write.digest()
@@ -204,9 +212,9 @@ class MemoryShard:
                     "contents: is a second client using the same writer id?")
             self.stats.duplicates += 1
             return np.asarray(last[1], dtype=np.int64)
-        update = self._plan(write, digest)
+        update = plan_update(self.memory, write, digest, self.offset)
         if self.store is not None:
-            self.store.append(update)  # durable before acknowledged
+            self._frame = self.store.write(update)  # durable before acknowledged: _durable
         self._apply_update(update)
         self.stats.updates += 1
         self.stats.inserts += len(write.insert_labels)
@@ -214,13 +222,6 @@ class MemoryShard:
         if self.store is not None:
             self.snapshots.after_append()  # never raises: the update is acknowledged
         return self._global(update.inserted)
-
-    def step(self, write: ShardWrite, q: np.ndarray, labels: np.ndarray | None,
-             k: int) -> tuple[np.ndarray, ShardAnswer]:
-        """A pipelined client's one call per step: ``apply(write)`` (the previous step's
-        update), then ``search(q, labels, k)``, which so sees it. If the apply raises, nothing
-        is searched."""
-        return self.apply(write), self.search(q, labels, k)
 
     def _global(self, local: np.ndarray) -> np.ndarray:
         """Local slot ids as global ones; -1 (refused) stays -1."""
@@ -233,58 +234,6 @@ class MemoryShard:
             raise MemoryStateError(f"a shard write must be a ShardWrite, got "
                                    f"{type(write).__name__}")
         write.check(self.spec.key_dim, self.spec.num_values, self.offset, self.size, self.index)
-
-    def _plan(self, write: ShardWrite, digest: str) -> Update:
-        """The update's effect (``Memory.plan_write``), computed without changing any state.
-
-        A refresh whose slot no longer holds its label (another writer overwrote it since the
-        search) becomes an insert; inserts the client routed to an empty slot (the first
-        ``write.insert_empty``) and those converted refreshes take this shard's empty slots
-        and are refused (answer -1) when none is left, rather than evict an entry. The answer
-        (``Update.inserted``) holds the slot of each insert, then of each refresh, in order.
-        """
-        mem, dev = self.memory, self.device
-        refresh_local = write.refresh_slots - self.offset
-        if ((refresh_local < 0) | (refresh_local >= self.size)).any():
-            raise MemoryStateError("refresh slots outside this shard")
-        refresh_local = refresh_local.astype(np.int64)
-        held = mem.values[_tensor(refresh_local, dev)].cpu().numpy()
-        fresh = held == write.refresh_labels
-        stale = np.flatnonzero(~fresh)
-        n_ins = len(write.insert_labels)
-        marked = min(max(int(write.insert_empty), 0), n_ins)
-        # The insert order: routed to an empty slot, converted refreshes, then the others.
-        ins_q = np.concatenate([write.insert_q[:marked], write.refresh_q[stale],
-                                write.insert_q[marked:]]).astype(np.float32, copy=False)
-        ins_labels = np.concatenate([write.insert_labels[:marked], write.refresh_labels[stale],
-                                     write.insert_labels[marked:]]).astype(np.int64, copy=False)
-        ins_pos = np.concatenate([write.insert_positions[:marked],
-                                  write.refresh_positions[stale],
-                                  write.insert_positions[marked:]]).astype(np.int64, copy=False)
-        wants_empty = marked + len(stale)
-        empty = mem.num_slots - mem.occupancy() if wants_empty else 0  # none is refreshed now
-        accept = np.ones(len(ins_labels), dtype=bool)
-        accept[min(wants_empty, empty):wants_empty] = False
-        plan = mem.plan_write(_tensor(refresh_local[fresh], dev),
-                              _tensor(write.refresh_q[fresh], dev), _tensor(ins_q[accept], dev),
-                              _tensor(ins_labels[accept], dev))
-        taken = np.full(len(ins_labels), -1, dtype=np.int64)
-        taken[accept] = plan.inserted.cpu().numpy()
-        # the answer in the write's order: its inserts, then its refreshes
-        converted = taken[marked:marked + len(stale)]
-        answer_refresh = np.where(fresh, refresh_local, -1)
-        answer_refresh[stale] = converted
-        answer = np.concatenate([taken[:marked], taken[marked + len(stale):], answer_refresh])
-        return Update(writer=write.writer, seq=write.seq, digest=digest,
-                      clock=int(mem.clock) + 1, slots=plan.slots.cpu().numpy(),
-                      keys=plan.keys.cpu().numpy().astype(np.float32),
-                      values=plan.values.cpu().numpy(),
-                      recent_labels=np.concatenate([write.refresh_labels[fresh],
-                                                    ins_labels[accept]]),
-                      recent_slots=np.concatenate([refresh_local[fresh], taken[accept]]),
-                      recent_positions=np.concatenate([write.refresh_positions[fresh],
-                                                       ins_pos[accept]]),
-                      inserted=answer.astype(np.int64))
 
     def _apply_update(self, update: Update) -> None:
         dev = self.device
@@ -350,9 +299,9 @@ class MemoryShard:
         if snap.keys.shape != (self.size, self.spec.key_dim) or \
                 snap.recent_slots.shape != (self.spec.num_values,):
             raise MemoryStateError(f"snapshot of shard {self.index} does not fit the spec")
-        self.memory.load_slots(torch.from_numpy(snap.keys).to(dev),
-                               torch.from_numpy(snap.values).to(dev),
-                               torch.from_numpy(snap.write_time).to(dev), snap.clock)
+        # load_state's arrays come from Ray's object store, read-only: as_tensor copies those
+        self.memory.load_slots(as_tensor(snap.keys, dev), as_tensor(snap.values, dev),
+                               as_tensor(snap.write_time, dev), snap.clock)
         self.recent_slots, self.recent_clock = snap.recent_slots, snap.recent_clock
         self.recent_position = snap.recent_position
         self.writers = snap.writers
@@ -372,12 +321,15 @@ class MemoryShard:
             raise MemoryStateError("keys must be finite, values in [-1, num_values), ages in "
                                    "[0, clock]")
         clock = int(clock)
-        self._load_snapshot(Snapshot(
-            keys=keys, values=values.astype(np.int64), write_time=clock - ages.astype(np.int64),
-            clock=clock, recent_slots=np.full(self.spec.num_values, -1, dtype=np.int64),
-            recent_clock=np.zeros(self.spec.num_values, dtype=np.int64),
-            recent_position=np.zeros(self.spec.num_values, dtype=np.int64), writers={}))
-        return self.snapshot() if self.store is not None else 0
+        with self.lock:
+            self._recover()
+            self._load_snapshot(Snapshot(
+                keys=keys, values=values.astype(np.int64),
+                write_time=clock - ages.astype(np.int64), clock=clock,
+                recent_slots=np.full(self.spec.num_values, -1, dtype=np.int64),
+                recent_clock=np.zeros(self.spec.num_values, dtype=np.int64),
+                recent_position=np.zeros(self.spec.num_values, dtype=np.int64), writers={}))
+            return self.snapshot() if self.store is not None else 0
 
     def snapshot(self) -> int:
         """Writes the full state as a new generation now (after any snapshot in progress);
@@ -387,7 +339,9 @@ class MemoryShard:
             DurabilityError: it could not be written (shown by ``status()`` as well); the
                 log still holds every update.
         """
-        return self.snapshots.write_now()
+        with self.lock:
+            self._recover()
+            return self.snapshots.write_now()
 
     def wait_for_snapshot(self) -> None:
         """Returns when no snapshot is being written."""
@@ -408,26 +362,33 @@ class MemoryShard:
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict[str, np.ndarray]:
         """keys [n, d], values [n], ages [n], recent_slots (global) / recent_clock /
-        recent_position [V]."""
-        mem = self.memory
-        return {"keys": mem.keys.cpu().numpy(), "values": mem.values.cpu().numpy(),
-                "ages": mem.ages.cpu().numpy(),
-                "recent_slots": np.where(self.recent_slots >= 0,
-                                         self.recent_slots + self.offset, -1),
-                "recent_clock": self.recent_clock.copy(),
-                "recent_position": self.recent_position.copy()}
+        recent_position [V]: copies, sent once durable."""
+        with self.lock:
+            self._recover()
+            mem = self.memory
+            state = {"keys": mem.keys.cpu().numpy().copy(),  # the state now, not a view
+                     "values": mem.values.cpu().numpy().copy(), "ages": mem.ages.cpu().numpy(),
+                     "recent_slots": np.where(self.recent_slots >= 0,
+                                              self.recent_slots + self.offset, -1),
+                     "recent_clock": self.recent_clock.copy(),
+                     "recent_position": self.recent_position.copy()}
+            frame = self._frame
+        self._durable(frame)
+        return state
 
     def status(self) -> dict:
         """Occupancy, oldest age (both kept incrementally by the shard's ``Memory``: amortised
         O(slots written since the last call), not O(size)) and traffic counters."""
-        mem = self.memory
-        return {"shard": self.index, "slots": self.size, "offset": self.offset,
-                "occupied": mem.occupancy(), "oldest_age": mem.oldest_age(),
-                "clock": int(mem.clock), "device": str(self.device),
-                "queries": self.stats.queries, "inserts": self.stats.inserts,
-                "refreshes": self.stats.refreshes, "updates": self.stats.updates,
-                "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
-                **self._durability_status()}
+        with self.lock:
+            self._recover()
+            mem = self.memory
+            return {"shard": self.index, "slots": self.size, "offset": self.offset,
+                    "occupied": mem.occupancy(), "oldest_age": mem.oldest_age(),
+                    "clock": int(mem.clock), "device": str(self.device),
+                    "queries": self.stats.queries, "inserts": self.stats.inserts,
+                    "refreshes": self.stats.refreshes, "updates": self.stats.updates,
+                    "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
+                    **self._durability_status()}
 
     def gauges(self) -> dict[str, int]:
         """What the shard's gauges show: occupied slots, the oldest filled slot's age, failed
@@ -443,4 +404,9 @@ class MemoryShard:
                 "torn_frames": store.torn_frames if store else 0}
 
     def _durability_status(self) -> dict:
-        return self.snapshots.status() if self.store is not None else {"generation": None}
+        if self.store is None:
+            return {"generation": None}
+        commit = self.store.commit
+        return {**self.snapshots.status(), "log_syncs": commit.syncs,
+                "sync_failures": commit.failures,
+                "sync_error": commit.error}

@@ -64,8 +64,13 @@ class Snapshots:
         self._collect()
         if self._thread is not None:
             return self.store.generation  # one at a time: the next one waits for it
-        state = self.capture(background)
-        gen, logged = self.store.roll(), self.logged
+        try:
+            gen = self.store.roll()  # every update captured below is durable first
+        except DurabilityError as exc:  # a sync lost updates: the shard rebuilds its state
+            self._result = (0, str(exc))
+            self._collect()
+            return self.store.generation
+        state, logged = self.capture(background), self.logged
         self.logged = 0
         if background:
             self._thread = threading.Thread(target=self._write, args=(state, gen, logged),

@@ -17,9 +17,11 @@ every log from its generation on.
 A log is a sequence of frames ``b"LLOG" | uint32 length | uint32 crc32 | payload``, the payload an
 Arrow IPC stream holding one record batch: the rows a shard update wrote, with the update's
 writer id, sequence number and clock in its schema metadata. A frame is appended with raw
-``os.write`` calls and synced before the update is acknowledged; a write or sync that fails is
-cut off the file again (``ftruncate`` + sync), so a failed update never reappears. A new log
-file's folder is synced before its first frame is acknowledged. On filesystems without appends
+``os.write`` calls (``write``) and synced before the update is acknowledged (``sync``): by the
+group commit thread (``group_commit``), one sync for every frame written before it began. A
+write that fails is cut off the file again (``ftruncate`` + sync), and so is every frame after
+the last durable one when a sync fails, so a failed update never reappears. A new log file's
+folder is synced before its first frame is acknowledged. On filesystems without appends
 (object stores) each frame is its own object under ``log-<generation>/``.
 
 Recovery drops an incomplete final frame of the newest log (a crash during its append, never
@@ -36,9 +38,11 @@ import os
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lifelong.distributed.group_commit import GroupCommit
 from lifelong.distributed.records import Snapshot, Update, encode_frame, read_frames
 from lifelong.errors import CorruptStateError, DurabilityError
 from lifelong.files import fsync_dir, fsync_file, make_dirs, publish, write_all
+
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or a pyarrow filesystem URI."""
@@ -54,6 +58,7 @@ class ShardStore:
         generation: the log that appends go to (``log-<generation>``).
         snapshot_generation: the newest durable snapshot (0: none yet).
         torn_frames: incomplete final frames dropped when the log was loaded.
+        commit: the log's group commit (``commit.failures``: syncs that lost frames).
     """
 
     def __init__(self, location: str, index: int):
@@ -65,7 +70,7 @@ class ShardStore:
         else:
             self.fs.create_dir(self.dir, recursive=True)
         self._fd: int | None = None  # the open local log
-        self._log_size = 0  # bytes of whole frames in it
+        self.commit = GroupCommit(lambda: os.fsync(self._fd), self._cut, self._not_logged)
         self._broken: str | None = None  # why appends are refused until a restart
         self.generation = 0
         self.snapshot_generation = 0
@@ -164,16 +169,20 @@ class ShardStore:
 
     # ------------------------------------------------------------------------------ writing
     def append(self, update: Update) -> None:
-        """Logs one update durably (synced) before it is acknowledged.
+        """Logs one update durably: ``sync(write(update))``."""
+        self.sync(self.write(update))
+
+    def write(self, update: Update) -> int:
+        """Writes one update's frame to the log, not yet durable; returns its number for
+        ``sync`` (0 on an object store, where each frame is durable once written).
 
         Raises:
             DurabilityError: the update is not logged and the log is exactly as before (a
-                failed write or sync is cut off again); if even that fails, every later
-                append is refused until the shard restarts (its recovery drops the torn
-                frame).
+                failed write is cut off again); if even that fails, every later append is
+                refused until the shard restarts (its recovery drops the torn frame).
         """
-        if self._broken:
-            raise DurabilityError(self._broken)
+        if self._broken or self.commit.broken:
+            raise DurabilityError(self._broken or self.commit.broken)
         frame = encode_frame(update.to_bytes())
         if not self.local:
             folder = f"{self.dir}/log-{self.generation:08d}"
@@ -188,20 +197,41 @@ class ShardStore:
                     self.fs.delete_file(path)
                 raise DurabilityError(f"{path}: update not logged ({exc})") from None
             self._frames += 1
-            return
-        path = f"{self.dir}/log-{self.generation:08d}.bin"
-        fd = self._open_log(path)
-        try:
-            write_all(fd, frame)
-            os.fsync(fd)
-        except OSError as exc:
-            self._undo_append(fd, path)
-            raise DurabilityError(f"{path}: update not logged ({exc.strerror or exc}); "
-                                  "nothing was applied") from None
-        self._log_size += len(frame)
+            return 0
+        with self.commit.lock:
+            fd = self._open_log()
+            try:
+                write_all(fd, frame)
+            except OSError as exc:
+                self._undo_append(fd)
+                raise DurabilityError(self._not_logged(exc)) from None
+            return self.commit.written(self.commit.size + len(frame))
 
-    def _open_log(self, path: str) -> int:
+    def sync(self, frame: int) -> None:
+        """Returns once frame number ``frame`` (from ``write``) and all before it are durable.
+
+        Raises:
+            DurabilityError: a failed sync lost it (and every frame after the last durable
+                one): they were cut off the log, and the shard must rebuild its state from
+                its files (``commit.failures`` counts such losses).
+        """
+        self.commit.wait(frame)
+
+    def sync_soon(self) -> None:
+        """Begins syncing the frames written so far in the group commit thread."""
+        if self.local:
+            self.commit.sync_soon()
+
+    def _log_path(self) -> str:
+        return f"{self.dir}/log-{self.generation:08d}.bin"
+
+    def _not_logged(self, exc: OSError) -> str:
+        return (f"{self._log_path()}: update not logged ({exc.strerror or exc}); nothing was "
+                "applied")
+
+    def _open_log(self) -> int:
         if self._fd is None:
+            path = self._log_path()
             created = not os.path.exists(path)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             if created:
@@ -210,34 +240,55 @@ class ShardStore:
                 except OSError as exc:
                     os.close(fd)
                     os.unlink(path)
-                    raise DurabilityError(f"{path}: update not logged ({exc.strerror or exc}); "
-                                          "nothing was applied") from None
-            self._fd, self._log_size = fd, os.fstat(fd).st_size
+                    raise DurabilityError(self._not_logged(exc)) from None
+            self._fd = fd
+            self.commit.start(os.fstat(fd).st_size)
         return self._fd
 
-    def _undo_append(self, fd: int, path: str) -> None:
-        """Cuts a failed append's bytes off the log (and syncs the cut)."""
+    def _cut(self, size: int) -> None:
+        """Truncates the open log to ``size`` bytes, durably (after a failed sync)."""
+        os.ftruncate(self._fd, size)
+        os.fsync(self._fd)
+
+    def _undo_append(self, fd: int) -> None:
+        """Cuts a failed write's bytes off the log (and syncs the cut); ``commit.lock`` held."""
         try:
-            os.ftruncate(fd, self._log_size)
+            os.ftruncate(fd, self.commit.size)
             os.fsync(fd)
         except OSError as exc:
-            self._broken = (f"{path}: a failed append could not be undone ({exc.strerror or exc});"
-                            " the shard accepts no writes until it restarts")
-            self.close()
+            self._broken = (f"{self._log_path()}: a failed append could not be undone "
+                            f"({exc.strerror or exc}); the shard accepts no writes until it "
+                            "restarts")
+            self._close()
 
     def close(self) -> None:
-        """Closes the open log (appends reopen it)."""
+        """Closes the open log once every frame written is durable (appends reopen it)."""
+        with self.commit.lock:
+            self._close()
+
+    def _close(self) -> None:
+        self.commit.drain()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def roll(self) -> int:
-        """Starts the next generation's log for the appends that follow; returns the
-        generation a snapshot of the state before them must be written as."""
-        self.close()
-        self.generation += 1
-        self._frames = 0
-        return self.generation
+        """Starts the next generation's log for the appends that follow, once every frame
+        written is durable; returns the generation a snapshot of the state before them must
+        be written as.
+
+        Raises:
+            DurabilityError: a sync failed meanwhile and lost frames (nothing rolled): the
+                shard's state holds updates the log no longer has.
+        """
+        with self.commit.lock:
+            failures = self.commit.failures
+            self._close()
+            if self.commit.failures != failures:
+                raise DurabilityError(self.commit.error)
+            self.generation += 1
+            self._frames = 0
+            return self.generation
 
     def write_snapshot(self, snapshot: Snapshot, gen: int | None = None) -> None:
         """Writes the state as generation ``gen`` (default: ``roll()`` first), durable (data

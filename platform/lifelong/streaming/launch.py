@@ -151,7 +151,11 @@ def _run(job: StreamJob, memory, store: CommitStore, state: str, source: str, lo
                                     f"{runner.record.row}, {runner.record.stats.examples} "
                                     "examples applied" if resuming else ""),
           file=out, flush=True)
-    return runner.run()
+    gauges.start()  # the last log point's values stay exported while the job waits for data
+    try:
+        return runner.run()
+    finally:
+        gauges.close()
 
 
 def print_summary(job: StreamJob, result: StreamResult, memory, out=None) -> None:

@@ -3,7 +3,9 @@ and the plot of the k-shot curves over time."""
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +13,9 @@ import numpy as np
 
 from lifelong import metrics
 from lifelong.streaming.stats import StreamStats
+
+GAUGE_INTERVAL_S = 5.0  # how often a running stream job sets its gauges again
+log = logging.getLogger(__name__)
 
 
 def stream_metrics(stats: StreamStats, windows: Sequence[int], shots: Sequence[int],
@@ -42,10 +47,23 @@ def stream_metrics(stats: StreamStats, windows: Sequence[int], shots: Sequence[i
 
 
 class StreamGauges:
-    """The stream job's Ray metrics (gauges tagged with the stream and memory names)."""
+    """The stream job's Ray metrics (gauges tagged with the stream and memory names).
 
-    def __init__(self, stream: str, memory: str, windows: Sequence[int], shots: Sequence[int]):
+    ``update`` sets them at each log point; between log points a thread sets the last values
+    again every ``interval_s`` (``start``/``close``), so a job that has caught up and waits for
+    data keeps its series: Ray drops a gauge series that is not set again within twice its
+    export interval.
+    """
+
+    def __init__(self, stream: str, memory: str, windows: Sequence[int], shots: Sequence[int],
+                 interval_s: float = GAUGE_INTERVAL_S):
         from ray.util import metrics as ray_metrics
+
+        self.interval_s = interval_s
+        self._last: dict[tuple, tuple] = {}  # (gauge id, tags) -> (gauge, value, tags)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
         keys = metrics.STREAM_TAG_KEYS
         gauge = lambda name, text, extra=(): ray_metrics.Gauge(  # noqa: E731
@@ -76,9 +94,39 @@ class StreamGauges:
                   for w in self.windows]
         pairs += [(self.shot_acc, metrics.stream_shot_metric(k, interval=True),
                    {"shot": str(k)}) for k in self.shots]
-        for gauge, name, tags in pairs:
-            if name in values:
-                gauge.set(values[name], tags=tags)
+        with self._lock:
+            for gauge, name, tags in pairs:
+                if name in values:
+                    gauge.set(values[name], tags=tags)
+                    self._last[(id(gauge), tuple(sorted(tags.items())))] = \
+                        (gauge, values[name], tags)
+
+    def _again(self) -> None:
+        with self._lock:
+            for gauge, value, tags in self._last.values():
+                gauge.set(value, tags=tags)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._again()
+            except Exception:  # noqa: BLE001 - a gauge must never take the job down
+                log.debug("stream gauges not set", exc_info=True)
+
+    def start(self) -> "StreamGauges":
+        """Starts the thread that sets the last values again every ``interval_s``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name="stream-gauges")
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stops that thread (the series then expire in Ray as the job ends)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def plot_kshot(stats: StreamStats, shots: Sequence[int], path: Path,

@@ -16,6 +16,8 @@ import getpass
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -73,10 +75,27 @@ def redact_uri(text: Any) -> str:
     return _SECRET_QUERY.sub(r"\1***", _CREDENTIALS.sub(r"\1:***@", text))
 
 
+def mlflow_command() -> str:
+    """This environment's ``mlflow``, as a shell runs it now: ``mlflow`` when that is the one
+    on ``PATH``, else its path (a virtualenv not activated: ``.venv/bin/mlflow``, relative when
+    below the working directory), else ``<python> -m mlflow``."""
+    beside = Path(sys.executable).parent / "mlflow"  # not resolved: a venv's python is a link
+    if not beside.is_file():
+        return f"{shlex.quote(sys.executable)} -m mlflow"
+    on_path = shutil.which("mlflow")
+    if on_path and Path(on_path).resolve() == beside.resolve():
+        return "mlflow"
+    path = os.path.abspath(beside)
+    here = os.getcwd()
+    if path.startswith(here + os.sep):
+        path = os.path.relpath(path, here)
+    return shlex.quote(path)
+
+
 def ui_command(tracking_uri: str) -> str:
-    """The shell command that opens the MLflow UI on this store (its password redacted),
-    through this interpreter, so it works as printed without an activated environment."""
-    return f"{sys.executable} -m mlflow ui --backend-store-uri {redact_uri(tracking_uri)}"
+    """The shell command that opens the MLflow UI on this store (its password redacted), runnable
+    as printed (see ``mlflow_command``)."""
+    return f"{mlflow_command()} ui --backend-store-uri {shlex.quote(redact_uri(tracking_uri))}"
 
 
 def _sqlite_file(uri: str) -> str | None:

@@ -17,7 +17,6 @@ Measured on the 2-core machine (800 images per batch): the small encoder trains 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from lifelong import metrics
 from lifelong.config import config_to_dict
 from lifelong.data import EpisodeSampler, OmniglotSplit, load_omniglot
@@ -38,6 +35,7 @@ from lifelong.memory.protocol import KeyValueMemory
 from lifelong.models import build_encoder
 from lifelong.models.checkpoint import save_encoder
 from lifelong.runtime.context import TrainContext
+from lifelong.runtime.progress import TrainingProgress
 from lifelong.runtime.threads import torch_threads
 
 
@@ -201,10 +199,10 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
     ema: dict[str, float] = {}
     last: dict[str, float] = {}
     model.train()
-    # Into a log file (a background or Ray job) the bar is redrawn every 30 s, not 10 times a second.
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="batch",
-               disable=not progress or ctx.rank != 0,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    # Minutes of the budget when there is one, else steps; into a log file (a background or Ray
+    # job) the bar is redrawn every 30 s, not 10 times a second.
+    bar = TrainingProgress(cfg.steps, cfg.max_minutes, step=step, elapsed_s=elapsed_before,
+                           desc="train", disable=not progress or ctx.rank != 0)
     try:
         while step < cfg.steps:
             elapsed = elapsed_before + time.perf_counter() - start
@@ -230,10 +228,9 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
                         float(correct[ep.shot == k].float().mean())
             for key, value in stats.items():  # smoothed for the bar and the logs
                 ema[key] = value if key not in ema else 0.95 * ema[key] + 0.05 * value
-            bar.update()
-            bar.set_postfix(loss=f"{ema[metrics.TRAIN_LOSS]:.4f}",
-                            acc1=f"{ema[metrics.shot_metric(metrics.TRAIN, None, 1)]:.3f}",
-                            refresh=False)
+            bar.update(step, elapsed_before + time.perf_counter() - start,
+                       loss=f"{ema[metrics.TRAIN_LOSS]:.4f}",
+                       acc1=f"{ema[metrics.shot_metric(metrics.TRAIN, None, 1)]:.3f}")
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter() - start
                 last = {**ema, metrics.TRAIN_LR: lr, metrics.TRAIN_GRAD_NORM: grad_norm,

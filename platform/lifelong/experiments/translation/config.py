@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lifelong.config import check_int
+from lifelong.data.multi30k import SPLIT_SIZES
 from lifelong.distributed.spec import SharedMemoryConfig
 from lifelong.errors import ConfigError
 from lifelong.memory import MemoryConfig
@@ -99,13 +100,17 @@ class TranslationJob:
                               f"over ray.num_workers {self.ray.num_workers}")
 
 
+ALL_SPLITS = "all"  # ``split: all``: every official test set (multi30k.TEST_SPLITS)
+
+
 @dataclass(frozen=True)
 class TranslationEvalJob:
     """Attributes:
         checkpoint: translator.pt written by ``lifelong train translation``.
         run_id: an MLflow run to log into (e.g. the training run; None: a new run).
-        split: the test split; beam: beam size (1: greedy); max_sentences: a prefix of it
-            (None: all).
+        split: the split translated: one of Multi30k's (``TEST_SPLITS``: the four official
+            test sets), or ``all``: each test set found (one BLEU line each); beam: beam size
+            (1: greedy); max_sentences: a prefix of each split (None: all of it).
         rare_counts: the protocol's max_train_count values, one table row each.
     """
 
@@ -123,6 +128,10 @@ class TranslationEvalJob:
     def __post_init__(self) -> None:
         if not self.checkpoint:
             raise ConfigError("give the translator: checkpoint=PATH (or --checkpoint)")
+        valid = (*SPLIT_SIZES, ALL_SPLITS)
+        if self.split not in valid:
+            raise ConfigError(f"{self.split!r} is not a Multi30k split; valid: "
+                              f"{', '.join(valid)}", key="split")
         check_int("beam", self.beam)
         check_int("threads", self.threads, minimum=0)
         if self.max_sentences is not None:

@@ -23,6 +23,7 @@ from lifelong.models.checkpoint import TRANSLATOR_FILE, TranslationModel
 from lifelong.models.translator import Translator
 from lifelong.models.vocab import PAD, SubwordVocab
 from lifelong.runtime.context import TrainContext
+from lifelong.runtime.progress import TrainingProgress
 
 
 def pad_batch(ids: list[list[int]]) -> torch.Tensor:
@@ -85,8 +86,6 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
     the model is DDP-wrapped, the memory is the shared one, and the final state goes to
     ``ctx.save``; it returns None.
     """
-    from tqdm import tqdm
-
     ctx = ctx or TrainContext()
     t = job.train
     if t.threads:
@@ -104,8 +103,9 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
     start, step, sentences, epoch = time.perf_counter(), 0, 0, 0
     sums = {"nll": 0.0, "memory_loss": 0.0, "tokens": 0}
     model.train()
-    bar = tqdm(total=t.steps, desc="train translation", unit="step",
-               disable=not progress or ctx.rank != 0)
+    bar = TrainingProgress(t.steps, t.max_minutes, desc="train translation",
+                           disable=not progress or ctx.rank != 0)
+    shown: dict[str, object] = {}
     stop = False
     while not stop:
         for idx in length_batches(lengths, t.batch_size, rng):
@@ -130,14 +130,14 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
             sums["nll"] += out.nll.item() * out.tokens
             sums["memory_loss"] += out.memory_loss.item() * out.tokens
             sums["tokens"] += out.tokens
-            bar.update(1)
+            bar.update(step, time.perf_counter() - start, **shown)
             if step % t.log_every == 0:
                 n = sums["tokens"]
                 values = {metrics.TRAIN_NLL: sums["nll"] / n,
                           metrics.TRAIN_MEMORY_LOSS: sums["memory_loss"] / n,
                           metrics.TRAIN_EPOCH: epoch,
                           metrics.TRAIN_SENTENCES_PER_S: sentences / (time.perf_counter() - start)}
-                bar.set_postfix(nll=f"{values[metrics.TRAIN_NLL]:.3f}", epoch=epoch)
+                shown = {"nll": f"{values[metrics.TRAIN_NLL]:.3f}", "epoch": epoch}
                 if logger is not None:
                     logger.log_metrics(values, step=step)
                 sums = {"nll": 0.0, "memory_loss": 0.0, "tokens": 0}
