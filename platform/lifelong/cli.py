@@ -121,7 +121,13 @@ def evaluate_omniglot_main(argv: Sequence[str], prog: str = "lifelong evaluate o
     parser = _job_parser(prog, "Evaluate a trained encoder on the 659 Omniglot evaluation "
                          "characters (memory cleared per episode; accuracy per presentation).",
                          _default_config("evaluate_omniglot.yaml"))
+    parser.add_argument("--protocol", choices=("within-alphabet",),
+                        help="within-alphabet: also 20-way 1-shot episodes inside one "
+                             "alphabet (Lake et al.), beside the standard table (alone: "
+                             "evaluation.protocols=[within-alphabet])")
     args, overrides = _parse_with_checkpoint(parser, argv)
+    if args.protocol:
+        overrides.append(f"evaluation.protocols=[standard,{args.protocol}]")
     job = load_config(OmniglotEvaluateJob, args.config, overrides)
     run_evaluate_job(job, progress=not args.no_progress)
     return 0

@@ -67,6 +67,10 @@ HEADLINE_SHOTS = (1, 5)
 # Artifacts.
 ACCURACY_TABLE_JSON = "accuracy_table.json"  # an MLflow table: way, shot, acc, ci95, episodes
 ACCURACY_TABLE_MD = "accuracy_table.md"
+# The within-alphabet 20-way 1-shot evaluation: its accuracy and interval as metrics, its
+# per-alphabet accuracies as a table (alphabet, acc, episodes).
+WITHIN_ALPHABET = "eval.within_alphabet"  # eval.within_alphabet.<N>way.1shot.acc / .ci95
+WITHIN_ALPHABET_TABLE_JSON = "within_alphabet_table.json"
 ENCODER_ARTIFACT_DIR = "encoder"  # the logged model's name (runs:/<run id>/encoder)
 CONFIG_ARTIFACT = "config.yaml"
 

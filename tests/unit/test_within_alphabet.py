@@ -2,6 +2,9 @@
 alphabet, the question is another drawing than the shot, and the score is the memory's 1-NN
 answer (checked against a brute-force reference on the same draws)."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -79,3 +82,38 @@ def test_bad_settings_and_data_get_typed_errors():
         evaluate_within_alphabet(Flatten(), images, names, way=30, progress=False)
     with pytest.raises(DataError, match="n >= 2"):
         evaluate_within_alphabet(Flatten(), images[:, :1], names, way=20, progress=False)
+
+
+def test_lifelong_evaluate_omniglot_reports_and_logs_it_beside_the_standard_table(
+        tmp_path, monkeypatch, capsys):
+    mlflow = pytest.importorskip("mlflow")
+    from lifelong import cli, metrics
+    from lifelong.data import OmniglotSplit
+    from lifelong.experiments.omniglot import jobs as omniglot_jobs
+    from lifelong.models.checkpoint import save_encoder
+    from lifelong.models.conv import build_encoder
+
+    images, names = split()
+    monkeypatch.setattr(omniglot_jobs, "load_omniglot", lambda *a, **k: OmniglotSplit(
+        images=images, class_names=names, split="evaluation"))
+    torch.manual_seed(0)
+    checkpoint = save_encoder(tmp_path / "encoder.pt", build_encoder("tiny", 16, 0.0),
+                              encoder_name="tiny", key_dim=16, dropout=0.0)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    code = cli.main(["evaluate", "omniglot", "--checkpoint", str(checkpoint), "--protocol",
+                     "within-alphabet", "--no-progress", "evaluation.ways=[5]",
+                     "evaluation.presentations=2", "evaluation.episodes=6",
+                     "memory.choose_k=8", f"tracking.tracking_uri={uri}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "| 5-way |" in out and "| 20-way within alphabet |" in out
+    client = mlflow.tracking.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("omniglot-eval").experiment_id])
+    acc = run.data.metrics[metrics.shot_metric(metrics.WITHIN_ALPHABET, 20, 1)]
+    assert 0.0 <= acc <= 1.0 and "eval.5way.1shot.acc" in run.data.metrics
+    path = client.download_artifacts(run.info.run_id, metrics.WITHIN_ALPHABET_TABLE_JSON,
+                                     str(tmp_path))
+    table = json.loads(Path(path).read_text())  # MLflow's table layout: columns and rows
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert {r["alphabet"] for r in rows} <= {"Alpha", "Beta"}
+    assert sum(r["episodes"] for r in rows) == 6

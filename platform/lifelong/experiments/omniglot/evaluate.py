@@ -34,6 +34,9 @@ class EvalSettings:
         episodes: Episodes per way (0: no evaluation).
         seed: Seed of the episode sampler (equal seeds give equal episodes).
         episodes_per_chunk: Episodes encoded per batch of forward passes.
+        protocols: "standard" (the paper's N-way episodes over all evaluation characters)
+            and/or "within-alphabet" (20-way 1-shot episodes inside one alphabet, Lake et
+            al.'s harder protocol: ``within_alphabet.py``, ``episodes`` of them).
     """
 
     ways: tuple[int, ...] = (5, 20)
@@ -41,11 +44,17 @@ class EvalSettings:
     episodes: int = 1000
     seed: int = 1
     episodes_per_chunk: int = 50
+    protocols: tuple[str, ...] = ("standard",)
 
     def __post_init__(self) -> None:
         if not self.ways or any(isinstance(w, bool) or not isinstance(w, int) or w < 2
                                 for w in self.ways):
             raise ConfigError(f"must be ints >= 2, got {self.ways!r}", key="ways")
+        known = ("standard", "within-alphabet")
+        if not self.protocols or any(p not in known for p in self.protocols) or \
+                len(set(self.protocols)) != len(self.protocols):
+            raise ConfigError(f"must be distinct names among {', '.join(known)}, got "
+                              f"{self.protocols!r}", key="protocols")
         for name, minimum in (("presentations", 2), ("episodes", 0), ("seed", 0),
                               ("episodes_per_chunk", 1)):
             check_int(name, getattr(self, name), minimum)

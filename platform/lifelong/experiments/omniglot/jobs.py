@@ -24,6 +24,8 @@ from lifelong.experiments.omniglot.evaluate import (
 )
 from lifelong.experiments.omniglot.retention_job import retention_stage
 from lifelong.experiments.omniglot.train import TrainResult, train_omniglot
+from lifelong.experiments.omniglot.within_alphabet import (WithinAlphabetAccuracy,
+                                                           evaluate_within_alphabet)
 from lifelong.memory import MemoryConfig
 from lifelong.models.checkpoint import load_encoder
 from lifelong.models.serving import encoder_input_example
@@ -51,18 +53,51 @@ class JobResult:
     wall_s: float = 0.0
     retention: Any = None  # a retention_job.RetentionReport when the job ran one
     model: LoggedModel | None = None  # the encoder logged as an MLflow model
+    within_alphabet: WithinAlphabetAccuracy | None = None  # with protocol within-alphabet
 
 
 def evaluate(encoder: torch.nn.Module, settings: EvalSettings, memory: MemoryConfig,
-             data: DataConfig, progress: bool = True) -> list[ShotAccuracy]:
-    """Evaluates on the 659 evaluation characters, one ShotAccuracy per way."""
-    images = load_omniglot("evaluation", root=data.root, cache_dir=data.cache_dir,
-                           progress=progress).images
-    return [evaluate_encoder(encoder, images, way=way, presentations=settings.presentations,
-                             episodes=settings.episodes, seed=settings.seed, memory=memory,
-                             episodes_per_chunk=settings.episodes_per_chunk, progress=progress,
-                             desc=f"evaluate {way}-way")
-            for way in settings.ways]
+             data: DataConfig, progress: bool = True
+             ) -> tuple[list[ShotAccuracy], WithinAlphabetAccuracy | None]:
+    """Evaluates on the 659 evaluation characters with ``settings.protocols``: one
+    ShotAccuracy per way (standard; [] without it) and the within-alphabet result (or None)."""
+    split = load_omniglot("evaluation", root=data.root, cache_dir=data.cache_dir,
+                          progress=progress)
+    results = [evaluate_encoder(encoder, split.images, way=way,
+                                presentations=settings.presentations,
+                                episodes=settings.episodes, seed=settings.seed, memory=memory,
+                                episodes_per_chunk=settings.episodes_per_chunk,
+                                progress=progress, desc=f"evaluate {way}-way")
+               for way in settings.ways] if "standard" in settings.protocols else []
+    within = None
+    if "within-alphabet" in settings.protocols:
+        within = evaluate_within_alphabet(encoder, split.images, split.class_names,
+                                          episodes=settings.episodes, seed=settings.seed,
+                                          memory=memory, progress=progress)
+    return results, within
+
+
+def _report(results: list[ShotAccuracy], within: WithinAlphabetAccuracy | None,
+            run: TrackedRun | None) -> str:
+    """Prints (and logs into ``run``) the tables; returns the standard one."""
+    table = accuracy_table(results) if results else ""
+    if results:
+        _print_table(table, results)
+    if within is not None:
+        print(f"\nWithin-alphabet one-shot accuracy (%), {within.way} characters of one "
+              f"alphabet per episode, mean ± 95% CI:\n\n{within.table()}", flush=True)
+    if run is not None:
+        if results:
+            run.log_accuracy_table(results, table)
+        if within is not None:
+            name = metrics.WITHIN_ALPHABET
+            run.log_metrics({metrics.shot_metric(name, within.way, 1): within.mean(),
+                             metrics.shot_metric(name, within.way, 1, metrics.CI95):
+                                 within.ci95()})
+            run.log_table([{"alphabet": a, "acc": acc, "episodes": within.alphabets.count(a)}
+                           for a, acc in within.by_alphabet().items()],
+                          metrics.WITHIN_ALPHABET_TABLE_JSON)
+    return table
 
 
 def _print_table(table: str, results: list[ShotAccuracy], out=sys.stdout) -> None:
@@ -113,11 +148,8 @@ def run_train_job(job: OmniglotTrainJob, progress: bool = True) -> JobResult:
         if job.evaluation.episodes or job.retention.enabled:
             encoder, _ = load_encoder(result.checkpoint)
         if job.evaluation.episodes:
-            results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
-            table = accuracy_table(results)
-            _print_table(table, results)
-            if run is not None:
-                run.log_accuracy_table(results, table)
+            results, within = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
+            table = _report(results, within, run)
         if job.retention.enabled:
             retention = retention_stage(encoder, job.retention, job.memory, job.data, run,
                                         progress)
@@ -137,9 +169,7 @@ def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResu
     source = job.checkpoint if job.run_id is None else f"run {job.run_id}"
     print(f"encoder {meta['encoder']} (key_dim {meta['key_dim']}) from {source}, "
           f"trained {meta['extra'].get('step', '?')} steps", flush=True)
-    results = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
-    table = accuracy_table(results)
-    _print_table(table, results)
+    results, within = evaluate(encoder, job.evaluation, job.memory, job.data, progress)
     with job_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_omniglot"}) as run:
         if run is not None:
             if job.run_id is None:
@@ -147,6 +177,7 @@ def run_evaluate_job(job: OmniglotEvaluateJob, progress: bool = True) -> JobResu
                 run.set_tags({metrics.MODEL_URI_TAG: job.checkpoint})
                 if not is_model_uri(job.checkpoint):  # a file: the run keeps the model
                     log_encoder_model(run, checkpoint, None)
-            run.log_accuracy_table(results, table)
+        table = _report(results, within, run)
     return JobResult(results, table, run.run_id if run else None,
-                     run.tracking_uri if run else None, wall_s=time.perf_counter() - start)
+                     run.tracking_uri if run else None, wall_s=time.perf_counter() - start,
+                     within_alphabet=within)
