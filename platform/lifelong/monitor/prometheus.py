@@ -136,8 +136,11 @@ def find_prometheus(binary: str | None = None, install: bool = True, out=None) -
         raise MonitorError("prometheus is not on the PATH and cannot be installed from here "
                            f"(needs root and apt-get): {MISSING_HINT}")
     print(f"prometheus is missing: {' '.join(INSTALL_COMMAND)}", file=out, flush=True)
-    done = subprocess.run(INSTALL_COMMAND, capture_output=True, text=True,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(INSTALL_COMMAND, capture_output=True, text=True, env=env)
+    if done.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(("apt-get", "update"), capture_output=True, text=True, env=env)
+        done = subprocess.run(INSTALL_COMMAND, capture_output=True, text=True, env=env)
     found = shutil.which("prometheus")
     if done.returncode != 0 or not found:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
