@@ -89,13 +89,14 @@ def start_main(args, out=None) -> int:
               "dashboard (`ray start --head`, or --ray-temp-dir if it uses another temp dir); "
               "Prometheus picks the file up when it appears", file=out)
     prometheus = PrometheusProcess(config, binary).start()
-    _provision_grafana(config.ray_temp_dir, out)
-    print(f"Prometheus (pid {prometheus.process.pid}) at {config.url}, scraping the nodes "
-          f"listed in {config.sd_file}\n  config {prometheus.config_path}, log "
-          f"{prometheus.log_path}\n  check the dashboards' queries: lifelong monitor check "
-          f"--url {config.url}\nCtrl-C stops it.", file=out, flush=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it as Ctrl-C does
+    # SIGTERM ends it as Ctrl-C does, from before the hint that says so is printed
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        _provision_grafana(config.ray_temp_dir, out)
+        print(f"Prometheus (pid {prometheus.process.pid}) at {config.url}, scraping the nodes "
+              f"listed in {config.sd_file}\n  config {prometheus.config_path}, log "
+              f"{prometheus.log_path}\n  check the dashboards' queries: lifelong monitor "
+              f"check --url {config.url}\nCtrl-C stops it.", file=out, flush=True)
         code = prometheus.wait()
     except KeyboardInterrupt:
         code = 0

@@ -100,7 +100,8 @@ def _report(results: list[ShotAccuracy], within: WithinAlphabetAccuracy | None,
     return table
 
 
-def _print_table(table: str, results: list[ShotAccuracy], out=sys.stdout) -> None:
+def _print_table(table: str, results: list[ShotAccuracy], out=None) -> None:
+    out = out or sys.stdout  # looked up now: sys.stdout may have been replaced since import
     episodes = ", ".join(f"{r.way}-way: {r.episodes}" for r in results)
     print(f"\nOne-shot accuracy (%) on the evaluation characters, mean ± 95% CI "
           f"(episodes {episodes}); k-shot = the (k+1)-th presentation:\n", file=out)
