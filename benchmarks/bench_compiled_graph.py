@@ -13,7 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -21,10 +20,10 @@ import time
 import numpy as np
 import ray
 import torch
-from ray.cluster_utils import Cluster
 from ray.dag import InputNode, MultiOutputNode
 
 from lifelong.distributed import MemorySpec, create_memory, delete_memory
+from local_cluster import local_cluster
 
 
 def per_call_ms(fn, calls: int) -> float:
@@ -36,6 +35,32 @@ def per_call_ms(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e3
 
 
+def time_calls(args, storage: str) -> dict:
+    """ms per search of both shards: ordinary actor calls, then a compiled graph."""
+    memory = create_memory(MemorySpec(
+        name="cgraph", key_dim=128, num_slots=args.slots, num_values=100_000, shards=2,
+        choose_k=256, storage=storage, snapshot_every=10**9, num_cpus=1))
+    gen = torch.Generator().manual_seed(0)
+    memory.query(torch.randn(args.slots // 2, 128, generator=gen),
+                 torch.randint(0, 100_000, (args.slots // 2,), generator=gen))
+    q = torch.nn.functional.normalize(torch.randn(args.batch, 128, generator=gen), dim=1)
+    q = q.numpy()
+    y = np.random.default_rng(0).integers(0, 100_000, args.batch).astype(np.int64)
+    handles = memory.shards.handles
+    result = {"calls": per_call_ms(
+        lambda: ray.get([h.search.remote(q, y, 256) for h in handles]), args.calls)}
+    with InputNode() as inp:
+        dag = MultiOutputNode([h.search.bind(inp[0], inp[1], inp[2]) for h in handles])
+    compiled = dag.experimental_compile()
+    try:
+        result["compiled"] = per_call_ms(lambda: ray.get(compiled.execute(q, y, 256)),
+                                         args.calls)
+    finally:
+        compiled.teardown()
+    delete_memory("cgraph", storage)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,39 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calls", type=int, default=300, help="timed calls per variant")
     args = parser.parse_args(argv)
     storage = tempfile.mkdtemp(prefix="bench-cgraph-")
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="bench-cgraph-ray-")
-    os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
-                                                            "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="lifelong", log_to_driver=False)
     try:
-        memory = create_memory(MemorySpec(
-            name="cgraph", key_dim=128, num_slots=args.slots, num_values=100_000, shards=2,
-            choose_k=256, storage=storage, snapshot_every=10**9, num_cpus=1))
-        gen = torch.Generator().manual_seed(0)
-        memory.query(torch.randn(args.slots // 2, 128, generator=gen),
-                     torch.randint(0, 100_000, (args.slots // 2,), generator=gen))
-        q = torch.nn.functional.normalize(torch.randn(args.batch, 128, generator=gen), dim=1)
-        q = q.numpy()
-        y = np.random.default_rng(0).integers(0, 100_000, args.batch).astype(np.int64)
-        handles = memory.shards.handles
-        result = {"calls": per_call_ms(
-            lambda: ray.get([h.search.remote(q, y, 256) for h in handles]), args.calls)}
-        with InputNode() as inp:
-            dag = MultiOutputNode([h.search.bind(inp[0], inp[1], inp[2]) for h in handles])
-        compiled = dag.experimental_compile()
-        try:
-            result["compiled"] = per_call_ms(lambda: ray.get(compiled.execute(q, y, 256)),
-                                             args.calls)
-        finally:
-            compiled.teardown()
-        delete_memory("cgraph", storage)
+        with local_cluster(2, cpus_per_node=1, prefix="bench-cgraph-ray-"):
+            result = time_calls(args, storage)
     finally:
-        ray.shutdown()
-        cluster.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
     print(f"\nsearch of both shards, {args.slots} slots, batch {args.batch}, ms per call")
     print(f"ordinary actor calls   {result['calls']:8.3f}")

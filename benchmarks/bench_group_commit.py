@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 
 import ray
 import torch
-from ray.cluster_utils import Cluster
 
 from lifelong.config import config_from_args
+from local_cluster import local_cluster
 from lifelong.distributed import MemorySpec, ShardedMemory
 from lifelong.distributed.actor import MAX_CONCURRENCY, RayShards, ShardActor
 
@@ -109,31 +109,23 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(GroupCommitConfig, __doc__, argv,
                            "benchmarks/configs/bench_group_commit.yaml")
     storage = tempfile.mkdtemp(prefix="bench-group-commit-", dir=os.getcwd())
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="bench-ray-")
-    os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
-                                                            "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="lifelong", log_to_driver=False)
     variants = {"one call at a time": 1, f"threaded ({MAX_CONCURRENCY})": MAX_CONCURRENCY}
     best: dict[tuple[str, int], dict] = {}
     try:
-        memories = {name: start_memory(f"gc-{c}", cfg, storage, c)
-                    for name, c in variants.items()}
-        for spec, shards in memories.values():  # warm-up, not counted
-            run_writers(spec, shards, 1, cfg)
-        for _ in range(cfg.rounds):
-            for w in cfg.writers:
-                for name, (spec, shards) in memories.items():
-                    row = run_writers(spec, shards, w, cfg)
-                    key = (name, w)
-                    if key not in best or row["updates_per_s"] > best[key]["updates_per_s"]:
-                        best[key] = {"variant": name, **row}
+        with local_cluster(2, cpus_per_node=2):
+            memories = {name: start_memory(f"gc-{c}", cfg, storage, c)
+                        for name, c in variants.items()}
+            for spec, shards in memories.values():  # warm-up, not counted
+                run_writers(spec, shards, 1, cfg)
+            for _ in range(cfg.rounds):
+                for w in cfg.writers:
+                    for name, (spec, shards) in memories.items():
+                        row = run_writers(spec, shards, w, cfg)
+                        key = (name, w)
+                        if key not in best or \
+                                row["updates_per_s"] > best[key]["updates_per_s"]:
+                            best[key] = {"variant": name, **row}
     finally:
-        ray.shutdown()
-        cluster.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
     rows = [best[(name, w)] for w in cfg.writers for name in variants]
     print_table(rows, cfg)

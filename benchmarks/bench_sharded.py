@@ -15,17 +15,15 @@ Usage:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 
-import ray
 import torch
-from ray.cluster_utils import Cluster
 from tqdm import tqdm
 
 from bench_memory import BenchConfig, best_time, make_memory, memory_step
+from local_cluster import local_cluster
 from lifelong.config import config_from_args
 from lifelong.distributed import MemorySpec, create_memory, delete_memory
 
@@ -94,40 +92,36 @@ def time_pair(local, sharded, batch: int, cfg: BenchShardedConfig, exact: bool) 
             "sharded_qps": batch / sharded_s, "exact": exact}
 
 
+def cases(cfg: BenchShardedConfig, storage: str) -> tuple[list[dict], dict]:
+    """Ray's cost per step on the tiny memory, then every size, on the connected cluster."""
+    rows, overhead = [], {}
+    bench_cfg = BenchConfig(key_dim=cfg.key_dim, choose_k=cfg.choose_k, batches=(1,))
+    tiny = make_memory(cfg.overhead_slots, bench_cfg)
+    tiny_sharded = sharded_like(tiny, "overhead", cfg, storage)
+    handles = tiny_sharded.shards
+    round_trip = best_time(lambda: handles.call("ping", [()] * cfg.shards), 20)
+    for r in time_pairs(tiny, tiny_sharded, cfg):
+        overhead[r["batch"]] = {"local_ms": r["local_ms"], "sharded_ms": r["sharded_ms"],
+                                "added_ms": r["sharded_ms"] - r["local_ms"],
+                                "two_rounds_added_ms": r["two_rounds_ms"] - r["local_ms"],
+                                "round_trip_ms": round_trip * 1e3}
+    delete_memory("overhead", storage)  # frees the nodes' CPUs for the next memory
+    for n in tqdm(cfg.slots, desc="bench_sharded"):
+        local = make_memory(n, bench_cfg)
+        sharded = sharded_like(local, f"bench-{n}", cfg, storage)
+        rows += time_pairs(local, sharded, cfg)
+        delete_memory(f"bench-{n}", storage)
+        del local, sharded
+    return rows, overhead
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(BenchShardedConfig, __doc__, argv, "benchmarks/configs/bench_sharded.yaml")
     storage = tempfile.mkdtemp(prefix="bench-sharded-")
-    # The cluster's files (and its address file) under a temp dir of its own, not /tmp/ray.
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="bench-ray-")
-    os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False})
-    for _ in range(cfg.shards):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="lifelong", log_to_driver=False)
     try:
-        rows, overhead = [], {}
-        bench_cfg = BenchConfig(key_dim=cfg.key_dim, choose_k=cfg.choose_k, batches=(1,))
-        tiny = make_memory(cfg.overhead_slots, bench_cfg)
-        tiny_sharded = sharded_like(tiny, "overhead", cfg, storage)
-        handles = tiny_sharded.shards
-        round_trip = best_time(lambda: handles.call("ping", [()] * cfg.shards), 20)
-        for r in time_pairs(tiny, tiny_sharded, cfg):
-            overhead[r["batch"]] = {"local_ms": r["local_ms"], "sharded_ms": r["sharded_ms"],
-                                    "added_ms": r["sharded_ms"] - r["local_ms"],
-                                    "two_rounds_added_ms": r["two_rounds_ms"] - r["local_ms"],
-                                    "round_trip_ms": round_trip * 1e3}
-        delete_memory("overhead", storage)  # frees the nodes' CPUs for the next memory
-        for n in tqdm(cfg.slots, desc="bench_sharded"):
-            local = make_memory(n, bench_cfg)
-            sharded = sharded_like(local, f"bench-{n}", cfg, storage)
-            rows += time_pairs(local, sharded, cfg)
-            delete_memory(f"bench-{n}", storage)
-            del local, sharded
+        with local_cluster(cfg.shards, cpus_per_node=1):
+            rows, overhead = cases(cfg, storage)
     finally:
-        ray.shutdown()
-        cluster.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
     print_table(rows, overhead, cfg)
     result = {"config": asdict(cfg), "cases": rows, "ray_overhead": overhead}

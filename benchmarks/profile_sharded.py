@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -25,12 +24,11 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-import ray
 import torch
 from ray import cloudpickle
-from ray.cluster_utils import Cluster
 
 from bench_memory import BenchConfig, make_memory, memory_step
+from local_cluster import local_cluster
 from lifelong.config import config_from_args
 from lifelong.distributed import MemorySpec, ShardedMemory, create_memory, delete_memory
 from lifelong.distributed.client import LocalShards
@@ -190,24 +188,15 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(ProfileConfig, __doc__, argv, "benchmarks/configs/profile_sharded.yaml")
     torch.set_num_threads(1)
     storage = tempfile.mkdtemp(prefix="profile-sharded-")
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="profile-ray-")
-    os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
-                                                            "include_dashboard": False})
-    for _ in range(cfg.shards):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="lifelong", log_to_driver=False)
     try:
-        local = make_memory(cfg.slots, BenchConfig(key_dim=cfg.key_dim, choose_k=cfg.choose_k,
-                                                   batches=(1,)))
-        local_ms = steps(local, cfg, Timer())
-        process_ms, process = in_process(cfg, local, storage)
-        ray_ms, remote = on_ray(cfg, local, storage, pipelined=False)
-        piped_ms, piped = on_ray(cfg, local, storage, pipelined=True)
+        with local_cluster(cfg.shards, cpus_per_node=1, prefix="profile-ray-"):
+            local = make_memory(cfg.slots, BenchConfig(key_dim=cfg.key_dim,
+                                                       choose_k=cfg.choose_k, batches=(1,)))
+            local_ms = steps(local, cfg, Timer())
+            process_ms, process = in_process(cfg, local, storage)
+            ray_ms, remote = on_ray(cfg, local, storage, pipelined=False)
+            piped_ms, piped = on_ray(cfg, local, storage, pipelined=True)
     finally:
-        ray.shutdown()
-        cluster.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
     result = {"config": asdict(cfg), "local_ms": local_ms, "in_process_ms": process_ms,
               "ray_ms": ray_ms, "pipelined_ms": piped_ms, "in_process": process,
