@@ -9,9 +9,9 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from lifelong import cli, metrics  # noqa: E402
+from lifelong import metrics  # noqa: E402
 from lifelong.streaming.segments import write_segment  # noqa: E402
-from mlflow_fakes import train_and_register  # noqa: E402
+from mlflow_fakes import cli_run, train_and_register  # noqa: E402
 from omniglot_fakes import fake_split  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -27,19 +27,15 @@ def test_stream_run_takes_a_registered_model_and_records_its_memory(ray_local, t
     for n in range(2):
         write_segment(str(tmp_path / "src"), n, images[n::2], labels[n::2], "test",
                       "uint8[28,28]")
-    code = cli.main(["stream", "run", "--model", "models:/stream-encoder/1", "--no-progress",
-                     "--source", str(tmp_path / "src"), "stream.name=t",
-                     "stream.idle_timeout_s=0", "stream.poll_s=0.05", "stream.batch_size=16",
-                     "stream.log_every=20", "stream.windows=[20]", "memory.choose_k=8",
-                     "shared_memory.name=model-uri-mem", f"shared_memory.storage={tmp_path}/mem",
-                     "shared_memory.num_slots=256", "shared_memory.num_values=10",
-                     "shared_memory.shards=2", "shared_memory.num_cpus=0.5",
-                     f"tracking.tracking_uri={uri}"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out, run = cli_run(capsys, uri, "stream", [
+        "stream", "run", "--model", "models:/stream-encoder/1", "--no-progress",
+        "--source", str(tmp_path / "src"), "stream.name=t", "stream.idle_timeout_s=0",
+        "stream.poll_s=0.05", "stream.batch_size=16", "stream.log_every=20",
+        "stream.windows=[20]", "memory.choose_k=8", "shared_memory.name=model-uri-mem",
+        f"shared_memory.storage={tmp_path}/mem", "shared_memory.num_slots=256",
+        "shared_memory.num_values=10", "shared_memory.shards=2", "shared_memory.num_cpus=0.5",
+        f"tracking.tracking_uri={uri}"])
     assert "examples applied (all runs) | 60" in out
-    client = mlflow.tracking.MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("stream").experiment_id])
     tags = run.data.tags
     assert tags[metrics.MODEL_URI_TAG] == "models:/stream-encoder/1"
     assert tags[metrics.MEMORY_TAG] == "model-uri-mem"

@@ -31,3 +31,18 @@ def train_and_register(monkeypatch, tmp_path: Path, uri: str, name: str) -> jobs
         "model.encoder=tiny", f"model.key_dim={KEY_DIM}", f"output_dir={tmp_path / 'out'}",
         f"tracking.tracking_uri={uri}", f"tracking.register_as={name}"])
     return jobs.run_train_job(job, progress=False)
+
+
+def cli_run(capsys, uri: str, experiment: str, argv: list[str]):
+    """Runs ``lifelong ARGV`` (exit 0 expected) and returns (its stdout, the one run it made in
+    ``experiment`` of the store ``uri``)."""
+    import mlflow
+
+    from lifelong import cli
+
+    code = cli.main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    client = mlflow.tracking.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return out, run

@@ -16,7 +16,7 @@ from lifelong import cli, metrics  # noqa: E402
 from lifelong.experiments.omniglot import jobs as omniglot_jobs  # noqa: E402
 from lifelong.models.checkpoint import TranslationModel, load_encoder  # noqa: E402
 from lifelong.tracking import TrackedRun, resolve_model_file  # noqa: E402
-from mlflow_fakes import KEY_DIM, train_and_register  # noqa: E402
+from mlflow_fakes import KEY_DIM, cli_run, train_and_register  # noqa: E402
 from omniglot_fakes import fake_split  # noqa: E402
 
 
@@ -77,15 +77,11 @@ def test_evaluate_omniglot_takes_a_registered_model_by_name(store, registered, m
     uri, _ = store
     monkeypatch.setattr(omniglot_jobs, "load_omniglot",
                         lambda *a, **k: fake_split(num_characters=8, rotations=1))
-    code = cli.main(["evaluate", "omniglot", "--model", "models:/omniglot-tiny/1",
-                     "--no-progress", "evaluation.ways=[5]", "evaluation.presentations=2",
-                     "evaluation.episodes=4", "memory.choose_k=8",
-                     f"tracking.tracking_uri={uri}"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out, run = cli_run(capsys, uri, "omniglot-eval", [
+        "evaluate", "omniglot", "--model", "models:/omniglot-tiny/1", "--no-progress",
+        "evaluation.ways=[5]", "evaluation.presentations=2", "evaluation.episodes=4",
+        "memory.choose_k=8", f"tracking.tracking_uri={uri}"])
     assert "from models:/omniglot-tiny/1" in out
-    client = mlflow.tracking.MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("omniglot-eval").experiment_id])
     assert run.data.tags[metrics.MODEL_URI_TAG] == "models:/omniglot-tiny/1"
     assert run.data.params["checkpoint"] == "models:/omniglot-tiny/1"
     assert 0.0 <= run.data.metrics["eval.5way.1shot.acc"] <= 1.0

@@ -87,11 +87,12 @@ def test_bad_settings_and_data_get_typed_errors():
 def test_lifelong_evaluate_omniglot_reports_and_logs_it_beside_the_standard_table(
         tmp_path, monkeypatch, capsys):
     mlflow = pytest.importorskip("mlflow")
-    from lifelong import cli, metrics
+    from lifelong import metrics
     from lifelong.data import OmniglotSplit
     from lifelong.experiments.omniglot import jobs as omniglot_jobs
     from lifelong.models.checkpoint import save_encoder
     from lifelong.models.conv import build_encoder
+    from mlflow_fakes import cli_run
 
     images, names = split()
     monkeypatch.setattr(omniglot_jobs, "load_omniglot", lambda *a, **k: OmniglotSplit(
@@ -100,18 +101,15 @@ def test_lifelong_evaluate_omniglot_reports_and_logs_it_beside_the_standard_tabl
     checkpoint = save_encoder(tmp_path / "encoder.pt", build_encoder("tiny", 16, 0.0),
                               encoder_name="tiny", key_dim=16, dropout=0.0)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    code = cli.main(["evaluate", "omniglot", "--checkpoint", str(checkpoint), "--protocol",
-                     "within-alphabet", "--no-progress", "evaluation.ways=[5]",
-                     "evaluation.presentations=2", "evaluation.episodes=6",
-                     "memory.choose_k=8", f"tracking.tracking_uri={uri}"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out, run = cli_run(capsys, uri, "omniglot-eval", [
+        "evaluate", "omniglot", "--checkpoint", str(checkpoint), "--protocol",
+        "within-alphabet", "--no-progress", "evaluation.ways=[5]",
+        "evaluation.presentations=2", "evaluation.episodes=6", "memory.choose_k=8",
+        f"tracking.tracking_uri={uri}"])
     assert "| 5-way |" in out and "| 20-way within alphabet |" in out
-    client = mlflow.tracking.MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("omniglot-eval").experiment_id])
     acc = run.data.metrics[metrics.shot_metric(metrics.WITHIN_ALPHABET, 20, 1)]
     assert 0.0 <= acc <= 1.0 and "eval.5way.1shot.acc" in run.data.metrics
-    path = client.download_artifacts(run.info.run_id, metrics.WITHIN_ALPHABET_TABLE_JSON,
+    path = mlflow.tracking.MlflowClient(uri).download_artifacts(run.info.run_id, metrics.WITHIN_ALPHABET_TABLE_JSON,
                                      str(tmp_path))
     table = json.loads(Path(path).read_text())  # MLflow's table layout: columns and rows
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
