@@ -35,6 +35,8 @@ from lifelong.memory.protocol import KeyValueMemory
 from lifelong.models import build_encoder
 from lifelong.models.checkpoint import save_encoder
 from lifelong.runtime.context import TrainContext
+from lifelong.runtime.fast_encoder import FastEncoder
+from lifelong.runtime.precision import resolve_precision
 from lifelong.runtime.progress import TrainingProgress
 from lifelong.runtime.threads import torch_threads
 
@@ -105,7 +107,8 @@ def lifelong_step(encoder: torch.nn.Module, memory: KeyValueMemory, x: torch.Ten
         y: [L, B] labels: class ids, the same for a class in every episode and step.
     """
     length, batch = y.shape
-    emb = encoder(x.reshape(length * batch, *x.shape[2:])).reshape(length, batch, -1)
+    # float32 for the memory whatever precision the encoder ran in (FastEncoder casts already)
+    emb = encoder(x.reshape(length * batch, *x.shape[2:])).reshape(length, batch, -1).float()
     losses = []
     correct = torch.empty(length, batch, dtype=torch.bool)
     with torch_threads(1):
@@ -171,6 +174,9 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
     if resume:
         encoder.load_state_dict(resume["encoder"])
     model = ctx.prepare_model(encoder)
+    device = "cuda" if next(encoder.parameters()).is_cuda else "cpu"
+    precision = resolve_precision(cfg.precision, device)
+    runner = FastEncoder(model, precision, cfg.channels_last, cfg.compile, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
@@ -213,9 +219,9 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
                 group["lr"] = lr
             ep = sampler.sample(batch)
             if cfg.mode == "episodic":
-                loss, correct = train_step(model, memory, ep.x, ep.y)
+                loss, correct = train_step(runner, memory, ep.x, ep.y)
             else:
-                loss, correct = lifelong_step(model, memory, ep.x, ep.classes)
+                loss, correct = lifelong_step(runner, memory, ep.x, ep.classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
