@@ -21,8 +21,9 @@ Usage:
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,12 @@ class BenchConfig:
     matmul_size: int = 2048
     repeats: int = 3
     seed: int = 0
+    cold_compile: bool = True  # torch.compile into a fresh cache: warm-up s = a first compile
 
     def __post_init__(self) -> None:
+        if not isinstance(self.cold_compile, bool):
+            raise ConfigError(f"must be true or false, got {self.cold_compile!r}",
+                              key="cold_compile")
         if self.encoder not in ENCODER_NAMES:
             raise ConfigError(f"must be one of {ENCODER_NAMES}, got {self.encoder!r}",
                               key="encoder")
@@ -209,8 +214,10 @@ def print_table(cfg: BenchConfig, rows: list[dict], peaks: dict[str, dict], flop
         speedup = f"{r['images_per_s'] / base:.2f}x" if base else "-"
         print(f"| {r['mode']} | {r['warmup_s']:.1f} | {r['images_per_s']:.0f} | {gflops:.1f} | "
               f"{fp32} | {bf16} | {speedup} | {r['last_loss']:.3f} |")
-    print("\nwarm-up s includes torch.compile's compilation in +compile modes; peak = the best "
-          "of the matmul and the encoder's conv shapes measured above in this run.")
+    cache = "a fresh cache" if cfg.cold_compile else "torch's cache (may be warm)"
+    print(f"\nwarm-up s = the {cfg.warmup} warm-up steps, with torch.compile's compilation "
+          f"into {cache} in +compile modes; peak = the best of the matmul and the encoder's "
+          "conv shapes measured above in this run.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                                "benchmarks/configs/bench_train_speed.yaml")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.cold_compile:  # read when inductor first compiles, after this
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
         background = load_omniglot("background", progress=False)
         encoder = build_encoder(cfg.encoder, cfg.key_dim, dropout=0.0)
         flops = encoder_flops(encoder)
