@@ -84,3 +84,18 @@ def test_fast_encoder_float32_matches_the_plain_encoder():
     out = FastEncoder(encoder, "float32", channels_last=True)(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_train_omniglot_in_bf16_channels_last_saves_a_float32_encoder(tmp_path):
+    from lifelong.experiments.omniglot.train import train_omniglot
+    from lifelong.models.checkpoint import load_encoder
+    from omniglot_fakes import fake_split
+    from test_training import small_job
+
+    torch.set_num_threads(1)
+    job = small_job(tmp_path, steps=3, precision="bfloat16", channels_last=True)
+    result = train_omniglot(job, background=fake_split(num_characters=6, rotations=4),
+                            progress=False)
+    assert result.steps == 3 and torch.isfinite(torch.tensor(result.last_metrics["train.loss"]))
+    encoder, _ = load_encoder(result.checkpoint)
+    assert all(p.dtype == torch.float32 for p in encoder.parameters())
