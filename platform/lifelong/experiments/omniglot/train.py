@@ -173,6 +173,8 @@ def train_omniglot(job: OmniglotTrainJob, logger: StepLogger | None = None,
     resume = ctx.resume or {}
     if resume:
         encoder.load_state_dict(resume["encoder"])
+    if cfg.channels_last:  # before DDP wraps it: DDP's gradient buckets follow the layout
+        encoder = encoder.to(memory_format=torch.channels_last)
     model = ctx.prepare_model(encoder)
     device = "cuda" if next(encoder.parameters()).is_cuda else "cpu"
     precision = resolve_precision(cfg.precision, device)
