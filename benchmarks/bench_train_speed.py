@@ -21,6 +21,7 @@ Usage:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -28,9 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import lifelong  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the source tree
+if importlib.util.find_spec("lifelong") is None:  # no `pip install -e .`: the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 import torch
