@@ -7,7 +7,9 @@ clipping, Adam). Training images/s x the encoder's FLOPs per image (forward + ba
 by torch.utils.flop_counter) gives the achieved GFLOP/s, set against the peak measured in the
 same run for that mode's dtype: the best of a large matmul and the encoder's own convolution
 shapes (contiguous and channels_last), float32 and bfloat16. bf16 modes run only where torch
-has oneDNN and a bf16 matmul measurably beats float32; elsewhere they are skipped.
+has oneDNN and a bf16 matmul measurably beats float32; elsewhere they are skipped. The same
+batches then run through the encoder alone (forward + backward): the gap between the two rates
+is the memory steps, the optimizer and the episode sampling.
 
 Modes are "float32" or "bfloat16", optionally with "+channels_last" and "+compile"
 (torch.compile; its compile time, the warm-up, is reported separately, and a mode whose
@@ -184,8 +186,15 @@ def train_mode(cfg: BenchConfig, mode: str, images) -> dict:
     start = time.perf_counter()
     losses = [step(ep) for ep in episodes[cfg.warmup:]]
     seconds = time.perf_counter() - start
+    # The encoder alone on the same batches (forward + backward, no memory, no optimizer).
+    start = time.perf_counter()
+    for ep in episodes[cfg.warmup:]:
+        runner(ep.x.reshape(length * batch, *ep.x.shape[2:])).sum().backward()
+    encoder_s = time.perf_counter() - start
+    images = cfg.steps * length * batch
     return {"mode": mode, "precision": precision, "warmup_s": warmup_s, "seconds": seconds,
-            "images_per_s": cfg.steps * length * batch / seconds, "last_loss": losses[-1]}
+            "images_per_s": images / seconds, "encoder_images_per_s": images / encoder_s,
+            "last_loss": losses[-1]}
 
 
 def print_table(cfg: BenchConfig, rows: list[dict], peaks: dict[str, dict], flops) -> None:
@@ -201,20 +210,23 @@ def print_table(cfg: BenchConfig, rows: list[dict], peaks: dict[str, dict], flop
     base = next((r["images_per_s"] for r in rows if r["mode"] == "float32" and "error" not in r),
                 None)
     print("\n| mode | warm-up s | images/s | GFLOP/s | of float32 peak | of bf16 peak | "
-          "speed-up vs float32 | loss |")
-    print("|---|---|---|---|---|---|---|---|")
+          "speed-up vs float32 | encoder alone images/s | loss |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['mode']} | - | {r['error']} | | | | | |")
+            print(f"| {r['mode']} | - | {r['error']} | | | | | | |")
             continue
         gflops = flops.total * r["images_per_s"] / 1e9
         fp32 = f"{gflops / peaks['float32']['peak']:.1%}"
         bf16 = f"{gflops / peaks['bfloat16']['peak']:.1%}" if "bfloat16" in peaks else "-"
         speedup = f"{r['images_per_s'] / base:.2f}x" if base else "-"
         print(f"| {r['mode']} | {r['warmup_s']:.1f} | {r['images_per_s']:.0f} | {gflops:.1f} | "
-              f"{fp32} | {bf16} | {speedup} | {r['last_loss']:.3f} |")
+              f"{fp32} | {bf16} | {speedup} | {r['encoder_images_per_s']:.0f} | "
+              f"{r['last_loss']:.3f} |")
     cache = "a fresh cache" if cfg.cold_compile else "torch's cache (may be warm)"
-    print(f"\nwarm-up s = the {cfg.warmup} warm-up steps, with torch.compile's compilation "
+    print("\nencoder alone = the same batches through the encoder's forward + backward only "
+          "(no memory steps, no optimizer): the part of a step the FLOPs count.")
+    print(f"warm-up s = the {cfg.warmup} warm-up steps, with torch.compile's compilation "
           f"into {cache} in +compile modes; peak = the best of the matmul and the encoder's "
           "conv shapes measured above in this run.")
 

@@ -34,4 +34,5 @@ def test_one_mode_trains_and_reports_its_rate():
                             episodes_per_batch=2, way=3, presentations=2, warmup=1, steps=2)
     row = bench.train_mode(cfg, "float32+channels_last", fake_split(num_characters=4).images)
     assert row["images_per_s"] > 0 and row["warmup_s"] > 0
+    assert row["encoder_images_per_s"] > 0
     assert torch.isfinite(torch.tensor(row["last_loss"]))
