@@ -13,7 +13,7 @@ LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export LIFELONG_DATA_DIR
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-sharded bench-workers bench-stream retention stream monitor clean
+.PHONY: install demo test test-slow bench bench-sharded bench-workers bench-stream bench-train-speed retention stream monitor clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-sharded: install
 # 1 vs 2 Ray Train workers, life-long against a 2-shard memory (about 30 minutes on 2 cores).
 bench-workers: install
 	$(PY) benchmarks/bench_train_workers.py
+
+# Episodic training per precision / channels_last / compile mode against the measured peak (~1 min).
+bench-train-speed: install
+	$(PY) benchmarks/bench_train_speed.py --config benchmarks/configs/bench_train_speed.yaml
 
 # The stream job against its floors (encoder alone, memory alone), same segments, one run.
 bench-stream: install

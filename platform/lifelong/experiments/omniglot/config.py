@@ -13,6 +13,7 @@ from lifelong.experiments.omniglot.retention import RetentionSettings
 from lifelong.memory import MemoryConfig
 from lifelong.models import ENCODER_NAMES
 from lifelong.runtime.config import RayTrainConfig
+from lifelong.runtime.precision import PRECISIONS
 from lifelong.tracking.config import TrackingConfig
 
 
@@ -59,6 +60,12 @@ class TrainConfig:
         log_every: Steps between metric logs.
         threads: torch intra-op threads (0: leave torch's default).
         seed: Seeds torch, the episode sampler and the validation split.
+        precision: The encoder's forward/backward: "float32", "bfloat16" (CPU/CUDA autocast;
+            the memory and its loss stay float32) or "auto" (bfloat16 where the CPU flags name
+            avx512_bf16 or amx_bf16, or on a CUDA device with bf16; float32 elsewhere).
+        channels_last: Run the encoder's convolutions in the channels_last memory format.
+        compile: Run the encoder through torch.compile (compiled on the first step, which
+            takes that much longer; benchmarks/bench_train_speed.py says whether it pays).
     """
 
     mode: str = "episodic"
@@ -80,8 +87,17 @@ class TrainConfig:
     log_every: int = 20
     threads: int = 0
     seed: int = 0
+    precision: str = "float32"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"must be one of {PRECISIONS}, got {self.precision!r}",
+                              key="precision")
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"must be true or false, got {getattr(self, name)!r}", key=name)
         if self.mode not in ("episodic", "lifelong"):
             raise ConfigError(f"must be 'episodic' or 'lifelong', got {self.mode!r}", key="mode")
         for name in ("episodes_per_batch", "way", "presentations", "steps", "val_episodes",
