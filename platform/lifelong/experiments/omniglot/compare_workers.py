@@ -43,8 +43,9 @@ def job_for(job: OmniglotTrainJob, workers: int) -> OmniglotTrainJob:
 
 
 def compare_workers(job: OmniglotTrainJob, counts: list[int], progress: bool = True,
-                    out=sys.stdout) -> list[WorkerRun]:
+                    out=None) -> list[WorkerRun]:
     """Trains and evaluates once per worker count; prints the comparison table."""
+    out = out or sys.stdout  # looked up now, not at import
     from lifelong.distributed import detach_shards
     from lifelong.runtime.ray_train import ensure_ray_for
 

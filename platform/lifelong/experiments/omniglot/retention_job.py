@@ -158,7 +158,8 @@ def measure_retention(encoder: torch.nn.Module, images, settings: RetentionSetti
                            slots_needed(result, episodic, settings.within_points))
 
 
-def print_retention(report: RetentionReport, out=sys.stdout) -> None:
+def print_retention(report: RetentionReport, out=None) -> None:
+    out = out or sys.stdout  # looked up now, not at import
     s = report.result.settings
     print(f"\nRetention of {s.way}-way 1-shot recall over a stream of "
           f"{report.result.stream_length} examples, memory never reset:\n\n{report.table}\n",
@@ -190,10 +191,11 @@ def log_retention(run, report: RetentionReport) -> None:
 
 def retention_stage(encoder: torch.nn.Module, settings: RetentionSettings, memory: MemoryConfig,
                     data: DataConfig, run=None, progress: bool = True,
-                    out=sys.stdout) -> RetentionReport:
+                    out=None) -> RetentionReport:
     """Measures retention on the evaluation characters, prints it, logs it into ``run``
     (an MLflow run, or None): what the retention job and a training job with
     ``retention.enabled`` both run."""
+    out = out or sys.stdout  # looked up now, not at import
     images = load_omniglot("evaluation", root=data.root, cache_dir=data.cache_dir,
                            progress=progress).images
     report = measure_retention(encoder, images, settings, memory, progress)
@@ -204,8 +206,9 @@ def retention_stage(encoder: torch.nn.Module, settings: RetentionSettings, memor
 
 
 def run_retention_job(job: RetentionJob, progress: bool = True,
-                      out=sys.stdout) -> RetentionReport:
+                      out=None) -> RetentionReport:
     """Evaluates retention and the episodic reference; prints and logs the table and plot."""
+    out = out or sys.stdout  # looked up now, not at import
     start = time.perf_counter()
     if job.threads:
         torch.set_num_threads(job.threads)
