@@ -37,6 +37,7 @@ if importlib.util.find_spec("lifelong") is None:  # no `pip install -e .`: the s
 import torch
 import torch.nn.functional as F
 
+from bench_memory import best_time
 from lifelong.config import check_int, config_from_args
 from lifelong.data import EpisodeSampler, load_omniglot
 from lifelong.errors import ConfigError, LifelongError
@@ -96,17 +97,6 @@ def parse_mode(mode: str) -> tuple[str, bool, bool]:
         raise ConfigError(f"{mode!r} is not <float32|bfloat16>[+channels_last][+compile]",
                           key="modes")
     return precision, "channels_last" in options, "compile" in options
-
-
-def best_time(fn, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call, in seconds."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def conv_shapes(encoder: torch.nn.Module, batch: int) -> list[tuple[tuple, torch.nn.Conv2d]]:

@@ -1,4 +1,5 @@
-"""Every metric name the platform exports, in one place.
+"""Every metric name the platform exports, in one place, and the timer that keeps the Ray
+gauges among them exported (``GaugeTimer``).
 
 MLflow metrics use dotted names: ``<phase>.<name>`` for scalars and
 ``<phase>.<way>way.<shot>shot.<stat>`` for one-shot accuracies, where phase is ``train``,
@@ -7,6 +8,10 @@ and stat is ``acc`` (mean accuracy in [0, 1]) or ``ci95`` (half-width of its 95%
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
 
 # Phases (prefixes).
 TRAIN = "train"
@@ -172,3 +177,45 @@ STREAM_RAY_EXAMPLES_PER_S = "lifelong_stream_examples_per_s"    # gauge
 STREAM_RAY_LAG_S = "lifelong_stream_lag_s"                      # gauge
 STREAM_RAY_LAG_SEGMENTS = "lifelong_stream_lag_segments"        # gauge
 STREAM_RAY_QUARANTINED = "lifelong_stream_quarantined"          # gauge
+
+
+# Ray drops a gauge series that is not set again within twice its export interval, so the
+# processes that own gauges (shard actors, stream jobs) set them on a timer, traffic or not.
+GAUGE_INTERVAL_S = 5.0
+
+
+class GaugeTimer:
+    """Calls ``set_gauges`` every ``interval_s`` seconds in a daemon thread, from ``start``
+    until ``close``; an exception is logged (debug) and never ends the thread or its owner.
+
+    Args:
+        set_gauges: Sets the owner's gauges (from another thread: it must only read state).
+        interval_s: Seconds between calls.
+        name: The thread's name.
+    """
+
+    def __init__(self, set_gauges: Callable[[], None], interval_s: float = GAUGE_INTERVAL_S,
+                 name: str = "gauges"):
+        self.set_gauges, self.interval_s, self.name = set_gauges, interval_s, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "GaugeTimer":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name=self.name)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stops the thread (the series then expire in Ray)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.set_gauges()
+            except Exception:  # noqa: BLE001 - a gauge must never take its owner down
+                logging.getLogger(__name__).debug("%s not set", self.name, exc_info=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import threading
 import time
 from typing import Any, Sequence
 
@@ -19,11 +17,9 @@ from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import LifelongError, ShardUnavailableError
 
 NAMESPACE = "lifelong"
-GAUGE_INTERVAL_S = 5.0  # how often a shard actor sets its gauges
 # Calls a shard actor runs at once (threads): each holds the shard's lock while it reads or
 # changes the state, and waits for its log sync without it, so writers share syncs.
 MAX_CONCURRENCY = 8
-logger = logging.getLogger(__name__)
 
 
 def actor_name(memory: str, index: int) -> str:
@@ -87,7 +83,9 @@ class ShardActor:
         self.shard = MemoryShard(spec, index, device=device)
         self.metrics = _ShardMetrics(spec.name, index)
         self._gauges()
-        threading.Thread(target=self._gauge_loop, daemon=True, name="gauges").start()
+        # Every GAUGE_INTERVAL_S, traffic or not: not per call (a pass over the slots), and an
+        # idle shard's series stay exported.
+        self._gauge_timer = metrics.GaugeTimer(self._gauges, name="shard-gauges").start()
 
     def _gauges(self) -> None:
         values = self.shard.gauges()
@@ -95,17 +93,6 @@ class ShardActor:
         self.metrics.oldest_age.set(values["oldest_age"])
         self.metrics.snapshot_failures.set(values["snapshot_failures"])
         self.metrics.torn_frames.set(values["torn_frames"])
-
-    def _gauge_loop(self) -> None:
-        """Sets the gauges every GAUGE_INTERVAL_S, traffic or not: not per call (they cost a
-        pass over the slots), and an idle shard's series stay exported (Ray drops a gauge
-        series that is not set again within twice its export interval)."""
-        while True:
-            time.sleep(GAUGE_INTERVAL_S)
-            try:
-                self._gauges()
-            except Exception:  # noqa: BLE001 - a gauge must never take the shard down
-                logger.debug("shard gauges not set", exc_info=True)
 
     def search(self, q, labels, k):
         start = time.perf_counter()

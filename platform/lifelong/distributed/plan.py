@@ -22,12 +22,12 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
     and are refused (answer -1) when none is left, rather than evict an entry. The answer
     (``Update.inserted``) holds the slot of each insert, then of each refresh, in order.
     """
-    mem, dev = memory, memory.keys.device
+    dev = memory.keys.device
     refresh_local = write.refresh_slots - offset
     if ((refresh_local < 0) | (refresh_local >= memory.num_slots)).any():
         raise MemoryStateError("refresh slots outside this shard")
     refresh_local = refresh_local.astype(np.int64)
-    held = mem.values[as_tensor(refresh_local, dev)].cpu().numpy()
+    held = memory.values[as_tensor(refresh_local, dev)].cpu().numpy()
     fresh = held == write.refresh_labels
     stale = np.flatnonzero(~fresh)
     n_ins = len(write.insert_labels)
@@ -41,12 +41,12 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
                               write.refresh_positions[stale],
                               write.insert_positions[marked:]]).astype(np.int64, copy=False)
     wants_empty = marked + len(stale)
-    empty = mem.num_slots - mem.occupancy() if wants_empty else 0  # none is refreshed now
+    empty = memory.num_slots - memory.occupancy() if wants_empty else 0  # none is refreshed now
     accept = np.ones(len(ins_labels), dtype=bool)
     accept[min(wants_empty, empty):wants_empty] = False
-    plan = mem.plan_write(as_tensor(refresh_local[fresh], dev),
-                          as_tensor(write.refresh_q[fresh], dev), as_tensor(ins_q[accept], dev),
-                          as_tensor(ins_labels[accept], dev))
+    plan = memory.plan_write(as_tensor(refresh_local[fresh], dev),
+                             as_tensor(write.refresh_q[fresh], dev),
+                             as_tensor(ins_q[accept], dev), as_tensor(ins_labels[accept], dev))
     taken = np.full(len(ins_labels), -1, dtype=np.int64)
     taken[accept] = plan.inserted.cpu().numpy()
     # the answer in the write's order: its inserts, then its refreshes
@@ -55,7 +55,7 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
     answer_refresh[stale] = converted
     answer = np.concatenate([taken[:marked], taken[marked + len(stale):], answer_refresh])
     return Update(writer=write.writer, seq=write.seq, digest=digest,
-                  clock=int(mem.clock) + 1, slots=plan.slots.cpu().numpy(),
+                  clock=int(memory.clock) + 1, slots=plan.slots.cpu().numpy(),
                   keys=plan.keys.cpu().numpy().astype(np.float32),
                   values=plan.values.cpu().numpy(),
                   recent_labels=np.concatenate([write.refresh_labels[fresh],

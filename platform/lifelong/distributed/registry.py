@@ -45,7 +45,8 @@ def _start_shard(spec: MemorySpec, index: int):
     return ray.remote(ShardActor).options(
         name=actor_name(spec.name, index), namespace=NAMESPACE, lifetime="detached",
         max_restarts=-1, max_task_retries=-1, num_cpus=spec.num_cpus, num_gpus=num_gpus,
-        max_concurrency=MAX_CONCURRENCY, resources={"memory_shard": spec.shard_resource} if spec.shard_resource else None,
+        max_concurrency=MAX_CONCURRENCY,
+        resources={"memory_shard": spec.shard_resource} if spec.shard_resource else None,
         get_if_exists=True,  # two clients starting the same memory get the same actors
         scheduling_strategy="SPREAD" if spec.placement == "spread" else "DEFAULT",
     ).remote(spec.to_json(), index)

@@ -108,16 +108,12 @@ class MemoryShard:
     # ------------------------------------------------------------------ calls, durable replies
     def search(self, q: np.ndarray, labels: np.ndarray | None, k: int) -> ShardAnswer:
         """The local answer to B normalised queries q [B, d] (labels [B] or None)."""
-        with self.lock:
-            self._recover()
-            answer, frame = self._search(q, labels, k), self._frame
-        self._durable(frame)
-        return answer
+        return self._reply(lambda: self._search(q, labels, k))
 
     def apply(self, write: ShardWrite) -> np.ndarray:
         """Applies this shard's part of an update batch once, durably; returns the global
         slot of each of its inserts, then of each of its refreshes, in order, -1 where
-        refused (see ``_plan``); the same answer again for a retried batch, none for a redone
+        refused (see ``plan.plan_update``); the same answer again for a retried batch, none for a redone
         one.
 
         Raises:
@@ -127,40 +123,41 @@ class MemoryShard:
             InvalidQueryError, InvalidLabelError: bad queries or labels.
             DurabilityError: it could not be logged (nothing applied).
         """
-        with self.lock:
-            self._recover()
-            inserted, frame = self._apply(write), self._frame
-        self._durable(frame)
-        return inserted
+        return self._reply(lambda: self._apply(write))
 
     def step(self, write: ShardWrite, q: np.ndarray, labels: np.ndarray | None,
              k: int) -> tuple[np.ndarray, ShardAnswer]:
         """A pipelined client's one call per step: ``apply(write)`` (the previous step's
         update), then ``search(q, labels, k)``, which so sees it; the log is synced while the
         search runs. If the apply raises, nothing is searched."""
-        with self.lock:
-            self._recover()
+        def work():
             inserted = self._apply(write)
             if self.store is not None:
                 self.store.sync_soon()  # while the search runs
-            answer, frame = self._search(q, labels, k), self._frame
-        self._durable(frame)
-        return inserted, answer
+            return inserted, self._search(q, labels, k)
 
-    def _durable(self, frame: int) -> None:
-        """Returns once log frame ``frame`` is durable (an answer is sent only then).
+        return self._reply(work)
+
+    def _reply(self, work):
+        """``work()`` under the lock (after any rebuild, see ``_recover``), its result
+        returned once every update it reflects is durable: the log synced past ``_frame``,
+        without the lock, so other callers go on meanwhile.
 
         Raises:
-            DurabilityError: a failed sync lost it; the state is rebuilt from the files.
+            DurabilityError: a failed sync lost an update it reflects; the state is rebuilt
+                from the files.
         """
-        if self.store is None:
-            return
-        try:
-            self.store.sync(frame)
-        except DurabilityError:
-            with self.lock:
-                self._recover()
-            raise
+        with self.lock:
+            self._recover()
+            result, frame = work(), self._frame
+        if self.store is not None:
+            try:
+                self.store.sync(frame)
+            except DurabilityError:
+                with self.lock:
+                    self._recover()
+                raise
+        return result
 
     def _recover(self) -> None:
         """After a failed sync lost logged updates (``GroupCommit``): the state again as the
@@ -363,18 +360,16 @@ class MemoryShard:
     def state(self) -> dict[str, np.ndarray]:
         """keys [n, d], values [n], ages [n], recent_slots (global) / recent_clock /
         recent_position [V]: copies, sent once durable."""
-        with self.lock:
-            self._recover()
+        def copies():
             mem = self.memory
-            state = {"keys": mem.keys.cpu().numpy().copy(),  # the state now, not a view
-                     "values": mem.values.cpu().numpy().copy(), "ages": mem.ages.cpu().numpy(),
-                     "recent_slots": np.where(self.recent_slots >= 0,
-                                              self.recent_slots + self.offset, -1),
-                     "recent_clock": self.recent_clock.copy(),
-                     "recent_position": self.recent_position.copy()}
-            frame = self._frame
-        self._durable(frame)
-        return state
+            return {"keys": mem.keys.cpu().numpy().copy(),  # the state now, not a view
+                    "values": mem.values.cpu().numpy().copy(), "ages": mem.ages.cpu().numpy(),
+                    "recent_slots": np.where(self.recent_slots >= 0,
+                                             self.recent_slots + self.offset, -1),
+                    "recent_clock": self.recent_clock.copy(),
+                    "recent_position": self.recent_position.copy()}
+
+        return self._reply(copies)
 
     def status(self) -> dict:
         """Occupancy, oldest age (both kept incrementally by the shard's ``Memory``: amortised

@@ -203,7 +203,7 @@ class ShardStore:
             try:
                 write_all(fd, frame)
             except OSError as exc:
-                self._undo_append(fd)
+                self._undo_append()
                 raise DurabilityError(self._not_logged(exc)) from None
             return self.commit.written(self.commit.size + len(frame))
 
@@ -246,15 +246,14 @@ class ShardStore:
         return self._fd
 
     def _cut(self, size: int) -> None:
-        """Truncates the open log to ``size`` bytes, durably (after a failed sync)."""
+        """Truncates the open log to ``size`` bytes, durably (after a failed write or sync)."""
         os.ftruncate(self._fd, size)
         os.fsync(self._fd)
 
-    def _undo_append(self, fd: int) -> None:
-        """Cuts a failed write's bytes off the log (and syncs the cut); ``commit.lock`` held."""
+    def _undo_append(self) -> None:
+        """Cuts a failed write's bytes off the log; ``commit.lock`` held."""
         try:
-            os.ftruncate(fd, self.commit.size)
-            os.fsync(fd)
+            self._cut(self.commit.size)
         except OSError as exc:
             self._broken = (f"{self._log_path()}: a failed append could not be undone "
                             f"({exc.strerror or exc}); the shard accepts no writes until it "

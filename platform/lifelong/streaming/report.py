@@ -3,7 +3,6 @@ and the plot of the k-shot curves over time."""
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from pathlib import Path
@@ -14,8 +13,6 @@ import numpy as np
 from lifelong import metrics
 from lifelong.streaming.stats import StreamStats
 
-GAUGE_INTERVAL_S = 5.0  # how often a running stream job sets its gauges again
-log = logging.getLogger(__name__)
 
 
 def stream_metrics(stats: StreamStats, windows: Sequence[int], shots: Sequence[int],
@@ -49,21 +46,18 @@ def stream_metrics(stats: StreamStats, windows: Sequence[int], shots: Sequence[i
 class StreamGauges:
     """The stream job's Ray metrics (gauges tagged with the stream and memory names).
 
-    ``update`` sets them at each log point; between log points a thread sets the last values
-    again every ``interval_s`` (``start``/``close``), so a job that has caught up and waits for
-    data keeps its series: Ray drops a gauge series that is not set again within twice its
-    export interval.
+    ``update`` sets them at each log point; between log points a ``metrics.GaugeTimer`` sets
+    the last values again every ``interval_s`` (``start``/``close``), so a job that has caught
+    up and waits for data keeps its series.
     """
 
     def __init__(self, stream: str, memory: str, windows: Sequence[int], shots: Sequence[int],
-                 interval_s: float = GAUGE_INTERVAL_S):
+                 interval_s: float = metrics.GAUGE_INTERVAL_S):
         from ray.util import metrics as ray_metrics
 
-        self.interval_s = interval_s
         self._last: dict[tuple, tuple] = {}  # (gauge id, tags) -> (gauge, value, tags)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._timer = metrics.GaugeTimer(self._again, interval_s, name="stream-gauges")
 
         keys = metrics.STREAM_TAG_KEYS
         gauge = lambda name, text, extra=(): ray_metrics.Gauge(  # noqa: E731
@@ -106,27 +100,14 @@ class StreamGauges:
             for gauge, value, tags in self._last.values():
                 gauge.set(value, tags=tags)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self._again()
-            except Exception:  # noqa: BLE001 - a gauge must never take the job down
-                log.debug("stream gauges not set", exc_info=True)
-
     def start(self) -> "StreamGauges":
-        """Starts the thread that sets the last values again every ``interval_s``."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, daemon=True,
-                                            name="stream-gauges")
-            self._thread.start()
+        """Starts setting the last values again every ``interval_s``."""
+        self._timer.start()
         return self
 
     def close(self) -> None:
-        """Stops that thread (the series then expire in Ray as the job ends)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Stops that (the series then expire in Ray as the job ends)."""
+        self._timer.close()
 
 
 def plot_kshot(stats: StreamStats, shots: Sequence[int], path: Path,
