@@ -45,3 +45,35 @@ def test_show_then_ask_writes_the_shown_pairs_first(real_data, tmp_path):
     assert 3 < int(shown.memory.ages.max()) <= 6
     first = translate(shown, ["A dog runs on the grass."])
     assert first == translate(shown, ["A dog runs on the grass."])
+
+
+def test_held_out_pairs_are_not_trained_on_and_the_checkpoint_records_them(real_data, tmp_path,
+                                                                        monkeypatch):
+    from dataclasses import replace
+
+    from lifelong.experiments.translation import train as train_module
+    from lifelong.experiments.translation.heldout import HeldOutWord, held_out_pairs
+    from lifelong.models.checkpoint import TranslationModel
+
+    base = job(tmp_path, 0)
+    j = replace(base, data=replace(base.data, heldout_words=20))
+    seen = []
+    real_build = train_module.build
+
+    def build(*args, **kwargs):
+        built = real_build(*args, **kwargs)
+        seen.append(built)
+        return built
+
+    monkeypatch.setattr(train_module, "build", build)
+    tm = TranslationModel.load(train_module.train_translation(j, progress=False).checkpoint)
+    heldout = [HeldOutWord.from_list(row) for row in tm.meta["heldout"]]
+    assert len(heldout) == 20 and tm.meta["steps"] == 3
+    train = load_multi30k("train", progress=False)
+    trained_texts = set(seen[0][3])
+    for i in held_out_pairs(heldout):
+        # neither pair of a held-out word is trained on (a duplicate sentence elsewhere
+        # in the training split may be)
+        assert train.source[i] not in trained_texts or train.source.count(train.source[i]) > 1
+    for h in heldout:
+        assert h.word in train.source[h.shown].lower() and h.word in train.source[h.asked].lower()

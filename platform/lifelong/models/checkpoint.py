@@ -5,7 +5,7 @@ read with ``weights_only=True`` (no code runs when a stored file is loaded)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +71,15 @@ def load_encoder(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
 @dataclass
 class TranslationModel:
-    """A translator checkpoint (``translator.pt``): the model, both subword vocabularies and
-    the memory's state (or None)."""
+    """A translator checkpoint (``translator.pt``): the model, both subword vocabularies,
+    the memory's state (or None) and what training recorded (``meta``: steps, wall time,
+    the held-out words; ``save``'s ``extra``)."""
 
     model: Translator
     source_vocab: SubwordVocab
     target_vocab: SubwordVocab
     memory: Memory | None
+    meta: dict = field(default_factory=dict)
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         path = Path(path)
@@ -112,7 +114,7 @@ class TranslationModel:
         if p["memory"] is not None:
             memory = Memory(**p["memory_config"])
             memory.load_state_dict(p["memory"])
-        return cls(model, sv, tv, memory)
+        return cls(model, sv, tv, memory, dict(p.get("extra") or {}))
 
 
 def _memory_args(memory: KeyValueMemory | None) -> dict | None:

@@ -156,13 +156,21 @@ class Translator(nn.Module):
         logits = self.out(o)
         if memory is None or not self.config.use_memory:
             return logits.log_softmax(-1), o.new_zeros(())
-        logits = _blinded(logits, labels, blind)
+        m = self.mixture(o, features, memory, labels, update, blind)
+        p = (1 - m.gate) * m.p_dec + m.gate * m.p_mem
+        return p.clamp_min(1e-9).log(), m.loss
+
+    def mixture(self, o: torch.Tensor, features: torch.Tensor, memory,
+                labels: torch.Tensor | None = None, update: bool = False,
+                blind: torch.Tensor | None = None) -> "Mixture":
+        """The parts of the memory model's distribution (``log_probs`` mixes them; the
+        one-shot diagnosis reads them): arguments as ``log_probs``, with a memory."""
+        logits = _blinded(self.out(o), labels, blind)
         a = self._consult(o, features, memory, labels, update)
         p_mem = torch.zeros_like(logits).scatter_add(1, a.values.clamp(min=0), a.weights)
         p_dec = logits.softmax(-1)
         gate = self._gate(o, a, p_mem.detach().max(1).values, p_dec.detach().max(1).values)
-        p = (1 - gate) * p_dec + gate * p_mem
-        return p.clamp_min(1e-9).log(), a.loss
+        return Mixture(p_dec=p_dec, p_mem=p_mem, gate=gate, loss=a.loss)
 
     def gold_log_probs(self, o: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
                        memory=None, update: bool = False,
@@ -310,6 +318,17 @@ class Translator(nn.Module):
         finished += [(t, s / len(t) ** alpha) for t, s, _ in hyps]
         best = max(finished, key=lambda f: (f[1], [-x for x in f[0]]))  # ties: stable
         return _until_eos(best[0])
+
+
+@dataclass
+class Mixture:
+    """p(y) = (1 - gate) * p_dec + gate * p_mem: p_dec, p_mem [N, V], gate [N, 1], and the
+    memory's margin loss (scalar; 0 without labels)."""
+
+    p_dec: torch.Tensor
+    p_mem: torch.Tensor
+    gate: torch.Tensor
+    loss: torch.Tensor
 
 
 @dataclass

@@ -19,16 +19,25 @@ from lifelong.tracking.config import TrackingConfig
 @dataclass(frozen=True)
 class TranslationData:
     """Section ``data``: vocabulary sizes, the longest training pair kept (in pieces), and
-    optionally only the first ``max_pairs`` training pairs (quick tests)."""
+    optionally only the first ``max_pairs`` training pairs (quick tests).
+
+    heldout_words: words whose two training pairs are held out of training for the one-shot
+    evaluation (one shown, one asked; ``heldout.hold_out``), drawn among words held in
+    2..heldout_max_count training sources, seeded by train.seed. 0: none.
+    """
 
     vocab_size: int = 8000
     max_len: int = 64
     max_pairs: int | None = None
     root: str | None = None
+    heldout_words: int = 0
+    heldout_max_count: int = 7
 
     def __post_init__(self) -> None:
         check_int("vocab_size", self.vocab_size, minimum=8)
         check_int("max_len", self.max_len, minimum=2)
+        check_int("heldout_words", self.heldout_words, minimum=0)
+        check_int("heldout_max_count", self.heldout_max_count, minimum=2)
         if self.max_pairs is not None:
             check_int("max_pairs", self.max_pairs)
 
@@ -100,6 +109,7 @@ class TranslationJob:
                               f"over ray.num_workers {self.ray.num_workers}")
 
 
+RARE_POOLS = ("test", "val", "heldout")  # where one-shot items are asked (``oneshot``)
 ALL_SPLITS = "all"  # ``split: all``: every official test set (multi30k.TEST_SPLITS)
 
 
@@ -111,7 +121,11 @@ class TranslationEvalJob:
         split: the split translated: one of Multi30k's (``TEST_SPLITS``: the four official
             test sets), or ``all``: each test set found (one BLEU line each); beam: beam size
             (1: greedy); max_sentences: a prefix of each split (None: all of it).
-        rare_counts: the protocol's max_train_count values, one table row each.
+        rare_counts: the protocol's max_train_count values, one table each.
+        rare_pools: where the one-shot items are asked (``oneshot``): ``test`` (the first
+            split), ``val``, ``heldout`` (the held-out training pairs the checkpoint records).
+        diagnose: print and log why shown words are not used (``diagnose``), for the largest
+            of rare_counts.
     """
 
     checkpoint: str | None = None
@@ -120,6 +134,8 @@ class TranslationEvalJob:
     beam: int = 5
     max_sentences: int | None = None
     rare_counts: tuple[int, ...] = (1, 5)
+    rare_pools: tuple[str, ...] = RARE_POOLS
+    diagnose: bool = True
     data_root: str | None = None
     threads: int = 0
     tracking: TrackingConfig = field(
@@ -137,3 +153,10 @@ class TranslationEvalJob:
         if self.max_sentences is not None:
             check_int("max_sentences", self.max_sentences)
         object.__setattr__(self, "rare_counts", tuple(self.rare_counts))
+        object.__setattr__(self, "rare_pools", tuple(self.rare_pools))
+        for count in self.rare_counts:
+            check_int("rare_counts", count, minimum=0)
+        unknown = [p for p in self.rare_pools if p not in RARE_POOLS]
+        if unknown or len(set(self.rare_pools)) != len(self.rare_pools):
+            raise ConfigError(f"must be distinct names among {', '.join(RARE_POOLS)}, got "
+                              f"{list(self.rare_pools)!r}", key="rare_pools")

@@ -9,12 +9,18 @@ import json
 import sys
 import time
 
+from tqdm.auto import tqdm
+
 from lifelong import metrics
 from lifelong.data import load_multi30k
 from lifelong.data.multi30k import TEST_SPLITS, Multi30kSplit
 from lifelong.errors import CorruptArchiveError, DataError
 from lifelong.experiments.translation.config import ALL_SPLITS, TranslationEvalJob, TranslationJob
-from lifelong.experiments.translation.evaluate import bleu, rare_word_items, run_rare_words, translate
+from lifelong.experiments.translation.diagnose import diagnose_item, diagnosis_table
+from lifelong.experiments.translation.evaluate import bleu, translate
+from lifelong.experiments.translation.heldout import HeldOutWord, held_out_pairs
+from lifelong.experiments.translation.oneshot import (breakdown, heldout_items, rare_word_items,
+                                                      run_rare_words)
 from lifelong.experiments.translation.train import TranslationTrainResult, train_translation
 from lifelong.models.checkpoint import TranslationModel
 from lifelong.models.serving import GreedyTranslator, translator_input_example
@@ -23,8 +29,6 @@ from lifelong.tracking import TrackedRun, job_run, log_model, redact_uri, resolv
 
 # The sentences of the logged model's input example (its signature: ids in, ids out).
 EXAMPLE_SENTENCES = ["A man is riding a bicycle.", "Two dogs play in the snow."]
-# The rare-word figures logged as metrics (every column goes to the table artifact).
-RARE_HEADLINE = ("hit_without", "hit_with")
 
 
 def log_translator_model(run: TrackedRun, checkpoint, register_as: str | None):
@@ -118,8 +122,8 @@ def evaluate_translation(job: TranslationEvalJob, progress: bool = True, out=Non
         print(f"\nBLEU on {name} ({n} sentences, beam {job.beam}, {kind}): {score:.2f}\n"
               f"  {signature}", file=out)
     name, test = next(iter(tests.items()))
-    table = _rare_word_table(job, tm, name, test, results, progress, out) \
-        if job.rare_counts else []
+    table, details = _rare_word_table(job, tm, name, test, results, progress, out) \
+        if job.rare_counts else ([], {})
     out.flush()
     with job_run(job.tracking, run_id=job.run_id, tags={"job": "evaluate_translation"}) as run:
         if run is not None:
@@ -131,39 +135,88 @@ def evaluate_translation(job: TranslationEvalJob, progress: bool = True, out=Non
             for name, hyps in translations.items():
                 run.log_text("\n".join(hyps), metrics.translations_artifact(name))
             if table:
-                run.log_table([{k: v for k, v in row.items() if k != "examples"}
-                               for row in table], metrics.RARE_WORDS_TABLE)
-                run.log_text(json.dumps(table, indent=1, ensure_ascii=False),
+                run.log_table(table, metrics.RARE_WORDS_TABLE)
+                run.log_text(json.dumps(details, indent=1, ensure_ascii=False),
                              metrics.RARE_WORDS_JSON)
             print(f"\nlogged to MLflow run {run.run_id}", file=out)
     return results
 
 
 def _rare_word_table(job: TranslationEvalJob, tm: TranslationModel, split: str,
-                     test: Multi30kSplit, results: dict, progress: bool, out) -> list[dict]:
-    """Prints the one-shot rare-word table on ``split``, adds its metrics to ``results`` and
-    returns its rows."""
+                     test: Multi30kSplit, results: dict, progress: bool,
+                     out) -> tuple[list[dict], dict]:
+    """Prints the one-shot rare-word tables (items asked from ``job.rare_pools``, ``split``
+    for ``test``) and, with ``job.diagnose``, the diagnosis; adds their metrics to
+    ``results``. Returns the rows (one per bound and group) and the details: every item's
+    translations and the diagnosis table."""
     train = load_multi30k("train", root=job.data_root, progress=progress)
     val = load_multi30k("val", root=job.data_root, progress=progress)
-    print(f"\nOne-shot rare words on {split} (the asked test sentence translated without / "
-          "after one showing of another pair holding the word):\n", file=out)
-    print("| rare = seen in training at most | words | hit rate without | hit rate with | "
-          "BLEU without | BLEU with |\n| --- | --- | --- | --- | --- | --- |", file=out)
-    table = []
+    heldout = [HeldOutWord.from_list(row) for row in tm.meta.get("heldout", [])]
+    removed = held_out_pairs(heldout)
+    trained = ([s for i, s in enumerate(train.source) if i not in removed],
+               [t for i, t in enumerate(train.target) if i not in removed])
+    pools = {"test": (test.source, test.target), "val": (val.source, val.target)}
+    table, details = [], {"items": {}, "diagnosis": None}
     for count in job.rare_counts:
-        items = rare_word_items((train.source, train.target), (test.source, test.target),
-                                (val.source, val.target), max_train_count=count)
-        r = run_rare_words(tm, items, test.source, test.target)
-        row = {"max_train_count": count, "words": len(items),
-               "hit_without": r.hit_rate(r.without), "hit_with": r.hit_rate(r.with_shown),
-               "bleu_without": r.bleu(r.without), "bleu_with": r.bleu(r.with_shown),
-               "examples": [{"word": i.word, "shown_from": i.shown_from,
-                             "translations": i.translations, "without": a, "with": b}
-                            for i, a, b in zip(items, r.without, r.with_shown)]}
-        table.append(row)
-        print(f"| {count} | {len(items)} | {100 * row['hit_without']:.1f}% | "
-              f"{100 * row['hit_with']:.1f}% | {row['bleu_without']:.2f} | "
-              f"{row['bleu_with']:.2f} |", file=out)
-        for key in RARE_HEADLINE:
-            results[metrics.rare_word_metric(count, key)] = row[key]
-    return table
+        items = []
+        for pool in job.rare_pools:
+            if pool == "heldout":
+                items += heldout_items(trained, (train.source, train.target), heldout, count)
+            else:  # shown from the same split first, then the other one, then training
+                others = [(name, pools[name]) for name in pools if name != pool]
+                items += rare_word_items(trained, [(pool, pools[pool]), *others], count)
+        bar = tqdm(total=len(items), desc=f"rare words (<= {count})", disable=not progress,
+                   leave=False)
+        r = run_rare_words(tm, items, progress=lambda: bar.update())
+        bar.close()
+        rows = r.rows(breakdown(items, tm.target_vocab))
+        print(f"\nOne-shot rare words seen in training at most {count} times ({split} for "
+              "test): the asked sentence translated without / after one showing of another "
+              "pair holding the word; hit rates with 95% Wilson intervals\n", file=out)
+        print("| items | words | hit rate without | hit rate with |\n| --- | --- | --- | --- |",
+              file=out)
+        for row in rows:
+            if row["words"]:
+                print(f"| {row['group']} | {row['words']} | {_rate(row, 'without')} | "
+                      f"{_rate(row, 'with')} |", file=out)
+        test_rows = [i for i, item in enumerate(items) if item.asked_from == "test"]
+        for key, outputs in (("without", r.without), ("with", r.with_shown)):
+            hits = r.hits(outputs)
+            results[metrics.rare_word_metric(count, f"hit_{key}")] = (
+                sum(hits[i] for i in test_rows) / len(test_rows) if test_rows else float("nan"))
+            results[metrics.rare_word_metric(count, f"bleu_{key}")] = r.bleu(outputs)
+        for row in rows:
+            if row["group"] == "all":
+                for key in ("words", "hit_without", "hit_with", "hit_with_low",
+                            "hit_with_high"):
+                    results[metrics.rare_word_metric(count, f"all.{key}")] = row[key]
+        table += [{"max_train_count": count, **row} for row in rows]
+        details["items"][str(count)] = [
+            {"word": i.word, "asked_from": i.asked_from, "shown_from": i.shown_from,
+             "train_count": i.train_count, "translations": i.translations,
+             "without": a, "with": b} for i, a, b in zip(items, r.without, r.with_shown)]
+        if job.diagnose and tm.memory is not None and count == max(job.rare_counts):
+            diagnoses = [diagnose_item(tm, item, output)
+                         for item, output in zip(items, r.with_shown)]
+            details["diagnosis"] = diagnosis_table(diagnoses, tm.memory.choose_k)
+            _print_diagnosis(details["diagnosis"], count, out)
+    return table, details
+
+
+def _rate(row: dict, key: str) -> str:
+    return (f"{100 * row[f'hit_{key}']:.1f}% [{100 * row[f'hit_{key}_low']:.1f}, "
+            f"{100 * row[f'hit_{key}_high']:.1f}]")
+
+
+def _print_diagnosis(d: dict, count: int, out) -> None:
+    print(f"\nWhy a shown word is not used (the {d['items']} items seen at most {count} times; "
+          "teacher-forced on the asked reference, diagnose.py):\n", file=out)
+    print("| first cause | items |\n| --- | --- |", file=out)
+    for cause, share in d["causes"].items():
+        print(f"| {cause} | {100 * share:.1f}% |", file=out)
+    kinds = ("first piece", "later pieces")
+    print("\n| at the translation's | " + " | ".join(kinds) + " |\n| --- | --- | --- |", file=out)
+    for key in d[kinds[0]]:
+        cells = [d[k][key] for k in kinds]
+        text = [f"{c:.0f}" if key in ("pieces", "median rank") else f"{c:.3f}" for c in cells]
+        print(f"| {key} | " + " | ".join(text) + " |", file=out)

@@ -18,6 +18,7 @@ import torch
 from lifelong import metrics
 from lifelong.data import load_multi30k
 from lifelong.experiments.translation.config import TranslationJob
+from lifelong.experiments.translation.heldout import held_out_pairs, hold_out
 from lifelong.experiments.translation.showings import Showings
 from lifelong.models.checkpoint import TRANSLATOR_FILE, TranslationModel
 from lifelong.models.translator import Translator
@@ -49,9 +50,15 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 def build(job: TranslationJob, progress: bool = True):
     """Vocabularies (training split only), the training pairs kept (encoded, and their source
-    texts), model and memory."""
+    texts), model, memory and the held-out words (``heldout``: their pairs are neither in the
+    vocabularies' text nor trained on)."""
     train = load_multi30k("train", root=job.data.root, progress=progress)
     sources, targets = train.source[:job.data.max_pairs], train.target[:job.data.max_pairs]
+    heldout = hold_out(sources, job.data.heldout_words, job.data.heldout_max_count,
+                       job.train.seed)
+    removed = held_out_pairs(heldout)
+    trained = [i for i in range(len(sources)) if i not in removed]
+    sources, targets = [sources[i] for i in trained], [targets[i] for i in trained]
     sv = SubwordVocab.train(sources, job.data.vocab_size)
     tv = SubwordVocab.train(targets, job.data.vocab_size)
     src, tgt = sv.encode(sources), tv.encode(targets)
@@ -64,7 +71,7 @@ def build(job: TranslationJob, progress: bool = True):
                                   num_slots=job.shared_memory.num_slots, num_values=len(tv),
                                   seed=job.train.seed)
     return (TranslationModel(model, sv, tv, memory), [src[i] for i in keep],
-            [tgt[i] for i in keep], [sources[i] for i in keep])
+            [tgt[i] for i in keep], [sources[i] for i in keep], heldout)
 
 
 @dataclass
@@ -90,7 +97,7 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
     t = job.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    tm, src, tgt, texts = build(job, progress and ctx.rank == 0)
+    tm, src, tgt, texts, heldout = build(job, progress and ctx.rank == 0)
     memory = ctx.shared_memory if ctx.shared_memory is not None else tm.memory
     showings = Showings(texts, tgt, t.show_min_count, t.show_max_count, t.blind_max_count) \
         if memory is not None and t.show_per_batch else None
@@ -148,7 +155,8 @@ def train_translation(job: TranslationJob, logger=None, progress: bool = True,
         epoch += 1
     bar.close()
     wall = time.perf_counter() - start
-    extra = {"steps": step, "wall_s": wall, "epochs": epoch}
+    extra = {"steps": step, "wall_s": wall, "epochs": epoch,
+             "heldout": [h.to_list() for h in heldout]}
     if ctx.save is not None:
         ctx.save(step, {"model": tm.model.state_dict(), "optimizer": opt.state_dict(),
                         "step": step, "elapsed_s": wall, "meta": extra,
