@@ -29,8 +29,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import torch
-
 from lifelong.experiments.translation.evaluate import bleu, translate
 from lifelong.experiments.translation.heldout import HeldOutWord
 from lifelong.experiments.translation.showings import words
@@ -89,6 +87,7 @@ def rare_word_items(train: Pairs, pools: Sequence[tuple[str, Pairs]],
             if t.source_counts[w] <= max_train_count:
                 asked_at.setdefault(w, i)
     show_from = [*pools, ("train", train)]
+    by_name = dict(show_from)
     items = []
     for w in sorted(asked_at):
         asked = asked_at[w]
@@ -97,7 +96,7 @@ def rare_word_items(train: Pairs, pools: Sequence[tuple[str, Pairs]],
         if shown is None:
             continue
         pool, j = shown
-        shown_source, shown_target = dict(show_from)[pool][0][j], dict(show_from)[pool][1][j]
+        shown_source, shown_target = by_name[pool][0][j], by_name[pool][1][j]
         cands = t.translations(targets[asked], shown_target, max_train_count)
         if cands and shown_target != targets[asked]:
             items.append(RareWordItem(w, name, asked, sources[asked], targets[asked], pool,
@@ -238,9 +237,3 @@ def show(tm: TranslationModel, item: RareWordItem,
     if on_write:
         on_write(item.shown_target)
     tm.model.remember(src, tgt, tm.memory)
-
-
-def restore_check(memory) -> Callable[[], bool]:
-    """A closure telling whether the memory still holds the state it had when made."""
-    saved = {k: v.clone() for k, v in memory.state_dict().items()}
-    return lambda: all(torch.equal(v, saved[k]) for k, v in memory.state_dict().items())
