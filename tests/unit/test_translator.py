@@ -138,3 +138,40 @@ def test_training_scores_equal_the_full_mixture_at_the_true_tokens(data, use_mem
             gold, loss_gold = model.gold_log_probs(o, features, labels, memory, blind=b)
             torch.testing.assert_close(gold, full.gather(1, labels[:, None])[:, 0])
             assert torch.equal(loss_gold, loss_full)
+
+
+def test_source_keyed_query_splits_the_similarity_by_its_weight(data):
+    """With source_key_weight w, cos(q1, q2) = w cos(aligned parts) + (1 - w) cos(state parts):
+    two positions aligned to the same source embedding are at least w similar."""
+    sv, tv, src, tgt = data
+    torch.manual_seed(0)
+    config = TranslatorConfig(emb_dim=32, hidden=64, key_dim=16, dropout=0.0,
+                              source_key_weight=0.75)
+    model = Translator(len(sv), len(tv), config)
+    features = torch.randn(6, 64 + 32)
+    features[3:, 64:] = features[:3, 64:]  # the same aligned source, other decoder states
+    q = model.memory_query(features)
+    assert q.shape == (6, 16)
+    torch.testing.assert_close(q.norm(dim=1), torch.ones(6))
+    aligned = torch.nn.functional.normalize(model.query_aligned(features[:, 64:]), dim=1)
+    state = torch.nn.functional.normalize(model.query(features[:, :64]), dim=1)
+    expected = 0.75 * aligned @ aligned.t() + 0.25 * state @ state.t()
+    torch.testing.assert_close(q @ q.t(), expected)
+    assert bool(((q[:3] * q[3:]).sum(1) >= 0.75 - 0.25 - 1e-6).all())
+    memory = tiny_memory(tv, 256, 16)  # and it trains like the learned mix
+    losses = fit(model, memory, src, tgt, 40)
+    assert losses[-1] < 0.3 * losses[0], losses[::8]
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"source_key_weight": 0.0}, "source_key_weight"),
+    ({"source_key_weight": 1.0}, "source_key_weight"),
+    ({"source_key_weight": True}, "source_key_weight"),
+    ({"source_key_weight": 0.5, "query_source": False}, "source_key_weight"),
+    ({"source_key_weight": 0.5, "key_dim": 15}, "key_dim"),
+])
+def test_source_key_weight_rejects_bad_values(changes, key):
+    from lifelong.errors import ConfigError
+    with pytest.raises(ConfigError) as err:
+        TranslatorConfig(**changes)
+    assert err.value.key == key

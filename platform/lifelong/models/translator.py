@@ -6,7 +6,14 @@ decoder's own distribution is softmax(W o_t). The memory is queried with
 q_t = W_q [o_t; e_t] [key_dim], where e_t is the attention-weighted average of the *source
 embeddings* (not the encoder's contextual states): at a word the decoder is translating, e_t is
 nearly that word's own embedding in any sentence, so a rare word shown once in one sentence
-is found again in another (``query_source``; without it q_t = W_q o_t). The memory's values are
+is found again in another (``query_source``; without it q_t = W_q o_t). With
+``source_key_weight`` w the query is two unit halves instead of one learned mix,
+
+    q_t = [sqrt(w) * n(W_s e_t); sqrt(1 - w) * n(W_o o_t)],   n(x) = x / |x|,
+
+so that the similarity of two queries is w * cos(source parts) + (1 - w) * cos(decoder parts):
+at least w of it comes from the aligned source word whatever the decoder's state, and the
+decoder part tells the pieces of one word apart. The memory's values are
 target token ids; its softmax over the k neighbours, scattered onto their tokens, is p_mem. A
 learned gate mixes them:
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lifelong.config import check_int
@@ -48,6 +56,9 @@ class TranslatorConfig:
         query_source: the query also sees the attention-weighted source embeddings.
         gate_on_memory: the gate also sees the nearest similarity and both distributions'
             peaks.
+        source_key_weight: None, or the share w in (0, 1) of the query's similarity fixed to
+            the aligned source embeddings (needs ``query_source``; key_dim / 2 dimensions
+            each).
     """
 
     emb_dim: int = 256
@@ -58,6 +69,7 @@ class TranslatorConfig:
     gate_bias: float = -2.0
     query_source: bool = True
     gate_on_memory: bool = True
+    source_key_weight: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("emb_dim", "hidden", "key_dim"):
@@ -66,6 +78,17 @@ class TranslatorConfig:
             raise ConfigError("must be even (two encoder directions)", key="hidden")
         if not 0 <= self.dropout < 1:
             raise ConfigError("must lie in [0, 1)", key="dropout")
+        w = self.source_key_weight
+        if w is not None:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1:
+                raise ConfigError(f"must be null or a number in (0, 1), got {w!r}",
+                                  key="source_key_weight")
+            if not self.query_source:
+                raise ConfigError("needs query_source: true (the aligned source embeddings)",
+                                  key="source_key_weight")
+            if self.key_dim < 2 or self.key_dim % 2:
+                raise ConfigError("must be even with source_key_weight (two halves)",
+                                  key="key_dim")
 
 
 @dataclass
@@ -95,7 +118,12 @@ class Translator(nn.Module):
         self.out = nn.Linear(c.hidden, tgt_vocab)
         self.drop = nn.Dropout(c.dropout)
         if c.use_memory:
-            self.query = nn.Linear(c.hidden + (c.emb_dim if c.query_source else 0), c.key_dim)
+            if c.source_key_weight is None:
+                self.query = nn.Linear(c.hidden + (c.emb_dim if c.query_source else 0),
+                                       c.key_dim)
+            else:
+                self.query = nn.Linear(c.hidden, c.key_dim // 2)
+                self.query_aligned = nn.Linear(c.emb_dim, c.key_dim // 2)
             self.gate = nn.Linear(c.hidden, 1)
             nn.init.constant_(self.gate.bias, c.gate_bias)
             if c.gate_on_memory:
@@ -195,9 +223,19 @@ class Translator(nn.Module):
         p = (1 - gate) * log_p_dec.gather(1, labels[:, None]).exp() + gate * p_mem_gold
         return p.clamp_min(1e-9).log()[:, 0], a.loss
 
+    def memory_query(self, features: torch.Tensor) -> torch.Tensor:
+        """The memory's query [N, key_dim] from features [N, H (+ E)] (``decode``)."""
+        w = self.config.source_key_weight
+        if w is None:
+            return self.query(features)
+        hidden = self.config.hidden
+        aligned = F.normalize(self.query_aligned(features[:, hidden:]), dim=1)
+        state = F.normalize(self.query(features[:, :hidden]), dim=1)
+        return torch.cat([aligned * w ** 0.5, state * (1 - w) ** 0.5], 1)
+
     def _consult(self, o, features, memory, labels, update) -> "_Answer":
         """Queries the memory with the projection of features [N, H (+ E)]."""
-        answer = memory.query(self.query(features), labels,
+        answer = memory.query(self.memory_query(features), labels,
                               update=update and labels is not None,
                               grad_similarities=memory.supports_grad_similarities)
         values = answer.neighbour_values.to(o.device)

@@ -90,7 +90,7 @@ def diagnose_item(tm: TranslationModel, item: RareWordItem, output_with: str) ->
         gold = torch.tensor([tgt_ids[i] for i in span])
         m = model.mixture(o[pos], features[pos], memory)
         p = (1 - m.gate) * m.p_dec + m.gate * m.p_mem
-        q = F.normalize(model.query(features[pos]), dim=1)
+        q = F.normalize(model.memory_query(features[pos]), dim=1)
         filled = memory.values >= 0
         sims = (q @ memory.keys.t()).masked_fill(~filled, float("-inf"))  # [P, N]
         pieces = []
