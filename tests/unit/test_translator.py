@@ -141,8 +141,9 @@ def test_training_scores_equal_the_full_mixture_at_the_true_tokens(data, use_mem
 
 
 def test_source_keyed_query_splits_the_similarity_by_its_weight(data):
-    """With source_key_weight w, cos(q1, q2) = w cos(aligned parts) + (1 - w) cos(state parts):
-    two positions aligned to the same source embedding are at least w similar."""
+    """With source_key_weight w, cos(q1, q2) = w cos(aligned parts) + (1 - w) cos(state parts);
+    two positions aligned to the same source piece are at least 2w - 1 similar, and the aligned
+    part is the embedding of one piece of the sentence (hard alignment)."""
     sv, tv, src, tgt = data
     torch.manual_seed(0)
     config = TranslatorConfig(emb_dim=32, hidden=64, key_dim=16, dropout=0.0,
@@ -158,6 +159,12 @@ def test_source_keyed_query_splits_the_similarity_by_its_weight(data):
     expected = 0.75 * aligned @ aligned.t() + 0.25 * state @ state.t()
     torch.testing.assert_close(q @ q.t(), expected)
     assert bool(((q[:3] * q[3:]).sum(1) >= 0.75 - 0.25 - 1e-6).all())
+    o, features, scored = model.teacher_forced(src[:4], tgt[:4])
+    aligned = features[:, 64:]  # each position's source half: one source piece's embedding
+    rows = scored.nonzero()[:, 0]
+    for n, row in enumerate(rows.tolist()):
+        pieces = src[row][src[row] != PAD]
+        assert any(torch.equal(aligned[n], model.src_emb.weight[p]) for p in pieces.tolist())
     memory = tiny_memory(tv, 256, 16)  # and it trains like the learned mix
     losses = fit(model, memory, src, tgt, 40)
     assert losses[-1] < 0.3 * losses[0], losses[::8]

@@ -9,11 +9,13 @@ nearly that word's own embedding in any sentence, so a rare word shown once in o
 is found again in another (``query_source``; without it q_t = W_q o_t). With
 ``source_key_weight`` w the query is two unit halves instead of one learned mix,
 
-    q_t = [sqrt(w) * n(W_s e_t); sqrt(1 - w) * n(W_o o_t)],   n(x) = x / |x|,
+    q_t = [sqrt(w) * n(W_s a_t); sqrt(1 - w) * n(W_o o_t)],   n(x) = x / |x|,
 
-so that the similarity of two queries is w * cos(source parts) + (1 - w) * cos(decoder parts):
-at least w of it comes from the aligned source word whatever the decoder's state, and the
-decoder part tells the pieces of one word apart. The memory's values are
+where a_t is the embedding of the source piece the attention weighs most (hard alignment: the
+same vector in any sentence), so that the similarity of two queries is
+w * cos(source parts) + (1 - w) * cos(decoder parts): two positions aligned to the same source
+piece share w of it whatever the decoder's state, and the decoder part tells the pieces of one
+word apart. The memory's values are
 target token ids; its softmax over the k neighbours, scattered onto their tokens, is p_mem. A
 learned gate mixes them:
 
@@ -148,8 +150,9 @@ class Translator(nn.Module):
 
         Returns:
             (o [B, T, H] output states, the memory's features [B, T, H (+ E)]: o and, with
-            ``query_source``, the attention-weighted source embeddings; the GRU state after
-            the prefix).
+            ``query_source``, the attention-weighted source embeddings (with
+            ``source_key_weight``: the most attended source piece's embedding); the GRU
+            state after the prefix).
         """
         y, h = self.decoder(self.drop(self.tgt_emb(prefix)), h)
         scores = torch.bmm(self.attn(y), enc.states.transpose(1, 2))  # [B, T, S]
@@ -158,7 +161,13 @@ class Translator(nn.Module):
         o = self.drop(torch.tanh(self.combine(torch.cat([y, context], -1))))
         features = o
         if self.config.use_memory and self.config.query_source:
-            features = torch.cat([o, torch.bmm(attention, enc.embeddings)], -1)
+            if self.config.source_key_weight is None:
+                aligned = torch.bmm(attention, enc.embeddings)
+            else:  # the most attended source piece's own embedding: the same in any sentence
+                nearest = attention.argmax(-1, keepdim=True)  # [B, T, 1]
+                aligned = enc.embeddings.gather(
+                    1, nearest.expand(-1, -1, enc.embeddings.shape[-1]))
+            features = torch.cat([o, aligned], -1)
         return o, features, h
 
     def log_probs(self, o: torch.Tensor, features: torch.Tensor, memory=None,
