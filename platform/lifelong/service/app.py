@@ -1,0 +1,125 @@
+"""The Ray Serve deployment of the service: HTTP routes, ``@serve.batch`` across callers.
+
+Routes (under the application's route prefix): ``POST /predict``, ``POST /learn``,
+``GET /healthz``, ``GET /status``. Requests are parsed and checked whole in the HTTP
+handler (``protocol``): a bad one is answered 4xx before it joins a batch, so it changes
+nothing and never fails the others. Good ones wait in ``@serve.batch`` queues (one for
+predict, one for learn), and each batch is one call of the engine, run in a thread so that the
+replica keeps accepting requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from lifelong.config import config_from_dict
+from lifelong.errors import BadRequestError
+from lifelong.service.answers import error_answer
+from lifelong.service.backend import open_backend
+from lifelong.service.config import ServeJob
+from lifelong.service.engine import Learned
+from lifelong.service.protocol import parse_learn, parse_predict
+
+ROUTES = {"/predict": "POST", "/learn": "POST", "/healthz": "GET", "/status": "GET"}
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_WAIT_S = 0.005
+
+
+@serve.deployment
+class MemoryService:
+    """One replica: a client of the named memory, the encoder, the record of request ids.
+
+    Args:
+        job_json: The ``ServeJob`` as JSON (paths already absolute).
+    """
+
+    def __init__(self, job_json: str):
+        from lifelong.service.telemetry import ServeTelemetry
+
+        job = config_from_dict(ServeJob, json.loads(job_json))
+        self.settings = job.serve
+        replica = serve.get_replica_context().replica_tag
+        self.telemetry = ServeTelemetry(job.serve.name, replica)
+        self.backend = open_backend(job, writes=self.telemetry.writes.inc)
+        self.replica = replica
+        self.predict_batch.set_max_batch_size(job.serve.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(job.serve.batch_wait_timeout_s)
+        self.learn_batch.set_max_batch_size(job.serve.max_batch_size)
+        self.learn_batch.set_batch_wait_timeout_s(job.serve.batch_wait_timeout_s)
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        start = time.perf_counter()
+        route = self._route(request)
+        try:
+            status, body, headers = await self._handle(route, request)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in JSON
+            status, body, headers = error_answer(exc, self.settings.retry_after_s)
+        self.telemetry.request(route if route in ROUTES else "other", status,
+                               time.perf_counter() - start)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def _route(self, request: Request) -> str:
+        path = request.url.path
+        prefix = self.settings.route_prefix.rstrip("/")
+        if prefix and path.startswith(prefix):
+            path = path[len(prefix):]
+        return path.rstrip("/") or "/"
+
+    async def _handle(self, route: str, request: Request) -> tuple[int, dict, dict]:
+        if route not in ROUTES:
+            raise BadRequestError(f"no route {route}; routes: {sorted(ROUTES)}", status=404)
+        if request.method != ROUTES[route]:
+            raise BadRequestError(f"{route} takes {ROUTES[route]}, not {request.method}",
+                                  status=405)
+        if route == "/healthz":
+            return 200, {"status": "ok", "service": self.settings.name,
+                         "replica": self.replica}, {}
+        if route == "/status":
+            status = await asyncio.to_thread(self.backend.engine.status)
+            return 200, {"service": self.settings.name, "replica": self.replica,
+                         "encoder": self.backend.encoder, **status}, {}
+        body = await self._body(request)
+        limits = self.backend.limits
+        if route == "/predict":
+            outcome = await self.predict_batch(parse_predict(body, limits))
+            if isinstance(outcome, Exception):
+                raise outcome
+            return 200, outcome, {}
+        outcome = await self.learn_batch(parse_learn(body, limits))
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome.replayed:
+            self.telemetry.replays.inc()
+        return 200, outcome.answer, {"X-Lifelong-Replayed": str(outcome.replayed).lower()}
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.backend.limits.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise BadRequestError(f"the body has {length} bytes, more than the {limit} "
+                                  "allowed", status=413)
+        return await request.body()
+
+    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def predict_batch(self, requests: list) -> list:
+        self.telemetry.batch("/predict", len(requests), sum(len(r) for r in requests))
+        try:
+            return await asyncio.to_thread(self.backend.engine.predict, requests)
+        except Exception as exc:  # noqa: BLE001 - a memory outage fails the whole batch
+            return [exc] * len(requests)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def learn_batch(self, requests: list) -> list[Learned | Exception]:
+        self.telemetry.batch("/learn", len(requests), sum(len(r) for r in requests))
+        return await asyncio.to_thread(self.backend.engine.learn, requests)
+
+    def __del__(self):
+        telemetry = getattr(self, "telemetry", None)
+        if telemetry is not None:
+            telemetry.close()
