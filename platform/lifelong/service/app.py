@@ -87,16 +87,17 @@ class MemoryService:
         body = await self._body(request)
         limits = self.backend.limits
         if route == "/predict":
-            outcome = await self.predict_batch(parse_predict(body, limits))
+            outcome, batch = await self.predict_batch(parse_predict(body, limits))
             if isinstance(outcome, Exception):
                 raise outcome
-            return 200, outcome, {}
-        outcome = await self.learn_batch(parse_learn(body, limits))
+            return 200, outcome, batch
+        outcome, batch = await self.learn_batch(parse_learn(body, limits))
         if isinstance(outcome, Exception):
             raise outcome
         if outcome.replayed:
             self.telemetry.replays.inc()
-        return 200, outcome.answer, {"X-Lifelong-Replayed": str(outcome.replayed).lower()}
+        return 200, outcome.answer, {**batch,
+                                     "X-Lifelong-Replayed": str(outcome.replayed).lower()}
 
     async def _body(self, request: Request) -> bytes:
         limit = self.backend.limits.max_body_bytes
@@ -106,18 +107,27 @@ class MemoryService:
                                   "allowed", status=413)
         return await request.body()
 
-    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def predict_batch(self, requests: list) -> list:
-        self.telemetry.batch("/predict", len(requests), sum(len(r) for r in requests))
-        try:
-            return await asyncio.to_thread(self.backend.engine.predict, requests)
-        except Exception as exc:  # noqa: BLE001 - a memory outage fails the whole batch
-            return [exc] * len(requests)
+    def _batch(self, route: str, requests: list) -> dict:
+        """Counts the batch Serve formed; its size goes back in the answers' headers."""
+        examples = sum(len(r) for r in requests)
+        self.telemetry.batch(route, len(requests), examples)
+        return {"X-Lifelong-Batch-Requests": str(len(requests)),
+                "X-Lifelong-Batch-Examples": str(examples)}
 
     @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def learn_batch(self, requests: list) -> list[Learned | Exception]:
-        self.telemetry.batch("/learn", len(requests), sum(len(r) for r in requests))
-        return await asyncio.to_thread(self.backend.engine.learn, requests)
+    async def predict_batch(self, requests: list) -> list[tuple[dict | Exception, dict]]:
+        batch = self._batch("/predict", requests)
+        try:
+            answers = await asyncio.to_thread(self.backend.engine.predict, requests)
+        except Exception as exc:  # noqa: BLE001 - a memory outage fails the whole batch
+            answers = [exc] * len(requests)
+        return [(answer, batch) for answer in answers]
+
+    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def learn_batch(self, requests: list) -> list[tuple[Learned | Exception, dict]]:
+        batch = self._batch("/learn", requests)
+        outcomes = await asyncio.to_thread(self.backend.engine.learn, requests)
+        return [(outcome, batch) for outcome in outcomes]
 
     def __del__(self):
         telemetry = getattr(self, "telemetry", None)
