@@ -186,6 +186,29 @@ def test_bad_requests_get_4xx_with_a_message_and_change_nothing(service):
     assert same_state(before, memory_state(storage))
 
 
+def test_the_serve_run_builder_serves_the_same_memory(service):
+    """``serve run lifelong.service.launch:build_app config=... key=value``: Serve's CLI hands
+    the builder its arguments as strings; the application attaches to the named memory."""
+    from ray import serve
+
+    from lifelong.service.launch import build_app
+
+    _, vec, storage = service
+    app = build_app({"config": str(Path(__file__).resolve().parents[2] / "jobs" / "configs"
+                                   / "serve.yaml"),
+                     "serve.name": "built", "serve.num_cpus": "0",
+                     "serve.payload_format": f"float32[{D}]",
+                     "shared_memory.name": "serve-vectors", "shared_memory.storage": storage})
+    serve.run(app, name="built", route_prefix="/built")
+    try:
+        base = vec.rsplit("/", 1)[0]
+        built = requests.get(f"{base}/built/status", timeout=30).json()
+        assert built["memory"] == "serve-vectors" and built["service"] == "built"
+        assert built["occupancy"] == requests.get(f"{vec}/status", timeout=30).json()["occupancy"]
+    finally:
+        serve.delete("built")
+
+
 def test_a_killed_shard_loses_no_acknowledged_learn_and_gives_no_wrong_answer(service):
     """Four clients learn new keys (each label once) and ask known ones while shard 0 of the
     memory is killed (ray.kill by its handle; Ray restarts it from its files). A 503 is

@@ -65,8 +65,10 @@ class MemoryService:
         return JSONResponse(body, status_code=status, headers=headers)
 
     def _route(self, request: Request) -> str:
+        """The path below the application's route prefix (Serve's ``root_path``, else the
+        configured prefix: ``serve run`` may mount the application elsewhere)."""
         path = request.url.path
-        prefix = self.settings.route_prefix.rstrip("/")
+        prefix = (request.scope.get("root_path") or self.settings.route_prefix).rstrip("/")
         if prefix and path.startswith(prefix):
             path = path[len(prefix):]
         return path.rstrip("/") or "/"

@@ -174,8 +174,7 @@ class ServiceEngine:
         """Sends a committed plan (the shards apply it once) and records every answer."""
         mem = ShardedMemory(self.memory.spec, self.memory.shards, writer=plan.writer)
         written = mem.apply_update(plan.update).numpy()
-        refreshed = np.zeros(len(plan.labels), dtype=bool)
-        refreshed[:] = True
+        refreshed = np.ones(len(plan.labels), dtype=bool)  # the correct ones refresh
         refreshed[plan.update.inserting] = False
         answers = {}
         for request_id, digest, start, end in plan.requests:
