@@ -53,6 +53,7 @@ class BenchServeConfig:
     prefill: int = 4096
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.005
+    max_concurrent_batches: int = 2
     replicas: int = 1
     step_repeats: int = 30
     checkpoint: str | None = None   # images through this encoder (else float32 keys)
@@ -79,6 +80,7 @@ def service_job(cfg: BenchServeConfig, storage: str, port: int) -> ServeJob:
     serve = {"name": "bench", "port": port, "num_cpus": 0, "min_replicas": cfg.replicas,
              "max_replicas": cfg.replicas, "max_batch_size": cfg.max_batch_size,
              "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
+             "max_concurrent_batches": cfg.max_concurrent_batches,
              "max_examples": max(cfg.examples, 1)}
     if cfg.checkpoint is None:
         serve["payload_format"] = f"float32[{cfg.key_dim}]"
@@ -205,7 +207,8 @@ def main(argv=None) -> int:
     print(f"\n## bench_serve: {cfg.requests} requests of {cfg.examples} examples ({kind}) from "
           f"{cfg.clients} clients, {100 * cfg.learn_fraction:.0f}% learn; memory "
           f"{cfg.slots:,} slots in {cfg.shards} shards, prefilled {cfg.prefill:,}; "
-          f"{cfg.replicas} replica(s), max_batch_size {cfg.max_batch_size}; {wall:.1f} s\n")
+          f"{cfg.replicas} replica(s), max_batch_size {cfg.max_batch_size}, max_concurrent_batches "
+          f"{cfg.max_concurrent_batches}; {wall:.1f} s\n")
     print("| route | requests (errors) | requests/s | examples/s | p50 ms | p99 ms | Serve batch: "
           "requests mean / max | examples per batch (median) | memory step at that batch, ms "
           "| memory step at 1 example, ms |")

@@ -27,8 +27,6 @@ from lifelong.service.engine import Learned
 from lifelong.service.protocol import parse_learn, parse_predict
 
 ROUTES = {"/predict": "POST", "/learn": "POST", "/healthz": "GET", "/status": "GET"}
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_BATCH_WAIT_S = 0.005
 
 
 @serve.deployment
@@ -48,10 +46,12 @@ class MemoryService:
         self.telemetry = ServeTelemetry(job.serve.name, replica)
         self.backend = open_backend(job, writes=self.telemetry.writes.inc)
         self.replica = replica
-        self.predict_batch.set_max_batch_size(job.serve.max_batch_size)
-        self.predict_batch.set_batch_wait_timeout_s(job.serve.batch_wait_timeout_s)
-        self.learn_batch.set_max_batch_size(job.serve.max_batch_size)
-        self.learn_batch.set_batch_wait_timeout_s(job.serve.batch_wait_timeout_s)
+        # One @serve.batch queue per route, sized by the config (hence made here, per replica).
+        batch = serve.batch(max_batch_size=job.serve.max_batch_size,
+                            batch_wait_timeout_s=job.serve.batch_wait_timeout_s,
+                            max_concurrent_batches=job.serve.max_concurrent_batches)
+        self.predict_batch = batch(self.predict_many)
+        self.learn_batch = batch(self.learn_many)
 
     async def __call__(self, request: Request) -> JSONResponse:
         start = time.perf_counter()
@@ -116,8 +116,8 @@ class MemoryService:
         return {"X-Lifelong-Batch-Requests": str(len(requests)),
                 "X-Lifelong-Batch-Examples": str(examples)}
 
-    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def predict_batch(self, requests: list) -> list[tuple[dict | Exception, dict]]:
+    async def predict_many(self, requests: list) -> list[tuple[dict | Exception, dict]]:
+        """A predict batch Serve formed: one encoder pass and one read-only query."""
         batch = self._batch("/predict", requests)
         try:
             answers = await asyncio.to_thread(self.backend.engine.predict, requests)
@@ -125,8 +125,9 @@ class MemoryService:
             answers = [exc] * len(requests)
         return [(answer, batch) for answer in answers]
 
-    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def learn_batch(self, requests: list) -> list[tuple[Learned | Exception, dict]]:
+    async def learn_many(self, requests: list) -> list[tuple[Learned | Exception, dict]]:
+        """A learn batch Serve formed: one planned update under its own writer (so batches
+        may run side by side, ``max_concurrent_batches``)."""
         batch = self._batch("/learn", requests)
         outcomes = await asyncio.to_thread(self.backend.engine.learn, requests)
         return [(outcome, batch) for outcome in outcomes]

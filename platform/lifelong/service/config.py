@@ -31,6 +31,8 @@ class ServeSettings:
         max_body_bytes: Bytes one request body may hold (more: HTTP 413).
         max_batch_size: Requests Serve batches into one memory call (``@serve.batch``).
         batch_wait_timeout_s: How long a batch waits for more requests.
+        max_concurrent_batches: Batches of one route a replica runs at once (learn batches
+            are independent writers, so they may overlap their syncs).
         shard_timeout_s: How long a call waits for the shards before it is answered 503.
         retry_after_s: The ``Retry-After`` of a 503.
         claim_timeout_s: A request id claimed this long ago whose batch was never saved (its
@@ -52,6 +54,7 @@ class ServeSettings:
     max_body_bytes: int = 8 << 20
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
+    max_concurrent_batches: int = 2
     shard_timeout_s: float = 10.0
     retry_after_s: int = 1
     claim_timeout_s: float = 60.0
@@ -85,6 +88,7 @@ class ServeSettings:
                 raise ConfigError(f"must be uint8[H,W] or float32[D], got "
                                   f"{self.payload_format!r}", key="payload_format")
         for name in ("neighbours", "max_examples", "max_body_bytes", "max_batch_size",
+                     "max_concurrent_batches",
                      "retry_after_s", "min_replicas", "max_replicas", "max_ongoing_requests"):
             check_int(name, getattr(self, name), minimum=0 if name == "min_replicas" else 1)
         check_int("threads", self.threads, minimum=0)
