@@ -215,3 +215,36 @@ def test_a_claim_in_progress_is_503_until_stale_then_taken_over(engine):
     ok = engine.learn([r])[0]
     assert isinstance(ok, Learned) and engine.memory.occupancy() == 1
     assert engine.records.load_batch("someone-elses-batch") == ABANDONED
+
+
+def test_two_replicas_learning_one_request_id_at_once_write_it_once(engine, tmp_path):
+    """Two engines on the same shards and the same record (two replicas), the same request
+    id sent to both at once, many times over: each id is written once; every answer is the
+    recorded one or a 503 (in progress), and a retry then gets the recorded answer."""
+    import threading
+
+    other = ServiceEngine(engine.memory, engine.encode,
+                          RequestRecords(engine.records.location), claim_timeout_s=60)
+    rng = np.random.default_rng(0)
+    for n in range(8):
+        keys = rng.standard_normal((2, D)).astype(np.float32)
+        labels = [n % 10, (n + 1) % 10]
+        outcomes = [None, None]
+        go = threading.Barrier(2)
+
+        def send(i, eng):
+            go.wait()
+            outcomes[i] = eng.learn([learn_request(f"race-{n}", keys, labels)])[0]
+
+        threads = [threading.Thread(target=send, args=(i, e))
+                   for i, e in enumerate((engine, other))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(isinstance(o, (Learned, RequestInProgressError)) for o in outcomes), outcomes
+        final = engine.learn([learn_request(f"race-{n}", keys, labels)])[0]
+        assert isinstance(final, Learned) and final.replayed
+        assert all(o.answer == final.answer for o in outcomes if isinstance(o, Learned))
+    status = engine.memory.status()
+    assert sum(s["updates"] for s in status) == 8 * 2  # one batch per id, on both shards
