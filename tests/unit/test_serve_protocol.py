@@ -248,3 +248,38 @@ def test_two_replicas_learning_one_request_id_at_once_write_it_once(engine, tmp_
         assert all(o.answer == final.answer for o in outcomes if isinstance(o, Learned))
     status = engine.memory.status()
     assert sum(s["updates"] for s in status) == 8 * 2  # one batch per id, on both shards
+
+
+def test_a_batch_a_dead_replica_left_unanswered_is_sent_by_the_sweep_once(engine,
+                                                                            monkeypatch):
+    """The replica sent its plan (the shards applied it) and died before recording the
+    answers: the open mark stays; another replica's sweep sends the plan again (applied
+    once), records the answers and closes it; a sweep finds nothing more to do."""
+    real = engine.records.finish
+
+    def dies(*args):
+        raise SystemExit("the replica died here")
+
+    monkeypatch.setattr(engine.records, "finish", dies)
+    r = learn_request("req-5", np.eye(D)[:2], [5, 6])
+    with pytest.raises(SystemExit):
+        engine.learn([r])
+    monkeypatch.setattr(engine.records, "finish", real)
+    assert engine.memory.occupancy() == 2
+    assert len(engine.records.open_batches()) == 1 and engine.records.answer("req-5") is None
+    assert engine.recover(older_than_s=3600) == 0  # too young: its replica may be sending
+    assert engine.recover(older_than_s=0) == 1
+    assert engine.records.open_batches() == [] and engine.memory.occupancy() == 2
+    retry = engine.learn([r])[0]
+    assert retry.replayed and [x["label"] for x in retry.answer["results"]] == [5, 6]
+    assert engine.recover(older_than_s=0) == 0
+    assert sum(s["updates"] for s in engine.memory.status()) == 2  # once, on both shards
+
+
+def test_a_learn_closes_its_batch_and_an_uncommitted_one_is_abandoned_by_the_sweep(engine):
+    engine.learn([learn_request("req-6", np.eye(D)[:1], [1])])
+    assert engine.records.open_batches() == []
+    engine.records.open_batch("lost-before-commit")  # its replica died before the commit
+    assert engine.recover(older_than_s=0) == 0
+    assert engine.records.load_batch("lost-before-commit") == ABANDONED
+    assert engine.records.open_batches() == []

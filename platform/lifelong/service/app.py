@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 import time
 
 from ray import serve
@@ -52,6 +54,19 @@ class MemoryService:
                             max_concurrent_batches=job.serve.max_concurrent_batches)
         self.predict_batch = batch(self.predict_many)
         self.learn_batch = batch(self.learn_many)
+        self._stop = threading.Event()
+        threading.Thread(target=self._recover, daemon=True, name="serve-recover").start()
+
+    def _recover(self) -> None:
+        """Sends the batches a dead replica left open: at start, then every
+        ``recover_every_s`` (engine.recover; it never raises for a batch it cannot send)."""
+        while True:
+            try:
+                self.backend.engine.recover(self.settings.claim_timeout_s)
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                logging.getLogger(__name__).warning("recovery sweep failed", exc_info=True)
+            if self._stop.wait(self.settings.recover_every_s):
+                return
 
     async def __call__(self, request: Request) -> JSONResponse:
         start = time.perf_counter()
@@ -133,6 +148,9 @@ class MemoryService:
         return [(outcome, batch) for outcome in outcomes]
 
     def __del__(self):
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
         telemetry = getattr(self, "telemetry", None)
         if telemetry is not None:
             telemetry.close()

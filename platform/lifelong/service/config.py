@@ -37,6 +37,8 @@ class ServeSettings:
         retry_after_s: The ``Retry-After`` of a 503.
         claim_timeout_s: A request id claimed this long ago whose batch was never saved (its
             replica died in between) may be taken over by a retry.
+        recover_every_s: How often a replica sweeps the open batches older than
+            ``claim_timeout_s`` (and once at start) to send what a dead replica left.
         min_replicas, max_replicas, target_ongoing_requests: Serve's autoscaling config.
         max_ongoing_requests: Requests one replica holds at once (more wait in the proxy).
         num_cpus: CPUs each replica reserves.
@@ -58,6 +60,7 @@ class ServeSettings:
     shard_timeout_s: float = 10.0
     retry_after_s: int = 1
     claim_timeout_s: float = 60.0
+    recover_every_s: float = 30.0
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 8.0
@@ -98,7 +101,8 @@ class ServeSettings:
         for name in ("batch_wait_timeout_s", "num_cpus"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)!r}", key=name)
-        for name in ("shard_timeout_s", "claim_timeout_s", "target_ongoing_requests"):
+        for name in ("shard_timeout_s", "claim_timeout_s", "recover_every_s",
+                     "target_ongoing_requests"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)!r}", key=name)
 

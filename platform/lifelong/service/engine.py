@@ -160,11 +160,14 @@ class ServiceEngine:
             plan = PlannedBatch(batch_id=batch_id, writer=mem.writer, update=update,
                                 requests=rows, predicted=out.values.numpy(),
                                 similarity=nearest, labels=labels)
+            self.records.open_batch(batch_id)
             committed = self.records.save_batch(plan)
         except BaseException:
-            self.records.abandon(batch_id)  # never sent: a retry claims its ids anew
+            if self.records.abandon(batch_id):  # never sent: a retry claims its ids anew
+                self.records.close_batch(batch_id)
             raise
         if not committed:  # a retry found the claim stale and abandoned it first
+            self.records.close_batch(batch_id)
             raise RequestInProgressError("the batch was abandoned before it was committed")
         answers = self._complete(plan)
         self.writes(len(labels))
@@ -186,7 +189,31 @@ class ServiceEngine:
                 "action": "refresh" if refreshed[i] else "insert"} for i in range(start, end)]}
             self.records.finish(request_id, digest, answer)
             answers[request_id] = answer
+        self.records.close_batch(plan.batch_id)
         return answers
+
+    def recover(self, older_than_s: float) -> int:
+        """Completes the open batches older than ``older_than_s`` that a replica left (it
+        died between committing and recording the answers, or its send failed and no client
+        retried): sends those whose answers are missing (the shards apply each once), abandons
+        those never committed, closes the rest. Returns how many it sent; a batch it cannot
+        send now (a shard outage) stays open for the next sweep."""
+        sent = 0
+        for batch_id in self.records.open_batches(older_than_s):
+            state = self.records.load_batch(batch_id)
+            if state is None and self.records.abandon(batch_id):  # never committed
+                state = ABANDONED
+            if state is None:
+                state = self.records.load_batch(batch_id)
+            if isinstance(state, PlannedBatch) and any(
+                    self.records.answer(request_id) is None for request_id, *_ in state.requests):
+                try:
+                    self._complete(state)
+                    sent += 1
+                except Exception:  # noqa: BLE001 - tried again at the next sweep
+                    continue
+            self.records.close_batch(batch_id)
+        return sent
 
     # ----------------------------------------------------------------------------- status
     def status(self) -> dict:

@@ -16,6 +16,9 @@ linked into place (``lifelong.files.publish``):
   replica died between claim and plan), with the marker (the batch is never sent).
 - ``done/<h>.json``: the answer to request r, written once the shards acknowledged its
   batch (durable there): a retry is answered from it.
+- ``open/<B>``: batch B may still need sending: created before its plan is committed,
+  removed once every answer of the batch is recorded. Replicas sweep it (``open_batches``)
+  and complete what a dead replica left, without waiting for the client's retry.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class RequestRecords:
             raise ConfigError(f"serve.state must be a local folder (records are created "
                               f"exclusively by hard links), got {location}")
         self.location = os.path.abspath(location)
-        for sub in ("claims", "batches", "done"):
+        for sub in ("claims", "batches", "done", "open"):
             make_dirs(os.path.join(self.location, sub))
 
     def _path(self, kind: str, name: str) -> str:
@@ -128,6 +131,26 @@ class RequestRecords:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return self._create(plan.batch_id, buf.getvalue())
+
+    def open_batch(self, batch_id: str) -> None:
+        """Marks batch B open (before its plan is committed)."""
+        publish(self._path("open", batch_id), b"")
+
+    def close_batch(self, batch_id: str) -> None:
+        """Removes B's open mark (every answer of it is recorded, or it was abandoned)."""
+        try:
+            os.unlink(self._path("open", batch_id))
+        except FileNotFoundError:
+            pass
+
+    def open_batches(self, older_than_s: float = 0.0) -> list[str]:
+        """The open batches marked more than ``older_than_s`` seconds ago."""
+        horizon, out = time.time() - older_than_s, []
+        with os.scandir(os.path.join(self.location, "open")) as entries:
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.stat().st_mtime <= horizon:
+                    out.append(entry.name)
+        return sorted(out)
 
     def abandon(self, batch_id: str) -> bool:
         """Marks a batch that was never saved as abandoned (never to be sent); False if it was
