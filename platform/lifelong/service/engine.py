@@ -4,9 +4,8 @@
 writes a batch of requests with one planned update, exactly once per request id
 (``records``): claim every request id for a fresh batch B (exclusively), plan the update
 (``ShardedMemory.predict_and_plan``, read-only), mark B open, commit the plan (exclusively),
-send it under
-the writer ``serve-<B>`` (sequence 1: the shards apply it once, however often it is sent),
-record each request's answer, close B, answer. A retry finds the answer, or the committed
+send it under the writer ``serve-<B>`` (sequence 1: the shards apply it once, however often
+it is sent), record each request's answer, close B, answer. A retry finds the answer, or the committed
 plan and sends it again, or an abandoned batch and claims the id anew; it never plans a second
 write for a request id whose plan was committed. ``recover`` settles the open batches a dead
 replica left (docs/design.md §8.4).
