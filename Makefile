@@ -13,7 +13,7 @@ LIFELONG_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export LIFELONG_DATA_DIR
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench bench-sharded bench-workers bench-stream bench-train-speed retention stream monitor clean
+.PHONY: install demo test test-slow bench bench-sharded bench-workers bench-stream bench-train-speed bench-serve retention stream monitor clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-workers: install
 # Episodic training per precision / channels_last / compile mode against the measured peak (~1 min).
 bench-train-speed: install
 	$(PY) benchmarks/bench_train_speed.py --config benchmarks/configs/bench_train_speed.yaml
+
+# The online service over real HTTP (bounded load, predict + learn) against the memory's step (~1-2 min).
+bench-serve: install
+	$(PY) benchmarks/bench_serve.py --config benchmarks/configs/bench_serve.yaml
 
 # The stream job against its floors (encoder alone, memory alone), same segments, one run.
 bench-stream: install

@@ -254,11 +254,38 @@ def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> i
     return 0
 
 
+def serve_main(argv: Sequence[str], prog: str = "lifelong serve") -> int:
+    """Serves a named memory over HTTP with Ray Serve until Ctrl-C."""
+    from lifelong.service.config import ServeJob
+    from lifelong.service.launch import run_service
+
+    parser = _job_parser(prog, "Serve a named life-long memory over HTTP (Ray Serve): POST "
+                         "/predict answers examples (label, similarity, nearest neighbours' "
+                         "labels), POST /learn writes labelled examples exactly once per "
+                         "request id and answers once they are durable, GET /healthz, GET "
+                         "/status. Binds to 127.0.0.1 unless serve.host says otherwise; "
+                         "Ctrl-C stops the service (the memory stays).",
+                         _default_config("serve.yaml"))
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint",
+                        help=_MODEL_HELP.format("image encoder") + " (= encoder.checkpoint)")
+    parser.add_argument("--run-id", help="MLflow run whose encoder to use (= encoder.run_id)")
+    parser.add_argument("--memory", help="the named memory to serve (= shared_memory.name)")
+    parser.add_argument("--port", type=int, help="HTTP port (= serve.port)")
+    args = parser.parse_intermixed_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in ((args.checkpoint, "encoder.checkpoint"), (args.run_id, "encoder.run_id"),
+                      (args.memory, "shared_memory.name"), (args.port, "serve.port")):
+        if flag:
+            overrides.append(f"{key}={flag}")
+    run_service(load_config(ServeJob, args.config, overrides))
+    return 0
+
+
 _JOBS = {"train_omniglot": train_omniglot_main, "evaluate_omniglot": evaluate_omniglot_main,
          "evaluate_retention": evaluate_retention_main, "demo": demo_main,
          "stream_produce": stream_produce_main, "stream_run": stream_run_main,
          "train_translation": train_translation_main,
-         "evaluate_translation": evaluate_translation_main}
+         "evaluate_translation": evaluate_translation_main, "serve": serve_main}
 
 
 def job_main(name: str, argv: Sequence[str], prog: str) -> int:
@@ -307,6 +334,8 @@ COMMANDS = {
                             "segments", _job("stream_produce")),
     ("stream", "run"): ("feed a stream into a named memory: prequential, exactly once, "
                         "forever", _job("stream_run")),
+    ("serve",): ("an online service over HTTP (Ray Serve): predict, learn exactly once per "
+                 "request id", _job("serve")),
     ("monitor",): ("Prometheus for the Ray cluster (start) and the dashboards' queries "
                    "(check)", _monitor_main),
 }

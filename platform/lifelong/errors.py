@@ -97,3 +97,31 @@ class SegmentExistsError(LifelongError, ValueError):
 class ClusterAuthError(LifelongError):
     """A Ray cluster refused this process: token authentication is on there and this side
     has no token, or another one."""
+
+
+class BadRequestError(LifelongError, ValueError):
+    """A request to the online service (``lifelong serve``) is malformed or does not fit the
+    memory (wrong shape or format, NaN, a label out of range, too large): nothing was changed.
+
+    Args:
+        message: What is wrong.
+        status: The HTTP status it is answered with (400, 404, 405, 409 or 413).
+    """
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):
+        return type(self), (str(self), self.status)
+
+
+class RequestConflictError(BadRequestError):
+    """A ``/learn`` request id was used before with other examples or labels (HTTP 409)."""
+
+    def __init__(self, message: str, status: int = 409):
+        super().__init__(message, status)
+
+
+class RequestInProgressError(LifelongError):
+    """A ``/learn`` request id is being applied by another call right now: retry shortly."""

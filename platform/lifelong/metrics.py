@@ -179,6 +179,20 @@ STREAM_RAY_LAG_SEGMENTS = "lifelong_stream_lag_segments"        # gauge
 STREAM_RAY_QUARANTINED = "lifelong_stream_quarantined"          # gauge
 
 
+# Ray metrics of the online service (service/, ``lifelong serve``; tags: service, route and
+# for requests the HTTP status code). dashboards/lifelong-serve.json queries exactly these.
+SERVE_TAG_KEYS = ("service", "route")
+SERVE_REQUESTS = "lifelong_serve_requests"            # counter, HTTP requests answered, tag code
+SERVE_LATENCY_S = "lifelong_serve_latency_s"          # histogram, seconds per request
+SERVE_LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+                            5.0, 10.0]
+SERVE_BATCH_REQUESTS = "lifelong_serve_batch_requests"  # histogram, requests per Serve batch
+SERVE_BATCH_EXAMPLES = "lifelong_serve_batch_examples"  # histogram, examples per Serve batch
+SERVE_BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+SERVE_LEARN_WRITES = "lifelong_serve_learn_writes"    # counter, examples written by /learn
+SERVE_LEARN_REPLAYS = "lifelong_serve_learn_replays"  # counter, /learn answered from the record
+SERVE_HEARTBEAT = "lifelong_serve_replica_up"         # gauge, 1 per live replica (tag replica)
+
 # Ray drops a gauge series that is not set again within twice its export interval, so the
 # processes that own gauges (shard actors, stream jobs) set them on a timer, traffic or not.
 GAUGE_INTERVAL_S = 5.0

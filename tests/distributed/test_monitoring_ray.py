@@ -1,6 +1,7 @@
 """Monitoring for real (issue 19, item 1): a real Prometheus finds a local Ray cluster through
-the service-discovery file Ray's head writes, scrapes a named memory under write traffic and a
-stream job, and every expression of every panel and variable of dashboards/*.json returns
+the service-discovery file Ray's head writes, scrapes a named memory under write traffic, a
+stream job and the online service (issue 20: predict, learn, a retried learn, a bad request
+over HTTP), and every expression of every panel and variable of dashboards/*.json returns
 samples through Prometheus's HTTP API; again after IDLE_S seconds without traffic (the
 gauges are set again on a timer, not only on writes). A wrong expression returns nothing."""
 
@@ -11,11 +12,16 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import pytest
+import requests
 import torch
 
+from lifelong.config import config_from_dict
 from lifelong.distributed import MemorySpec, create_memory
 from lifelong.errors import MonitorError
+from lifelong.service.config import ServeJob
+from lifelong.service.launch import start_service
 from lifelong.monitor import (PrometheusAPI, PrometheusConfig, PrometheusProcess,
                               evaluate_dashboards, find_prometheus, load_dashboards,
                               results_table)
@@ -90,7 +96,24 @@ def test_every_dashboard_query_returns_data_under_traffic_and_after_idling(
     memory = create_memory(MemorySpec(name="watched", key_dim=16, num_slots=64, num_values=12,
                                       shards=2, choose_k=7, storage=str(tmp_path / "mem"),
                                       num_cpus=0.5))
+    service = start_service(config_from_dict(ServeJob, {
+        "serve": {"name": "watched-serve", "port": free_port(), "num_cpus": 0,
+                  "min_replicas": 1, "max_replicas": 1, "payload_format": "float32[16]"},
+        "shared_memory": {"name": "watched-served", "storage": str(tmp_path / "mem"),
+                          "num_slots": 64, "shards": 2, "num_values": 12, "num_cpus": 0.25}}),
+        out=io.StringIO())
+    served = iter(range(10**6))
+
+    def serve_traffic():  # every route and outcome the serve dashboard shows
+        keys = np.random.default_rng(next(served)).standard_normal((2, 16)).tolist()
+        learn = {"request_id": f"watched-{next(served)}", "examples": keys, "labels": [1, 2]}
+        for _ in range(2):  # the second is answered from the record (a replay)
+            assert requests.post(f"{service}/learn", json=learn, timeout=30).ok
+        assert requests.post(f"{service}/predict", json={"examples": keys}, timeout=30).ok
+        assert requests.post(f"{service}/predict", data=b"{bad", timeout=30).status_code == 400
+
     dashboards = load_dashboards()
+    assert "lifelong-serve" in dashboards
     gen = torch.Generator().manual_seed(0)
     known, known_labels = torch.randn(8, 16, generator=gen), torch.arange(8)
     with PrometheusProcess(config, prometheus_binary) as prometheus:
@@ -105,6 +128,7 @@ def test_every_dashboard_query_returns_data_under_traffic_and_after_idling(
                     memory.query(torch.randn(8, 16, generator=gen),
                                  torch.randint(0, 12, (8,), generator=gen))
                     memory.query(known, known_labels)
+                serve_traffic()
                 results[:] = evaluate_dashboards(config.url, dashboards)
                 return all(r.ok and (r.finite or r.query.optional) for r in results)
 
@@ -128,5 +152,8 @@ def test_every_dashboard_query_returns_data_under_traffic_and_after_idling(
             for runner in runners:
                 runner.stopping = True
             stream.join(timeout=60)
+            from ray import serve
+
+            serve.shutdown()
     assert not stream.is_alive()
     assert prometheus.process.poll() is not None  # ended, by its pid

@@ -61,6 +61,26 @@ def test_stream_run_help_config_and_errors(capsys, tmp_path):
     assert "at most one of encoder.checkpoint" in capsys.readouterr().err
 
 
+def test_serve_help_config_and_errors(capsys):
+    from lifelong.config import load_config
+    from lifelong.service.config import ServeJob
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--checkpoint" in out and "/learn" in out
+    job = load_config(ServeJob, cli.CONFIG_DIR / "serve.yaml", ["serve.port=9"])
+    assert job.serve.host == "127.0.0.1" and job.serve.port == 9
+    assert job.shared_memory.num_values == 2636
+    assert job.serve.autoscaling_config()["max_replicas"] == 2
+    # Bad values and unknown keys: one line, exit 2, nothing started.
+    assert cli.main(["serve", "serve.max_batch_size=0", "serve.hots=x"]) == 2
+    err = capsys.readouterr().err
+    assert "serve.max_batch_size" in err and "unknown key serve.hots" in err
+    assert cli.main(["serve", "--checkpoint", "a.pt", "encoder.run_id=b"]) == 2
+    assert "at most one of encoder.checkpoint" in capsys.readouterr().err
+
+
 def test_stream_produce_if_empty_writes_nothing_into_a_filled_folder(capsys, tmp_path):
     import numpy as np
 

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "platform" / "lifelong"
 LIBRARY = {"errors", "files", "locations", "config", "metrics", "memory", "distributed", "models",
-           "data", "tracking", "runtime", "streaming"}
+           "data", "tracking", "runtime", "streaming", "service"}
 EXPERIMENTS = {"experiments.omniglot", "experiments.translation"}
 # What each unit may import (besides itself), from the bottom of the stack up.
 ALLOWED = {
@@ -28,13 +28,15 @@ ALLOWED = {
     "runtime": {"errors", "locations", "config", "metrics", "memory", "distributed", "tracking"},
     "streaming": {"errors", "files", "locations", "config", "metrics", "memory", "distributed",
                   "models", "data", "tracking"},
+    "service": {"errors", "files", "locations", "config", "metrics", "memory", "distributed",
+                "models", "data", "tracking", "streaming"},
     "monitor": {"errors"},
     "experiments": set(),  # the package's own __init__: a docstring
 }
 for _experiment in EXPERIMENTS:
     ALLOWED[_experiment] = LIBRARY
 # Ray only in the library code that runs on Ray; MLflow only in tracking.
-RAY_ALLOWED = {"distributed", "runtime", "streaming"}
+RAY_ALLOWED = {"distributed", "runtime", "streaming", "service"}
 MLFLOW_ALLOWED = {"tracking"}
 
 

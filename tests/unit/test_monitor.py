@@ -102,7 +102,12 @@ def test_every_panel_follows_rays_query_conventions():
     known = {metrics.prometheus_name(getattr(metrics, n), kind)
              for n, kind in [("MEMORY_QUERY_LATENCY_S", "histogram"),
                              ("MEMORY_QUERIES", "counter"), ("MEMORY_INSERTS", "counter"),
-                             ("MEMORY_REFRESHES", "counter")]}
+                             ("MEMORY_REFRESHES", "counter"),
+                             ("SERVE_REQUESTS", "counter"), ("SERVE_LATENCY_S", "histogram"),
+                             ("SERVE_BATCH_REQUESTS", "histogram"),
+                             ("SERVE_BATCH_EXAMPLES", "histogram"),
+                             ("SERVE_LEARN_WRITES", "counter"), ("SERVE_LEARN_REPLAYS", "counter"),
+                             ("SERVE_HEARTBEAT", "gauge")]}
     known |= {metrics.prometheus_name(getattr(metrics, n), "gauge") for n in dir(metrics)
               if n.startswith(("MEMORY_", "STREAM_RAY_")) and isinstance(getattr(metrics, n), str)
               and getattr(metrics, n).startswith("lifelong_")}
