@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lifelong.errors import ConfigError
 from lifelong.memory import Memory
 from lifelong.models.translator import Translator, TranslatorConfig
 from lifelong.models.vocab import EOS, PAD, SubwordVocab
@@ -170,6 +171,24 @@ def test_source_keyed_query_splits_the_similarity_by_its_weight(data):
     assert losses[-1] < 0.3 * losses[0], losses[::8]
 
 
+def test_source_keyed_query_aligns_on_whole_source_words(data):
+    """The source half is the sum of the aligned word's piece embeddings: with no piece
+    beginning a word, a sentence is one word, and every position's source half is the sum of
+    all its pieces' embeddings."""
+    sv, tv, src, tgt = data
+    config = TranslatorConfig(emb_dim=32, hidden=64, key_dim=16, dropout=0.0,
+                              source_key_weight=0.5)
+    model = Translator(len(sv), len(tv), config, source_word_starts=[False] * len(sv))
+    assert model.state_dict()["source_word_starts"].sum() == 0  # saved with the weights
+    _, features, scored = model.teacher_forced(src[:4], tgt[:4])
+    rows = scored.nonzero()[:, 0]
+    for n, row in enumerate(rows.tolist()):
+        pieces = src[row][src[row] != PAD]
+        torch.testing.assert_close(features[n, 64:], model.src_emb(pieces).sum(0))
+    with pytest.raises(ConfigError):
+        Translator(len(sv), len(tv), config, source_word_starts=[True] * 3)
+
+
 @pytest.mark.parametrize("changes, key", [
     ({"source_key_weight": 0.0}, "source_key_weight"),
     ({"source_key_weight": 1.0}, "source_key_weight"),
@@ -178,7 +197,6 @@ def test_source_keyed_query_splits_the_similarity_by_its_weight(data):
     ({"source_key_weight": 0.5, "key_dim": 15}, "key_dim"),
 ])
 def test_source_key_weight_rejects_bad_values(changes, key):
-    from lifelong.errors import ConfigError
     with pytest.raises(ConfigError) as err:
         TranslatorConfig(**changes)
     assert err.value.key == key

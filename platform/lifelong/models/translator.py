@@ -11,11 +11,12 @@ is found again in another (``query_source``; without it q_t = W_q o_t). With
 
     q_t = [sqrt(w) * n(W_s a_t); sqrt(1 - w) * n(W_o o_t)],   n(x) = x / |x|,
 
-where a_t is the embedding of the source piece the attention weighs most (hard alignment: the
-same vector in any sentence), so that the similarity of two queries is
-w * cos(source parts) + (1 - w) * cos(decoder parts): two positions aligned to the same source
-piece share w of it whatever the decoder's state, and the decoder part tells the pieces of one
-word apart. The memory's values are
+where a_t is the sum of the embeddings of the pieces of the source *word* holding the piece
+the attention weighs most (hard alignment: the same vector wherever the word occurs), so that
+the similarity of two queries is w * cos(source parts) + (1 - w) * cos(decoder parts): two
+positions aligned to the same source word share w of it whatever the decoder's state (a
+common piece of a rare word does not: the word's other pieces are in the sum), and the decoder
+part tells the pieces of one target word apart. The memory's values are
 target token ids; its softmax over the k neighbours, scattered onto their tokens, is p_mem. A
 learned gate mixes them:
 
@@ -104,9 +105,15 @@ class TranslatorOutput:
 
 
 class Translator(nn.Module):
-    """Args: src_vocab, tgt_vocab: vocabulary sizes; config: ``TranslatorConfig``."""
+    """Args:
+        src_vocab, tgt_vocab: vocabulary sizes; config: ``TranslatorConfig``.
+        source_word_starts: [src_vocab] bools, which source pieces begin a word
+            (``SubwordVocab.word_starts``); used with ``source_key_weight`` and saved with the
+            weights (default: every piece a word).
+    """
 
-    def __init__(self, src_vocab: int, tgt_vocab: int, config: TranslatorConfig):
+    def __init__(self, src_vocab: int, tgt_vocab: int, config: TranslatorConfig,
+                 source_word_starts=None):
         super().__init__()
         c = self.config = config
         self.tgt_vocab = tgt_vocab
@@ -126,6 +133,12 @@ class Translator(nn.Module):
             else:
                 self.query = nn.Linear(c.hidden, c.key_dim // 2)
                 self.query_aligned = nn.Linear(c.emb_dim, c.key_dim // 2)
+                starts = (torch.ones(src_vocab, dtype=torch.bool) if source_word_starts is None
+                          else torch.as_tensor(source_word_starts, dtype=torch.bool))
+                if starts.shape != (src_vocab,):
+                    raise ConfigError(f"source_word_starts has shape {tuple(starts.shape)}, "
+                                      f"expected ({src_vocab},)")
+                self.register_buffer("source_word_starts", starts)
             self.gate = nn.Linear(c.hidden, 1)
             nn.init.constant_(self.gate.bias, c.gate_bias)
             if c.gate_on_memory:
@@ -143,7 +156,10 @@ class Translator(nn.Module):
         states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True,
                                                      total_length=src.shape[1])
         h0 = torch.tanh(self.bridge(torch.cat([h[0], h[1]], dim=1))).unsqueeze(0)
-        return Encoded(states, mask, emb, h0)
+        words = None
+        if self.config.use_memory and self.config.source_key_weight is not None:
+            words = _word_sums(emb * mask.unsqueeze(-1), self.source_word_starts[src])
+        return Encoded(states, mask, emb, h0, words)
 
     def decode(self, prefix: torch.Tensor, enc: "Encoded", h: torch.Tensor):
         """Decodes prefix [B, T] ids from GRU state h [1, B, H].
@@ -151,8 +167,8 @@ class Translator(nn.Module):
         Returns:
             (o [B, T, H] output states, the memory's features [B, T, H (+ E)]: o and, with
             ``query_source``, the attention-weighted source embeddings (with
-            ``source_key_weight``: the most attended source piece's embedding); the GRU
-            state after the prefix).
+            ``source_key_weight``: the most attended source word's summed piece
+            embeddings); the GRU state after the prefix).
         """
         y, h = self.decoder(self.drop(self.tgt_emb(prefix)), h)
         scores = torch.bmm(self.attn(y), enc.states.transpose(1, 2))  # [B, T, S]
@@ -163,10 +179,9 @@ class Translator(nn.Module):
         if self.config.use_memory and self.config.query_source:
             if self.config.source_key_weight is None:
                 aligned = torch.bmm(attention, enc.embeddings)
-            else:  # the most attended source piece's own embedding: the same in any sentence
+            else:  # the most attended source word's pieces: the same in any sentence
                 nearest = attention.argmax(-1, keepdim=True)  # [B, T, 1]
-                aligned = enc.embeddings.gather(
-                    1, nearest.expand(-1, -1, enc.embeddings.shape[-1]))
+                aligned = enc.words.gather(1, nearest.expand(-1, -1, enc.words.shape[-1]))
             features = torch.cat([o, aligned], -1)
         return o, features, h
 
@@ -399,20 +414,32 @@ def _blinded(logits: torch.Tensor, labels: torch.Tensor | None,
     return logits.index_put((rows, labels[rows]), logits.new_tensor(float("-inf")))
 
 
+def _word_sums(emb: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """[B, S, E]: at each position, the sum of emb [B, S, E] over the pieces of its word
+    (a word begins where starts [B, S] is True, or at the sentence's first piece)."""
+    word = starts.long().cumsum(1)  # [B, S] the word's index in its sentence
+    index = word.unsqueeze(-1).expand_as(emb)
+    sums = emb.new_zeros(emb.shape[0], emb.shape[1] + 1, emb.shape[2]).scatter_add(1, index, emb)
+    return sums.gather(1, index)
+
+
 @dataclass
 class Encoded:
     """The encoder's output: states [B, S, H], mask [B, S] (True at real tokens), the source
-    embeddings [B, S, E] and the decoder's initial state h0 [1, B, H]."""
+    embeddings [B, S, E], the decoder's initial state h0 [1, B, H], and with
+    ``source_key_weight`` each position's word's summed piece embeddings [B, S, E]."""
 
     states: torch.Tensor
     mask: torch.Tensor
     embeddings: torch.Tensor
     h0: torch.Tensor
+    words: torch.Tensor | None = None
 
     def expand(self, n: int) -> "Encoded":
         """The encoding of one sentence repeated n times (beam hypotheses)."""
         return Encoded(self.states.expand(n, -1, -1), self.mask.expand(n, -1),
-                       self.embeddings.expand(n, -1, -1), self.h0.expand(-1, n, -1))
+                       self.embeddings.expand(n, -1, -1), self.h0.expand(-1, n, -1),
+                       None if self.words is None else self.words.expand(n, -1, -1))
 
 
 def _until_eos(ids: list[int]) -> list[int]:

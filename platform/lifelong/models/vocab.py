@@ -51,6 +51,13 @@ class SubwordVocab:
         ids = self.processor.encode(list(sentences))
         return [s + [EOS] if eos else s for s in ids]
 
+    def word_starts(self) -> list[bool]:
+        """For each id, whether its piece begins a word (sentencepiece's '▁'); the
+        special pieces (PAD, UNK, BOS, EOS) count as words of their own."""
+        p = self.processor
+        return [p.is_control(i) or p.is_unknown(i) or p.id_to_piece(i).startswith("\u2581")
+                for i in range(len(self))]
+
     def pieces(self, sentence: str) -> list[str]:
         return self.processor.encode(sentence, out_type=str)
 

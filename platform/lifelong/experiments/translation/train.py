@@ -64,7 +64,7 @@ def build(job: TranslationJob, progress: bool = True):
     src, tgt = sv.encode(sources), tv.encode(targets)
     keep = [i for i in range(len(src)) if max(len(src[i]), len(tgt[i])) <= job.data.max_len]
     torch.manual_seed(job.train.seed)
-    model = Translator(len(sv), len(tv), job.model)
+    model = Translator(len(sv), len(tv), job.model, source_word_starts=sv.word_starts())
     memory = None
     if job.model.use_memory:
         memory = job.memory.build(key_dim=job.model.key_dim,
