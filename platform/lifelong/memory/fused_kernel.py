@@ -25,11 +25,15 @@ included), then multiplied in float32 as above.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 from lifelong.memory.topk_kernel import TILE
 
 FLOAT32, BFLOAT16, FLOAT16 = 0, 1, 2  # how ``keys`` is stored (the ``kind`` argument)
+LANES = 16  # queries per vector register: the batch is padded to a multiple of LANES
+ROWS = 4  # key rows accumulated at once (ROWS vector accumulators); TILE is a multiple
 
 
 @njit(nogil=True, cache=True)
@@ -56,41 +60,59 @@ def _widen_row(keys, row, kind, out):
                 (mantissa << np.uint32(13))
 
 
-@njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _dot2x2(k0, k1, q0, q1):
-    d = k0.shape[0]
-    s00 = np.float32(0.0)
-    s01 = np.float32(0.0)
-    s10 = np.float32(0.0)
-    s11 = np.float32(0.0)
-    for j in range(d):
-        a0 = k0[j]
-        a1 = k1[j]
-        c0 = q0[j]
-        c1 = q1[j]
-        s00 += a0 * c0
-        s01 += a0 * c1
-        s10 += a1 * c0
-        s11 += a1 * c1
-    return s00, s01, s10, s11
+@intrinsic
+def _stack_floats(typingctx, count):
+    """A pointer to ``count`` (a literal int) float32 on the stack: accumulators that the
+    compiler keeps in vector registers (a heap array would be reloaded at every step)."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    size = count.literal_value
+
+    def codegen(context, builder, signature, args):
+        block = builder.alloca(ir.ArrayType(ir.FloatType(), size))
+        return builder.bitcast(block, ir.PointerType(ir.FloatType()))
+
+    return types.CPointer(types.float32)(count), codegen
 
 
-@njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _pair(k0, k1, filled0, filled1, o0, o1, queries, out, maxima):
-    """Rows o0 and o1 of ``out`` (keys k0, k1 [d] float32) and their tiles' maxima."""
-    t0, t1 = o0 // TILE, o1 // TILE
-    for b in range(0, queries.shape[0], 2):
-        s00, s01, s10, s11 = _dot2x2(k0, k1, queries[b], queries[b + 1])
-        out[o0, b] = s00
-        out[o0, b + 1] = s01
-        out[o1, b] = s10
-        out[o1, b + 1] = s11
-        if filled0:
-            maxima[t0, b] = max(maxima[t0, b], s00)
-            maxima[t0, b + 1] = max(maxima[t0, b + 1], s01)
-        if filled1:
-            maxima[t1, b] = max(maxima[t1, b], s10)
-            maxima[t1, b + 1] = max(maxima[t1, b + 1], s11)
+@njit(nogil=True, cache=True, fastmath={"contract"}, inline="always")
+def _rows_into(src, base, count, queries_t, values, first_slot, offset, out, maxima, acc):
+    """Similarities of the ROWS key rows src[base:] with every query; the first ``count`` of
+    them (slots first_slot ...) go to out[offset:] and to the tile maxima.
+
+    Each similarity is s = fma(key[j], query[j], s) for j = 0 .. d - 1 from s = 0, LANES
+    queries in one vector register per row. (Every index of ``acc`` is a constant once the
+    loops are unrolled, so the accumulators live in registers.)
+    """
+    d, padded = queries_t.shape
+    for c in range(padded // LANES):
+        c0 = c * LANES
+        for lane in range(LANES):
+            acc[0, lane] = 0.0
+            acc[1, lane] = 0.0
+            acc[2, lane] = 0.0
+            acc[3, lane] = 0.0
+        for j in range(d):
+            k0 = src[base, j]
+            k1 = src[base + 1, j]
+            k2 = src[base + 2, j]
+            k3 = src[base + 3, j]
+            for lane in range(LANES):
+                qv = queries_t[j, c0 + lane]
+                acc[0, lane] += k0 * qv
+                acc[1, lane] += k1 * qv
+                acc[2, lane] += k2 * qv
+                acc[3, lane] += k3 * qv
+        for s in range(ROWS):
+            if s < count:
+                row = offset + s
+                tile = row // TILE
+                filled = values[first_slot + s] >= 0
+                for lane in range(LANES):
+                    sim = acc[s, lane]
+                    out[row, c0 + lane] = sim
+                    if filled and sim > maxima[tile, c0 + lane]:
+                        maxima[tile, c0 + lane] = sim
 
 
 @njit(nogil=True, cache=True)
@@ -100,28 +122,33 @@ def _start_maxima(maxima, rows):
             maxima[t, b] = -np.inf
 
 
-@njit(nogil=True, cache=True, fastmath=True)
-def _similarities_float32(keys, queries, values, first, last, out, maxima):
+@njit(nogil=True, cache=True, fastmath={"contract"})
+def _similarities_float32(keys, queries_t, values, first, last, out, maxima):
     _start_maxima(maxima, last - first)
-    for r0 in range(first, last, 2):
-        r1 = r0 + 1 if r0 + 1 < last else r0  # an odd last row is computed twice
-        _pair(keys[r0], keys[r1], values[r0] >= 0, values[r1] >= 0, r0 - first, r1 - first,
-              queries, out, maxima)
+    acc = carray(_stack_floats(64), (ROWS, LANES))  # ROWS * LANES
+    rows = np.zeros((ROWS, keys.shape[1]), dtype=np.float32)
+    for r in range(first, last, ROWS):
+        count = min(ROWS, last - r)
+        # A copy to a local block (in L1): the compiler then knows it overlaps nothing.
+        for s in range(count):
+            for j in range(keys.shape[1]):
+                rows[s, j] = keys[r + s, j]
+        _rows_into(rows, 0, count, queries_t, values, r, r - first, out, maxima, acc)
 
 
-@njit(nogil=True, cache=True, fastmath=True)
-def _similarities_compact(keys, kind, queries, values, first, last, out, maxima):
+@njit(nogil=True, cache=True, fastmath={"contract"})
+def _similarities_compact(keys, kind, queries_t, values, first, last, out, maxima):
     _start_maxima(maxima, last - first)
-    wide = np.empty((2, keys.shape[1]), dtype=np.float32)
-    for r0 in range(first, last, 2):
-        r1 = r0 + 1 if r0 + 1 < last else r0
-        _widen_row(keys, r0, kind, wide[0])
-        _widen_row(keys, r1, kind, wide[1])
-        _pair(wide[0], wide[1], values[r0] >= 0, values[r1] >= 0, r0 - first, r1 - first,
-              queries, out, maxima)
+    acc = carray(_stack_floats(64), (ROWS, LANES))
+    wide = np.zeros((ROWS, keys.shape[1]), dtype=np.float32)
+    for r in range(first, last, ROWS):
+        count = min(ROWS, last - r)
+        for s in range(count):
+            _widen_row(keys, r + s, kind, wide[s])
+        _rows_into(wide, 0, count, queries_t, values, r, r - first, out, maxima, acc)
 
 
-def fused_similarities(keys: np.ndarray, kind: int, queries: np.ndarray, values: np.ndarray,
+def fused_similarities(keys: np.ndarray, kind: int, queries_t: np.ndarray, values: np.ndarray,
                        first: int, last: int, out: np.ndarray, maxima: np.ndarray) -> None:
     """Similarities of slots first .. last - 1 with every query, and their tile maxima.
 
@@ -130,7 +157,8 @@ def fused_similarities(keys: np.ndarray, kind: int, queries: np.ndarray, values:
     Args:
         keys: [N, d] float32 (kind FLOAT32), or uint16 bits of bfloat16 / float16.
         kind: FLOAT32, BFLOAT16 or FLOAT16.
-        queries: [B, d] float32, B even (the caller pads an odd batch with a copy of a query).
+        queries_t: [d, B] float32 (the queries transposed), B a multiple of LANES (the caller
+            pads the batch with copies of a query).
         values: [N] int64; slots with a negative value are left out of ``maxima``.
         first, last: the slot range; R = last - first.
         out: [R, B] float32, receives the similarities.
@@ -138,6 +166,6 @@ def fused_similarities(keys: np.ndarray, kind: int, queries: np.ndarray, values:
             (-inf for a tile of empty slots).
     """
     if kind == FLOAT32:
-        _similarities_float32(keys, queries, values, first, last, out, maxima)
+        _similarities_float32(keys, queries_t, values, first, last, out, maxima)
     else:
-        _similarities_compact(keys, kind, queries, values, first, last, out, maxima)
+        _similarities_compact(keys, kind, queries_t, values, first, last, out, maxima)

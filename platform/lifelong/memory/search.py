@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lifelong.memory.fused_kernel import BFLOAT16, FLOAT16, FLOAT32, fused_similarities
+from lifelong.memory.fused_kernel import BFLOAT16, FLOAT16, FLOAT32, LANES, fused_similarities
 from lifelong.memory.topk_kernel import TILE, RunningTopK
 
 KERNELS = ("auto", "fused", "blas")
@@ -118,8 +118,9 @@ def _scan_range(queries: np.ndarray, keys, values: np.ndarray, start: int, stop:
 
 def _scan_range_fused(queries: np.ndarray, keys: np.ndarray, kind: int, values: np.ndarray,
                       start: int, stop: int, rows: int, topk: RunningTopK, part: int) -> None:
-    """As ``_scan_range``, with the fused kernel (lifelong.memory.fused_kernel)."""
-    batch = queries.shape[0]
+    """As ``_scan_range``, with the fused kernel (lifelong.memory.fused_kernel); queries are
+    transposed, [d, B]."""
+    batch = queries.shape[1]  # queries: [d, B]
     tiles = -(-rows // TILE)
     buffer = _worker_block((rows + tiles) * batch)
     maxima_all = buffer[rows * batch:(rows + tiles) * batch].reshape(tiles, batch)
@@ -217,9 +218,10 @@ class ExactSearch:
 
     def _search_fused(self, queries, keys, values, k, rows):
         batch, num_slots = queries.shape[0], keys.shape[0]
-        q = queries.detach().float().contiguous()
-        if batch % 2:  # the kernel takes queries in pairs: repeat the last one
-            q = torch.cat([q, q[-1:]])
+        q = queries.detach().float()
+        pad = -batch % LANES  # the kernel takes LANES queries at once: repeat the last one
+        if pad:
+            q = torch.cat([q, q[-1:].expand(pad, -1)])
         rows = max(1, min(num_slots, self.block_bytes // (4 * q.shape[0])))
         threads = self._threads_for(num_slots, batch)
         per_part = -(-num_slots // threads)
@@ -228,7 +230,7 @@ class ExactSearch:
         keys_np = (keys if kind == FLOAT32 else keys.view(torch.int16)).numpy()
         if kind != FLOAT32:
             keys_np = keys_np.view(np.uint16)
-        q_np, values_np = q.numpy(), values.numpy()
+        q_np, values_np = np.ascontiguousarray(q.numpy().T), values.numpy()
         if threads == 1:
             _scan_range_fused(q_np, keys_np, kind, values_np, 0, num_slots, rows, topk, 0)
         else:
