@@ -184,7 +184,7 @@ class ExactSearch:
 
     def uses_fused(self, batch: int, keys: torch.Tensor) -> bool:
         """Whether a search of ``batch`` queries over ``keys`` runs the fused kernel."""
-        if keys.device.type != "cpu" or self.kernel == "blas":
+        if keys.device.type != "cpu" or self.kernel == "blas" or keys.dtype not in _KINDS:
             return False
         return self.kernel == "fused" or batch <= self.fused_max_batch
 
