@@ -118,6 +118,7 @@ def test_fewer_filled_slots_than_k_give_minus_inf_as_blas_does():
 def test_kernel_choice():
     keys = torch.zeros(8, 4)
     assert ExactSearch().uses_fused(16, keys) and not ExactSearch().uses_fused(256, keys)
+    assert not ExactSearch().uses_fused(4, keys)  # padded to 16 queries: BLAS is cheaper
     assert not ExactSearch(kernel="blas").uses_fused(1, keys)
     assert ExactSearch(kernel="fused").uses_fused(256, keys)
     assert not ExactSearch(kernel="fused").uses_fused(4, keys.double())  # float64: BLAS

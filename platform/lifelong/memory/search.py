@@ -147,8 +147,8 @@ class ExactSearch:
     ``kernel`` picks how a CPU block of similarities is computed: "blas" (the product above),
     "fused" (lifelong.memory.fused_kernel: each key read once, dot products in registers, the
     tile maxima of the threshold test taken on the way; the kernel of small batches, where BLAS
-    runs far below its peak) or "auto": fused for batches of at most ``fused_max_batch`` queries,
-    BLAS above. Both give the same slots in the same order except where two similarities are
+    runs far below its peak) or "auto": fused for batches of ``fused_min_batch`` to
+    ``fused_max_batch`` queries (the kernel pads a batch to a multiple of 16), BLAS otherwise. Both give the same slots in the same order except where two similarities are
     within a float32 rounding of each other (docs/design.md §1.2). Keys may be float32,
     bfloat16 or float16 (the memory's ``key_dtype``); similarities are float32 either way.
 
@@ -158,22 +158,23 @@ class ExactSearch:
         threads: CPU worker threads (default: torch's intra-op thread count).
         serial_elements: N * B at or below which a CPU search runs on the calling thread.
         kernel: "auto", "fused" or "blas" (above).
-        fused_max_batch: the largest batch "auto" gives the fused kernel.
+        fused_min_batch, fused_max_batch: the batches "auto" gives the fused kernel.
     """
 
     def __init__(self, block_bytes: int = 2**22, threads: int | None = None,
-                 serial_elements: int = 2**20, kernel: str = "auto", fused_max_batch: int = 32):
+                 serial_elements: int = 2**20, kernel: str = "auto", fused_min_batch: int = 16,
+                 fused_max_batch: int = 32):
         if block_bytes <= 0 or serial_elements < 0 or (threads is not None and threads < 1):
             raise ValueError("block_bytes must be positive, threads >= 1, serial_elements >= 0")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if fused_max_batch < 0:
-            raise ValueError("fused_max_batch must be >= 0")
+        if not 0 <= fused_min_batch or fused_max_batch < 0:
+            raise ValueError("fused_min_batch and fused_max_batch must be >= 0")
         self.block_bytes = block_bytes
         self.threads = threads
         self.serial_elements = serial_elements
         self.kernel = kernel
-        self.fused_max_batch = fused_max_batch
+        self.fused_min_batch, self.fused_max_batch = fused_min_batch, fused_max_batch
         self._block = torch.empty(0)  # the calling thread's block (torch path), reused
 
     def _block_for(self, rows: int, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -186,7 +187,7 @@ class ExactSearch:
         """Whether a search of ``batch`` queries over ``keys`` runs the fused kernel."""
         if keys.device.type != "cpu" or self.kernel == "blas" or keys.dtype not in _KINDS:
             return False
-        return self.kernel == "fused" or batch <= self.fused_max_batch
+        return self.kernel == "fused" or self.fused_min_batch <= batch <= self.fused_max_batch
 
     def search(self, queries, keys, values, k):
         batch, num_slots = queries.shape[0], keys.shape[0]
