@@ -107,12 +107,11 @@ def _rows_into(src, base, count, queries_t, values, first_slot, offset, out, max
             if s < count:
                 row = offset + s
                 tile = row // TILE
-                filled = values[first_slot + s] >= 0
                 for lane in range(LANES):
-                    sim = acc[s, lane]
-                    out[row, c0 + lane] = sim
-                    if filled and sim > maxima[tile, c0 + lane]:
-                        maxima[tile, c0 + lane] = sim
+                    out[row, c0 + lane] = acc[s, lane]
+                if values[first_slot + s] >= 0:
+                    for lane in range(LANES):
+                        maxima[tile, c0 + lane] = max(maxima[tile, c0 + lane], acc[s, lane])
 
 
 @njit(nogil=True, cache=True)
