@@ -187,3 +187,13 @@ def test_key_dtype_is_validated():
         MemoryConfig(key_dtype="int8")
     with pytest.raises(ValueError):
         Memory(key_dim=4, num_slots=4, num_values=2, key_dtype="float64")
+
+
+def test_a_sharded_memory_refuses_compact_keys_and_its_spec_round_trips():
+    from lifelong.distributed import MemorySpec
+
+    base = dict(name="compact", key_dim=16, num_slots=32, num_values=10, storage="/unused")
+    with pytest.raises(ConfigError):
+        MemorySpec(**base, key_dtype="bfloat16")
+    spec = MemorySpec(**base)
+    assert MemorySpec.from_json(spec.to_json()) == spec and spec.key_dtype == "float32"
