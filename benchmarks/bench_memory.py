@@ -3,11 +3,17 @@
 A step is what training does per batch: lookup (exact search over all slots) + margin loss +
 backward to the query + memory update, on a full memory with key size 128 and choose_k 256.
 
-Floors, measured in the same run:
-  * bandwidth: streaming the keys once (N * d * 4 bytes) at the best read rate this machine
-    reaches (a reduction over a 512 MiB array, best of torch and numpy);
-  * matmul: the similarity product [B, d] x [d, N] at the best rate this machine reaches for
-    that shape, whichever library and layout gives it (torch or numpy, keys @ q.T or q @ keys.T).
+Each case is timed three ways in the same run: the float32 memory with the BLAS product
+(``ExactSearch(kernel="blas")``, the step before the fused kernel), with ``kernel="auto"`` (the
+fused kernel at small batches, BLAS at large ones) and with compact keys (``compact``, e.g.
+bfloat16, kernel auto).
+
+Floors, the machine's limits, measured in the same run:
+  * bandwidth: streaming the float32 keys once (N * d * 4 bytes) at the best read rate this
+    machine reaches (a reduction over a 512 MiB array, best of torch and numpy);
+  * matmul: the FLOPs of the similarity product (2 B d N) at the best matmul rate this machine
+    reaches at ANY batch size (``peak_batches``, torch or numpy, both layouts), not the rate
+    BLAS reaches at this batch (reported beside it as ``blas_at_batch_ms``).
   floor = max(bandwidth floor, matmul floor); ratio = step / floor.
 
 Usage:
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lifelong.config import config_from_args
-from lifelong.memory import Memory
+from lifelong.memory import ExactSearch, Memory
 
 # The paper's own TensorFlow code on this 2-core machine (figures given in issue 2, ms per step).
 PAPER_CODE_MS = {(8192, 16): 2.1, (1048576, 16): 118.0, (1048576, 256): 826.0}
@@ -43,6 +49,9 @@ class BenchConfig:
     choose_k: int = 256
     repeats: int = 5
     threads: int = 0  # 0: torch's default
+    compact: str = "bfloat16"  # the compact key_dtype also timed ("" for none)
+    peak_batches: tuple[int, ...] = (16, 64, 256, 512)  # where the peak matmul rate is sought
+    peak_slots: int = 131072  # keys of the peak-rate products
     out: str = "bench_memory.json"
 
     def __post_init__(self):
@@ -52,6 +61,10 @@ class BenchConfig:
             raise ValueError("every batch must fit in the smallest memory")
         if self.repeats < 1 or self.key_dim < 1 or self.choose_k < 1 or self.threads < 0:
             raise ValueError("repeats, key_dim and choose_k must be >= 1, threads >= 0")
+        if self.compact not in ("", "bfloat16", "float16"):
+            raise ValueError("compact must be '', bfloat16 or float16")
+        if not self.peak_batches or min(self.peak_batches) <= 0 or self.peak_slots <= 0:
+            raise ValueError("peak_batches must be positive ints, peak_slots positive")
 
 
 def best_time(fn, repeats: int) -> float:
@@ -85,10 +98,28 @@ def product_variants(keys: torch.Tensor, q: torch.Tensor) -> dict:
     }
 
 
-def make_memory(num_slots: int, cfg: BenchConfig) -> Memory:
+def peak_matmul_rate(cfg: BenchConfig) -> tuple[float, str]:
+    """The best FLOP/s of the similarity product at any of ``peak_batches`` (and the batches of
+    the cases), over torch / numpy and both layouts; with the variant that reached it."""
+    gen = torch.Generator().manual_seed(2)
+    keys = F.normalize(torch.randn(cfg.peak_slots, cfg.key_dim, generator=gen), dim=1)
+    best, where = 0.0, ""
+    for batch in sorted(set(cfg.peak_batches) | set(cfg.batches)):
+        q = F.normalize(torch.randn(batch, cfg.key_dim, generator=gen), dim=1)
+        flops = 2.0 * batch * cfg.key_dim * cfg.peak_slots
+        for name, fn in product_variants(keys, q).items():
+            rate = flops / best_time(fn, cfg.repeats)
+            if rate > best:
+                best, where = rate, f"{name} at batch {batch}"
+    return best, where
+
+
+def make_memory(num_slots: int, cfg: BenchConfig, key_dtype: str = "float32",
+                kernel: str = "auto") -> Memory:
     """A full memory (steady state of a life-long run) with random keys and values."""
     memory = Memory(key_dim=cfg.key_dim, num_slots=num_slots, num_values=100_000,
-                    choose_k=cfg.choose_k)
+                    choose_k=cfg.choose_k, key_dtype=key_dtype,
+                    search=ExactSearch(kernel=kernel))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         memory.keys.copy_(F.normalize(torch.randn(num_slots, cfg.key_dim, generator=gen), dim=1))
@@ -105,48 +136,72 @@ def memory_step(memory: Memory, q: torch.Tensor, labels: torch.Tensor) -> None:
     out.loss.backward()
 
 
-def run_case(num_slots: int, batch: int, cfg: BenchConfig, bandwidth: float) -> dict:
-    memory = make_memory(num_slots, cfg)
+def time_step(num_slots: int, batch: int, cfg: BenchConfig, key_dtype: str,
+              kernel: str) -> float:
+    """Best seconds of one memory step (the memory is freed before the next is built)."""
+    memory = make_memory(num_slots, cfg, key_dtype, kernel)
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(batch, cfg.key_dim, generator=gen)
     labels = torch.randint(0, 100_000, (batch,), generator=gen)
-    step = best_time(lambda: memory_step(memory, q, labels), cfg.repeats)
-    qn = F.normalize(q, dim=1)
+    return best_time(lambda: memory_step(memory, q, labels), cfg.repeats)
+
+
+def run_case(num_slots: int, batch: int, cfg: BenchConfig, bandwidth: float,
+             peak_rate: float) -> dict:
+    step_blas = time_step(num_slots, batch, cfg, "float32", "blas")
+    step = time_step(num_slots, batch, cfg, "float32", "auto")
+    step_compact = time_step(num_slots, batch, cfg, cfg.compact, "auto") if cfg.compact \
+        else None
+    memory = make_memory(num_slots, cfg)
+    qn = F.normalize(torch.randn(batch, cfg.key_dim, generator=torch.Generator().manual_seed(1)),
+                     dim=1)
     products = {name: best_time(fn, cfg.repeats)
                 for name, fn in product_variants(memory.keys, qn).items()}
+    del memory
     best_product = min(products, key=products.get)
     flops = 2.0 * batch * cfg.key_dim * num_slots
     bandwidth_floor = num_slots * cfg.key_dim * 4 / bandwidth
-    floor = max(bandwidth_floor, products[best_product])
+    matmul_floor = flops / peak_rate
+    floor = max(bandwidth_floor, matmul_floor)
     return {
         "slots": num_slots, "batch": batch,
         "step_ms": step * 1e3,
+        "step_blas_ms": step_blas * 1e3,
+        "step_compact_ms": step_compact * 1e3 if step_compact else None,
         "bandwidth_floor_ms": bandwidth_floor * 1e3,
-        "matmul_floor_ms": products[best_product] * 1e3,
+        "matmul_floor_ms": matmul_floor * 1e3,
+        "blas_at_batch_ms": products[best_product] * 1e3,
         "matmul_best": best_product,
         "matmul_gflops": {name: flops / t / 1e9 for name, t in products.items()},
         "floor_ms": floor * 1e3,
         "ratio": step / floor,
+        "ratio_blas": step_blas / floor,
+        "compact_vs_float32": step_compact / step if step_compact else None,
         "paper_code_ms": PAPER_CODE_MS.get((num_slots, batch)),
     }
 
 
-def print_table(rows: list[dict], bandwidth: float) -> None:
-    print(f"\nread bandwidth: {bandwidth / 1e9:.1f} GB/s; threads: {torch.get_num_threads()}")
-    header = (f"{'slots':>9} {'batch':>5} {'step ms':>9} {'bw floor':>9} {'mm floor':>9} "
-              f"{'GFLOP/s':>8} {'ratio':>6} {'paper code':>10} {'speed-up':>8}")
+def print_table(rows: list[dict], bandwidth: float, peak_rate: float, peak_where: str,
+                compact: str) -> None:
+    print(f"\nread bandwidth: {bandwidth / 1e9:.1f} GB/s; peak matmul: {peak_rate / 1e9:.1f} "
+          f"GFLOP/s ({peak_where}); threads: {torch.get_num_threads()}")
+    header = (f"{'slots':>9} {'batch':>5} {'bw floor':>9} {'mm floor':>9} {'blas@B':>9} "
+              f"{'step blas':>9} {'step auto':>9} {'step ' + (compact or '-'):>14} "
+              f"{'blas/fl':>7} {'auto/fl':>7} {'cmp/auto':>8} {'paper':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        gflops = max(r["matmul_gflops"].values())
-        paper = r["paper_code_ms"]
-        speedup = f"{paper / r['step_ms']:.1f}x" if paper else "-"
-        paper = f"{paper:.1f}" if paper else "-"
-        print(f"{r['slots']:>9} {r['batch']:>5} {r['step_ms']:>9.2f} "
-              f"{r['bandwidth_floor_ms']:>9.2f} {r['matmul_floor_ms']:>9.2f} {gflops:>8.1f} "
-              f"{r['ratio']:>6.2f} {paper:>10} {speedup:>8}")
-    print("ratio = step / max(bandwidth floor, matmul floor); 'paper code' = the reference "
-          "TensorFlow code on this machine, as given in issue 2.")
+        paper = f"{r['paper_code_ms']:.1f}" if r["paper_code_ms"] else "-"
+        comp = f"{r['step_compact_ms']:.2f}" if r["step_compact_ms"] else "-"
+        comp_ratio = f"{r['compact_vs_float32']:.2f}" if r["compact_vs_float32"] else "-"
+        print(f"{r['slots']:>9} {r['batch']:>5} {r['bandwidth_floor_ms']:>9.2f} "
+              f"{r['matmul_floor_ms']:>9.2f} {r['blas_at_batch_ms']:>9.2f} "
+              f"{r['step_blas_ms']:>9.2f} {r['step_ms']:>9.2f} {comp:>14} "
+              f"{r['ratio_blas']:>7.2f} {r['ratio']:>7.2f} {comp_ratio:>8} {paper:>7}")
+    print("ms per step; floor = max(bw floor, mm floor): bw = float32 keys streamed once, mm = "
+          "the product's FLOPs at the peak matmul rate (any batch); blas@B = the best product "
+          "at this batch; ratio = step / floor; cmp/auto = compact keys' step / float32's; "
+          "'paper' = the reference TensorFlow code on this machine, as given in issue 2.")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -154,10 +209,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bandwidth = read_bandwidth(cfg.repeats)
+    peak_rate, peak_where = peak_matmul_rate(cfg)
     cases = [(n, b) for n in cfg.slots for b in cfg.batches]
-    rows = [run_case(n, b, cfg, bandwidth) for n, b in tqdm(cases, desc="bench_memory")]
-    print_table(rows, bandwidth)
+    rows = [run_case(n, b, cfg, bandwidth, peak_rate)
+            for n, b in tqdm(cases, desc="bench_memory")]
+    print_table(rows, bandwidth, peak_rate, peak_where, cfg.compact)
     result = {"config": asdict(cfg), "read_bandwidth_gbs": bandwidth / 1e9,
+              "peak_matmul_gflops": peak_rate / 1e9, "peak_matmul_where": peak_where,
               "threads": torch.get_num_threads(), "machine": platform.processor() or
               platform.machine(), "cases": rows}
     with open(cfg.out, "w") as fh:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from lifelong.config import check_int
 from lifelong.errors import ConfigError
 
+KEY_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # lifelong.memory.key_dtypes.KEY_DTYPES
+
 
 @dataclass(frozen=True)
 class MemoryConfig:
@@ -24,12 +26,16 @@ class MemoryConfig:
         age_noise: Inserts pick among the oldest slots by age + U[-age_noise, age_noise].
         use_recent: The slot most recently written for the label joins the loss's candidates,
             so a positive is available (the reference code's ``recent_idx``).
+        key_dtype: How keys are stored: float32, bfloat16 or float16 (compact keys halve the
+            bytes a search streams; similarities stay float32). A local ``Memory`` only: a
+            sharded memory (``MemorySpec``) stores float32 keys.
     """
 
     choose_k: int = 256
     alpha: float = 0.1
     age_noise: float = 8.0
     use_recent: bool = True
+    key_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_int("choose_k", self.choose_k)
@@ -42,6 +48,9 @@ class MemoryConfig:
         if not isinstance(self.use_recent, bool):
             raise ConfigError(f"must be true or false, got {self.use_recent!r}",
                               key="use_recent")
+        if self.key_dtype not in KEY_DTYPE_NAMES:
+            raise ConfigError(f"must be one of {', '.join(KEY_DTYPE_NAMES)}, got "
+                              f"{self.key_dtype!r}", key="key_dtype")
 
     def memory_config(self) -> "MemoryConfig":
         """Just the hyper-parameters (a ``MemorySpec`` drops its name, sizes and placement)."""
@@ -60,10 +69,12 @@ class MemoryConfig:
 
         return Memory(key_dim=key_dim, num_slots=num_slots, num_values=num_values,
                       choose_k=self.choose_k, alpha=self.alpha, age_noise=self.age_noise,
-                      use_recent=self.use_recent, seed=seed)
+                      use_recent=self.use_recent, seed=seed, key_dtype=self.key_dtype)
 
     @classmethod
     def of(cls, memory) -> "MemoryConfig":
         """The hyper-parameters of a memory (a ``Memory`` or a ``ShardedMemory``)."""
+        key_dtype = getattr(memory, "key_dtype", "float32")  # a sharded memory: float32
         return cls(choose_k=memory.choose_k, alpha=memory.alpha, age_noise=memory.age_noise,
-                   use_recent=memory.use_recent)
+                   use_recent=memory.use_recent,
+                   key_dtype=key_dtype if key_dtype in KEY_DTYPE_NAMES else "float32")

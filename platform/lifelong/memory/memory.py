@@ -25,19 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.errors import MemoryStateError
-from lifelong.memory.checks import (check_labels, check_query, check_state, check_state_keys,
-                                    rescale_rows)
+from lifelong.memory.checks import check_labels, check_query, rescale_rows
 from lifelong.memory.insert_order import EMPTY_BONUS, InsertOrder
+from lifelong.memory.key_dtypes import query_dtype_for, resolve_key_dtype
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
 from lifelong.memory.output import MemoryOutput, WritePlan
-from lifelong.memory.protocol import LoadResult
 from lifelong.memory.search import ExactSearch, Search
+from lifelong.memory.state import MemoryState
 
 __all__ = ["EMPTY_BONUS", "Memory", "MemoryOutput", "WritePlan", "margin_from_pair",
            "softmax_temperature"]
 
 
-class Memory(nn.Module):
+class Memory(MemoryState, nn.Module):
     """Life-long key-value memory with nearest-neighbour lookup and margin loss.
 
     Args:
@@ -56,6 +56,8 @@ class Memory(nn.Module):
         total_slots: the slots of that larger memory (None: num_slots). Insert ties are broken
             by the rank of the global slot id among total_slots (``slot_rank``), so a sharded
             memory chooses as one memory of total_slots does.
+        key_dtype: how keys are stored: "float32", "bfloat16" or "float16"; queries and
+            similarities stay float32 (lifelong.memory.key_dtypes).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Memory(nn.Module):
         learn_query_proj: bool = False,
         search: Search | None = None,
         seed: int = 0,
+        key_dtype: str | torch.dtype = "float32",
         slot_offset: int = 0,
         total_slots: int | None = None,
     ):
@@ -89,7 +92,8 @@ class Memory(nn.Module):
         self.search = search if search is not None else ExactSearch()
         self.generator = torch.Generator().manual_seed(seed)
         self.query_proj = nn.Parameter(torch.eye(key_dim)) if learn_query_proj else None
-        self.register_buffer("keys", torch.zeros(num_slots, key_dim))
+        self.register_buffer("keys", torch.zeros(num_slots, key_dim,
+                                                 dtype=resolve_key_dtype(key_dtype)))
         self.register_buffer("values", torch.full((num_slots,), -1, dtype=torch.int64))
         self.register_buffer("recent_slots", torch.full((num_values,), -1, dtype=torch.int64))
         self.register_buffer("write_time", torch.zeros(num_slots, dtype=torch.int64),
@@ -112,6 +116,19 @@ class Memory(nn.Module):
     def supports_grad_similarities(self) -> bool:
         """True: ``query(..., grad_similarities=True)`` gathers the k keys with gradient."""
         return True
+
+    @property
+    def key_dtype(self) -> str:
+        """How the keys are stored: "float32", "bfloat16" or "float16" (float64 if doubled)."""
+        return str(self.keys.dtype).removeprefix("torch.")
+
+    @property
+    def query_dtype(self) -> torch.dtype:
+        """The dtype of queries and similarities (float32 for compact keys)."""
+        return query_dtype_for(self.keys.dtype)
+
+    def _keys_at(self, slots: torch.Tensor) -> torch.Tensor:
+        return self.keys[slots].to(self.query_dtype)  # exact: compact keys are float32s
 
     @property
     def ages(self) -> torch.Tensor:
@@ -160,7 +177,7 @@ class Memory(nn.Module):
             with torch.no_grad():
                 recent = self.recent_slots[labels].unsqueeze(1)  # [B, 1], -1 if never written
                 recent_values = self.values[recent.clamp(min=0)].masked_fill(recent < 0, -1)
-                recent_sims = (q.detach().unsqueeze(1) * self.keys[recent.clamp(min=0)]).sum(2)
+                recent_sims = (q.detach().unsqueeze(1) * self._keys_at(recent.clamp(min=0))).sum(2)
                 recent_sims = recent_sims.masked_fill(recent_values < 0, float("-inf"))
             sims = torch.cat([sims, recent_sims], dim=1)
             slots = torch.cat([slots, recent], dim=1)
@@ -174,7 +191,7 @@ class Memory(nn.Module):
 
     def _candidate_similarities(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         valid = slots.clamp(min=0)
-        sims = torch.einsum("bd,bcd->bc", q, self.keys[valid])
+        sims = torch.einsum("bd,bcd->bc", q, self._keys_at(valid))
         return sims.masked_fill((slots < 0) | (self.values[valid] < 0), float("-inf"))
 
     def _normalise(self, q: torch.Tensor) -> torch.Tensor:
@@ -208,7 +225,7 @@ class Memory(nn.Module):
             best_pos = sims.masked_fill(~positive, float("-inf")).argmax(dim=1, keepdim=True)
             best_neg = sims.masked_fill(~negative, float("-inf")).argmax(dim=1, keepdim=True)
             pair = torch.cat([slots.gather(1, best_pos), slots.gather(1, best_neg)], dim=1)
-            pair_keys = self.keys[pair.clamp(min=0)]  # [B, 2, d], copied before any update
+            pair_keys = self._keys_at(pair.clamp(min=0))  # [B, 2, d], copied before any update
         return margin_from_pair(q, pair_keys, has_pos, has_neg, self.alpha)
 
     # ---------------------------------------------------------------------------------- update
@@ -260,12 +277,14 @@ class Memory(nn.Module):
             The WritePlan: W = distinct refreshed slots + I rows.
         """
         unique, inverse = refresh_slots.unique(return_inverse=True)
-        refreshed = F.normalize(self.keys[unique].index_add(0, inverse, refresh_q), dim=1)
+        refreshed = F.normalize(self._keys_at(unique).index_add(
+            0, inverse, refresh_q.to(self.query_dtype)), dim=1)
         count = insert_q.shape[0]
         inserted = self.oldest_slots(count, exclude=unique) if count else \
             torch.zeros(0, dtype=torch.int64, device=self.keys.device)
         return WritePlan(slots=torch.cat([unique, inserted]),
-                         keys=torch.cat([refreshed, insert_q.to(self.keys.dtype)]),
+                         keys=torch.cat([refreshed, insert_q.to(self.query_dtype)]
+                                        ).to(self.keys.dtype),
                          values=torch.cat([self.values[unique], insert_labels]),
                          inserted=inserted)
 
@@ -385,64 +404,10 @@ class Memory(nn.Module):
         self.search.reset()
 
     def _check_query(self, q: torch.Tensor) -> None:
-        check_query(q, self.key_dim, self.num_slots, self.keys.dtype, self.keys.device)
+        check_query(q, self.key_dim, self.num_slots, self.query_dtype, self.keys.device)
 
     def _check_labels(self, labels: torch.Tensor, batch: int) -> None:
         check_labels(labels, batch, self.num_values, self.keys.device)
-
-    # ------------------------------------------------------------------------- state (ages)
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False
-                        ) -> LoadResult:
-        """Loads a ``state_dict()``: keys [N, d], values [N], ages [N], recent_slots [V] (and
-        query_proj [d, d] when the memory learns one), validated whole before anything is
-        loaded.
-
-        Args:
-            state_dict: the state.
-            strict: refuse names the memory's state lacks, or lacks of its own; with False,
-                unexpected names are ignored (keys, values, ages and recent_slots are needed
-                either way).
-            assign: as ``torch.nn.Module.load_state_dict``.
-
-        Returns:
-            LoadResult(missing_keys, unexpected_keys): the names not loaded.
-
-        Raises:
-            MemoryStateError: the state does not fit (nothing changed).
-        """
-        own = self.state_dict(keep_vars=True)
-        missing, unexpected = check_state_keys(state_dict, own, strict)
-        self._check_state(state_dict, "")
-        for name, tensor in own.items():
-            given = state_dict.get(name)
-            if name not in ("keys", "values", "ages", "recent_slots") and given is not None \
-                    and (not isinstance(given, torch.Tensor) or given.shape != tensor.shape):
-                raise MemoryStateError(f"{name!r} must be {list(tensor.shape)}, got "
-                                       f"{list(getattr(given, 'shape', []))}")
-        super().load_state_dict(state_dict, strict=False, assign=assign)
-        return LoadResult(missing_keys=missing, unexpected_keys=unexpected)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "ages"] = self.ages.clone()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        self._check_state(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if prefix + "ages" in unexpected_keys:
-            unexpected_keys.remove(prefix + "ages")
-        ages = state_dict[prefix + "ages"].to(self.write_time.device)
-        with torch.no_grad():
-            self.clock.fill_(int(ages.max()) if ages.numel() else 0)
-            self.write_time.copy_(self.clock - ages)
-        self.insert_order.invalidate()
-        self.search.reset()
-
-    def _check_state(self, state_dict, prefix) -> None:
-        """Validates a whole state before any of it is loaded, so a bad one changes nothing."""
-        check_state(state_dict, self.key_dim, self.num_slots, self.num_values, prefix)
 
     def extra_repr(self) -> str:
         return (f"key_dim={self.key_dim}, num_slots={self.num_slots}, "

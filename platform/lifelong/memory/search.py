@@ -19,7 +19,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lifelong.memory.topk_kernel import RunningTopK
+from lifelong.memory.fused_kernel import BFLOAT16, FLOAT16, FLOAT32, LANES, fused_similarities
+from lifelong.memory.topk_kernel import TILE, RunningTopK
+
+KERNELS = ("auto", "fused", "blas")
+_KINDS = {torch.float32: FLOAT32, torch.bfloat16: BFLOAT16, torch.float16: FLOAT16}
 
 
 class Search(Protocol):
@@ -86,20 +90,46 @@ def _one_blas_thread():
     return _blas.limit(limits=1, user_api="blas")
 
 
-def _scan_range(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, start: int,
-                stop: int, rows: int, topk: RunningTopK, part: int) -> None:
-    """Feeds slots start .. stop - 1 to ``topk``'s ``part``, ``rows`` slots per product.
-
-    The block [rows, B] stays in this core's cache between the product and the scan.
-    """
+def _worker_block(size: int) -> np.ndarray:
+    """This thread's reusable float32 buffer of at least ``size`` elements."""
     block = getattr(_worker_state, "block", None)
-    if block is None or block.size < rows * queries.shape[0]:
-        block = _worker_state.block = np.empty(rows * queries.shape[0], dtype=np.float32)
+    if block is None or block.size < size:
+        block = _worker_state.block = np.empty(size, dtype=np.float32)
+    return block
+
+
+def _scan_range(queries: np.ndarray, keys, values: np.ndarray, start: int, stop: int,
+                rows: int, topk: RunningTopK, part: int) -> None:
+    """Feeds slots start .. stop - 1 to ``topk``'s ``part``, ``rows`` slots per product (BLAS).
+
+    The block [rows, B] stays in this core's cache between the product and the scan. ``keys``
+    is a float32 array, or a torch tensor of compact keys, widened to float32 block by block.
+    """
+    block = _worker_block(rows * queries.shape[0])
     for first in range(start, stop, rows):
         last = min(stop, first + rows)
         out = block[: (last - first) * queries.shape[0]].reshape(last - first, -1)
-        np.matmul(keys[first:last], queries.T, out=out)
+        part_keys = keys[first:last]
+        if isinstance(part_keys, torch.Tensor):
+            part_keys = part_keys.float().numpy()
+        np.matmul(part_keys, queries.T, out=out)
         topk.push_block(out, values[first:last], first, part)
+
+
+def _scan_range_fused(queries: np.ndarray, keys: np.ndarray, kind: int, values: np.ndarray,
+                      start: int, stop: int, rows: int, topk: RunningTopK, part: int) -> None:
+    """As ``_scan_range``, with the fused kernel (lifelong.memory.fused_kernel); queries are
+    transposed, [d, B]."""
+    batch = queries.shape[1]  # queries: [d, B]
+    tiles = -(-rows // TILE)
+    buffer = _worker_block((rows + tiles) * batch)
+    maxima_all = buffer[rows * batch:(rows + tiles) * batch].reshape(tiles, batch)
+    for first in range(start, stop, rows):
+        last = min(stop, first + rows)
+        out = buffer[: (last - first) * batch].reshape(last - first, batch)
+        maxima = maxima_all[: -(-(last - first) // TILE)]
+        fused_similarities(keys, kind, queries, values, first, last, out, maxima)
+        topk.push_block(out, values[first:last], first, part, maxima=maxima)
 
 
 class ExactSearch:
@@ -114,20 +144,37 @@ class ExactSearch:
     most ``serial_elements`` similarities run on the calling thread: torch.mm, then the kernel.
     On CUDA each block goes through torch.topk.
 
+    ``kernel`` picks how a CPU block of similarities is computed: "blas" (the product above),
+    "fused" (lifelong.memory.fused_kernel: each key read once, dot products in registers, the
+    tile maxima of the threshold test taken on the way; the kernel of small batches, where BLAS
+    runs far below its peak) or "auto": fused for batches of ``fused_min_batch`` to
+    ``fused_max_batch`` queries (the kernel pads a batch to a multiple of 16), BLAS otherwise. Both give the same slots in the same order except where two similarities are
+    within a float32 rounding of each other (docs/design.md §1.2). Keys may be float32,
+    bfloat16 or float16 (the memory's ``key_dtype``); similarities are float32 either way.
+
     Args:
         block_bytes: size of one similarity block [rows, B] per worker; the default 4 MiB stays
             within the L2 + L3 share of a core and keeps BLAS blocks large.
         threads: CPU worker threads (default: torch's intra-op thread count).
         serial_elements: N * B at or below which a CPU search runs on the calling thread.
+        kernel: "auto", "fused" or "blas" (above).
+        fused_min_batch, fused_max_batch: the batches "auto" gives the fused kernel.
     """
 
     def __init__(self, block_bytes: int = 2**22, threads: int | None = None,
-                 serial_elements: int = 2**20):
+                 serial_elements: int = 2**20, kernel: str = "auto", fused_min_batch: int = 16,
+                 fused_max_batch: int = 32):
         if block_bytes <= 0 or serial_elements < 0 or (threads is not None and threads < 1):
             raise ValueError("block_bytes must be positive, threads >= 1, serial_elements >= 0")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if not 0 <= fused_min_batch or fused_max_batch < 0:
+            raise ValueError("fused_min_batch and fused_max_batch must be >= 0")
         self.block_bytes = block_bytes
         self.threads = threads
         self.serial_elements = serial_elements
+        self.kernel = kernel
+        self.fused_min_batch, self.fused_max_batch = fused_min_batch, fused_max_batch
         self._block = torch.empty(0)  # the calling thread's block (torch path), reused
 
     def _block_for(self, rows: int, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -136,11 +183,21 @@ class ExactSearch:
             self._block = torch.empty(rows * batch, dtype=like.dtype, device=like.device)
         return self._block[: rows * batch].view(rows, batch)
 
+    def uses_fused(self, batch: int, keys: torch.Tensor) -> bool:
+        """Whether a search of ``batch`` queries over ``keys`` runs the fused kernel."""
+        if keys.device.type != "cpu" or self.kernel == "blas" or keys.dtype not in _KINDS:
+            return False
+        return self.kernel == "fused" or self.fused_min_batch <= batch <= self.fused_max_batch
+
     def search(self, queries, keys, values, k):
         batch, num_slots = queries.shape[0], keys.shape[0]
         rows = max(1, min(num_slots, self.block_bytes // (4 * batch)))
         if keys.device.type != "cpu":
             return _canonical_order(*self._search_torch(queries, keys, values, k, max(rows, k)))
+        if self.uses_fused(batch, keys):
+            return self._search_fused(queries, keys, values, k, rows)
+        if keys.dtype != torch.float32:
+            return self._search_threads(queries, keys, values, k, rows)
         if num_slots * batch <= self.serial_elements:
             return self._search_serial(queries, keys, values, k, rows)
         return self._search_threads(queries, keys, values, k, rows)
@@ -155,12 +212,45 @@ class ExactSearch:
             topk.push_block(block.numpy(), values_np[start:stop], start)
         return topk.result()
 
+    def _threads_for(self, num_slots: int, batch: int) -> int:
+        if num_slots * batch <= self.serial_elements:
+            return 1
+        return self.threads or torch.get_num_threads()
+
+    def _search_fused(self, queries, keys, values, k, rows):
+        batch, num_slots = queries.shape[0], keys.shape[0]
+        q = queries.detach().float()
+        pad = -batch % LANES  # the kernel takes LANES queries at once: repeat the last one
+        if pad:
+            q = torch.cat([q, q[-1:].expand(pad, -1)])
+        rows = max(1, min(num_slots, self.block_bytes // (4 * q.shape[0])))
+        threads = self._threads_for(num_slots, batch)
+        per_part = -(-num_slots // threads)
+        topk = RunningTopK(q.shape[0], k, parts=threads)
+        kind = _KINDS[keys.dtype]
+        keys_np = (keys if kind == FLOAT32 else keys.view(torch.int16)).numpy()
+        if kind != FLOAT32:
+            keys_np = keys_np.view(np.uint16)
+        q_np, values_np = np.ascontiguousarray(q.numpy().T), values.numpy()
+        if threads == 1:
+            _scan_range_fused(q_np, keys_np, kind, values_np, 0, num_slots, rows, topk, 0)
+        else:
+            pool = _worker_pool(threads)
+            futures = [pool.submit(_scan_range_fused, q_np, keys_np, kind, values_np, start,
+                                   min(num_slots, start + per_part), rows, topk, part)
+                       for part, start in enumerate(range(0, num_slots, per_part))]
+            for future in futures:
+                future.result()
+        sims, slots = topk.result()
+        return sims[:batch], slots[:batch]
+
     def _search_threads(self, queries, keys, values, k, rows):
-        threads = self.threads or torch.get_num_threads()
+        threads = self._threads_for(keys.shape[0], queries.shape[0])
         num_slots = keys.shape[0]
         per_part = -(-num_slots // threads)
         topk = RunningTopK(queries.shape[0], k, parts=threads)
-        q, keys_np, values_np = queries.contiguous().numpy(), keys.numpy(), values.numpy()
+        q, values_np = queries.contiguous().float().numpy(), values.numpy()
+        keys_np = keys.numpy() if keys.dtype == torch.float32 else keys
         with _one_blas_thread():
             if threads == 1:  # no hand-over to a worker thread
                 _scan_range(q, keys_np, values_np, 0, num_slots, rows, topk, 0)
@@ -177,8 +267,8 @@ class ExactSearch:
         best_sims, best_slots = [], []
         for start in range(0, keys.shape[0], rows):
             stop = min(start + rows, keys.shape[0])
-            chunk = self._block_for(stop - start, queries.shape[0], keys)
-            torch.mm(keys[start:stop], queries.t(), out=chunk)
+            chunk = self._block_for(stop - start, queries.shape[0], queries)
+            torch.mm(keys[start:stop].to(queries.dtype), queries.t(), out=chunk)
             chunk[values[start:stop] < 0] = float("-inf")
             sims, slots = chunk.t().topk(min(k, stop - start), dim=1)
             best_sims.append(sims)

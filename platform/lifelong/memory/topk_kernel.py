@@ -10,7 +10,7 @@ slots almost none do (about k ln(N/k) per query over N slots).
   element at least that large), and only slightly below it, so the first block already yields
   few more than k candidates per query instead of thousands.
 * Scan: the kernel reads a block [R, B] (slots x queries, the layout the BLAS product writes
-  fastest) in tiles of ``_TILE`` rows, takes the column-wise maximum of the tile (element-wise
+  fastest) in tiles of ``TILE`` rows, takes the column-wise maximum of the tile (element-wise
   maxima of whole rows, which vectorise) and compares it with the thresholds; only a column
   whose maximum beats its threshold is read again, and its hits are appended to the query's
   candidate buffer. A full buffer (``capacity`` entries) is cut back to its k best, which raises
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from numba import njit
 
-_TILE = 16  # rows whose column maxima are compared with the thresholds at once
+TILE = 16  # rows whose column maxima are compared with the thresholds at once
 _LOW_BITS = np.uint64(32)
 _SLOT_MASK = np.uint64(0xFFFFFFFF)
 
@@ -93,7 +93,7 @@ def _bound_thresholds(maxima: np.ndarray, k: int) -> np.ndarray:
 def _push_block(block, values, offset, maxima, sims, slots, counts, thresholds, k):
     """Offers every (slot, query) similarity of ``block`` [R, B] to the buffers [B, capacity].
 
-    maxima: [ceil(R / _TILE), B] the block's tile maxima (``_tile_maxima``). Slots whose value
+    maxima: [ceil(R / TILE), B] the block's tile maxima (``_tile_maxima``). Slots whose value
     is negative (empty) never enter a buffer. Runs on the calling thread and releases the GIL.
     Within a query, hits arrive in slot order.
     """
@@ -106,7 +106,7 @@ def _push_block(block, values, offset, maxima, sims, slots, counts, thresholds, 
         for b in range(batch):
             if not maxima[t, b] > thresholds[b]:
                 continue
-            for r in range(t * _TILE, min(rows, (t + 1) * _TILE)):
+            for r in range(t * TILE, min(rows, (t + 1) * TILE)):
                 sim = block[r, b]
                 if sim > thresholds[b] and values[r] >= 0:
                     n = counts[b]
@@ -166,7 +166,7 @@ class RunningTopK:
         self.thresholds = np.full((parts, batch), -np.inf, dtype=np.float32)
 
     def push_block(self, block: np.ndarray, values: np.ndarray, offset: int,
-                   part: int = 0) -> None:
+                   part: int = 0, maxima: np.ndarray | None = None) -> None:
         """Offers a block of similarities.
 
         Args:
@@ -174,13 +174,17 @@ class RunningTopK:
             values: [R] int64 their values; negative marks an empty slot, which is skipped.
             offset: slot id of the block's first row.
             part: which buffers to feed (one thread per part at a time).
+            maxima: [ceil(R / TILE), B] the block's column maxima per TILE rows, empty slots
+                left out, where the caller already has them (the fused kernel writes them);
+                computed here otherwise.
         """
         k, rows = self.k, block.shape[0]
-        maxima = _tile_maxima(block, values, _TILE)
+        if maxima is None:
+            maxima = _tile_maxima(block, values, TILE)
         thresholds = self.thresholds[part]
         if rows >= k and not self.counts[part].any() and np.isneginf(thresholds).all():
             # The first block: start from the tile-maxima bound instead of -inf. With fewer
-            # than 2k tiles of _TILE rows the bound is loose: use smaller tiles for it.
+            # than 2k tiles of TILE rows the bound is loose: use smaller tiles for it.
             bound_from = maxima if maxima.shape[0] >= 2 * k else \
                 _tile_maxima(block, values, max(1, rows // (2 * k)))
             thresholds[:] = _bound_thresholds(bound_from, k)
