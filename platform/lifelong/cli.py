@@ -226,6 +226,13 @@ def stream_produce_main(argv: Sequence[str], prog: str = "lifelong stream produc
     return 0
 
 
+def _flag_overrides(args, **keys: str) -> list[str]:
+    """The parsed key=value overrides, then ``key=value`` for each flag given (``keys`` maps a
+    flag's attribute to its config key): a flag wins over an override of the same key."""
+    given = [(key, getattr(args, flag)) for flag, key in keys.items()]
+    return [*args.overrides, *(f"{key}={value}" for key, value in given if value is not None)]
+
+
 def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> int:
     """Feeds a stream of segments into a named memory, prequentially and exactly once."""
     from lifelong.streaming.config import StreamJob
@@ -244,11 +251,8 @@ def stream_run_main(argv: Sequence[str], prog: str = "lifelong stream run") -> i
                         help=_MODEL_HELP.format("image encoder") + " (= encoder.checkpoint)")
     parser.add_argument("--run-id", help="MLflow run whose encoder to use (= encoder.run_id)")
     args = parser.parse_intermixed_args(argv)
-    overrides = list(args.overrides)
-    for flag, key in ((args.source, "stream.source"), (args.checkpoint, "encoder.checkpoint"),
-                      (args.run_id, "encoder.run_id")):
-        if flag:
-            overrides.append(f"{key}={flag}")
+    overrides = _flag_overrides(args, source="stream.source", checkpoint="encoder.checkpoint",
+                                run_id="encoder.run_id")
     job = load_config(StreamJob, args.config, overrides)
     run_stream_job(job, progress=not args.no_progress)
     return 0
@@ -272,11 +276,8 @@ def serve_main(argv: Sequence[str], prog: str = "lifelong serve") -> int:
     parser.add_argument("--memory", help="the named memory to serve (= shared_memory.name)")
     parser.add_argument("--port", type=int, help="HTTP port (= serve.port)")
     args = parser.parse_intermixed_args(argv)
-    overrides = list(args.overrides)
-    for flag, key in ((args.checkpoint, "encoder.checkpoint"), (args.run_id, "encoder.run_id"),
-                      (args.memory, "shared_memory.name"), (args.port, "serve.port")):
-        if flag:
-            overrides.append(f"{key}={flag}")
+    overrides = _flag_overrides(args, checkpoint="encoder.checkpoint", run_id="encoder.run_id",
+                                memory="shared_memory.name", port="serve.port")
     run_service(load_config(ServeJob, args.config, overrides))
     return 0
 

@@ -132,6 +132,20 @@ def _scan_range_fused(queries: np.ndarray, keys: np.ndarray, kind: int, values: 
         topk.push_block(out, values[first:last], first, part, maxima=maxima)
 
 
+def _scan_parts(scan, num_slots: int, threads: int) -> None:
+    """Runs ``scan(start, stop, part)`` over ``threads`` contiguous slot ranges: on the
+    calling thread when there is one (no hand-over to a worker), else one per worker."""
+    if threads == 1:
+        scan(0, num_slots, 0)
+        return
+    per_part = -(-num_slots // threads)
+    pool = _worker_pool(threads)
+    futures = [pool.submit(scan, start, min(num_slots, start + per_part), part)
+               for part, start in enumerate(range(0, num_slots, per_part))]
+    for future in futures:
+        future.result()
+
+
 class ExactSearch:
     """Exact top-k by cosine similarity, in blocks of slots so memory stays bounded.
 
@@ -148,9 +162,10 @@ class ExactSearch:
     "fused" (lifelong.memory.fused_kernel: each key read once, dot products in registers, the
     tile maxima of the threshold test taken on the way; the kernel of small batches, where BLAS
     runs far below its peak) or "auto": fused for batches of ``fused_min_batch`` to
-    ``fused_max_batch`` queries (the kernel pads a batch to a multiple of 16), BLAS otherwise. Both give the same slots in the same order except where two similarities are
-    within a float32 rounding of each other (docs/design.md §1.2). Keys may be float32,
-    bfloat16 or float16 (the memory's ``key_dtype``); similarities are float32 either way.
+    ``fused_max_batch`` queries (the kernel pads a batch to a multiple of 16), BLAS otherwise.
+    Both give the same slots in the same order except where two similarities are within a
+    float32 rounding of each other (docs/design.md §1.2). Keys may be float32, bfloat16 or
+    float16 (the memory's ``key_dtype``); similarities are float32 either way.
 
     Args:
         block_bytes: size of one similarity block [rows, B] per worker; the default 4 MiB stays
@@ -225,42 +240,25 @@ class ExactSearch:
             q = torch.cat([q, q[-1:].expand(pad, -1)])
         rows = max(1, min(num_slots, self.block_bytes // (4 * q.shape[0])))
         threads = self._threads_for(num_slots, batch)
-        per_part = -(-num_slots // threads)
         topk = RunningTopK(q.shape[0], k, parts=threads)
         kind = _KINDS[keys.dtype]
         keys_np = (keys if kind == FLOAT32 else keys.view(torch.int16)).numpy()
         if kind != FLOAT32:
             keys_np = keys_np.view(np.uint16)
         q_np, values_np = np.ascontiguousarray(q.numpy().T), values.numpy()
-        if threads == 1:
-            _scan_range_fused(q_np, keys_np, kind, values_np, 0, num_slots, rows, topk, 0)
-        else:
-            pool = _worker_pool(threads)
-            futures = [pool.submit(_scan_range_fused, q_np, keys_np, kind, values_np, start,
-                                   min(num_slots, start + per_part), rows, topk, part)
-                       for part, start in enumerate(range(0, num_slots, per_part))]
-            for future in futures:
-                future.result()
+        _scan_parts(lambda start, stop, part: _scan_range_fused(
+            q_np, keys_np, kind, values_np, start, stop, rows, topk, part), num_slots, threads)
         sims, slots = topk.result()
         return sims[:batch], slots[:batch]
 
     def _search_threads(self, queries, keys, values, k, rows):
         threads = self._threads_for(keys.shape[0], queries.shape[0])
-        num_slots = keys.shape[0]
-        per_part = -(-num_slots // threads)
         topk = RunningTopK(queries.shape[0], k, parts=threads)
         q, values_np = queries.contiguous().float().numpy(), values.numpy()
         keys_np = keys.numpy() if keys.dtype == torch.float32 else keys
         with _one_blas_thread():
-            if threads == 1:  # no hand-over to a worker thread
-                _scan_range(q, keys_np, values_np, 0, num_slots, rows, topk, 0)
-                return topk.result()
-            pool = _worker_pool(threads)
-            futures = [pool.submit(_scan_range, q, keys_np, values_np, start,
-                                   min(num_slots, start + per_part), rows, topk, part)
-                       for part, start in enumerate(range(0, num_slots, per_part))]
-            for future in futures:
-                future.result()
+            _scan_parts(lambda start, stop, part: _scan_range(
+                q, keys_np, values_np, start, stop, rows, topk, part), keys.shape[0], threads)
         return topk.result()
 
     def _search_torch(self, queries, keys, values, k, rows):

@@ -16,7 +16,7 @@ from lifelong.distributed.spec import absolute_location
 from lifelong.errors import ConfigError, MemoryNotFoundError
 from lifelong.service.backend import load_encoder_identity
 from lifelong.service.config import ServeJob
-from lifelong.streaming.segments import check_format
+from lifelong.streaming.segments import vector_size
 
 
 def absolute_job(job: ServeJob) -> ServeJob:
@@ -48,11 +48,7 @@ def ensure_service_memory(job: ServeJob):
     if job.has_encoder:
         key_dim = load_encoder_identity(job)[1]["key_dim"]
     elif job.serve.payload_format is not None:
-        dtype, shape = check_format(job.serve.payload_format)
-        if dtype != "float32":
-            raise ConfigError(f"serve.payload_format {job.serve.payload_format} needs an "
-                              "encoder")
-        key_dim = shape[0]
+        key_dim = vector_size(job.serve.payload_format)
     else:
         raise ConfigError("cannot tell the key size of the new memory: set encoder.checkpoint "
                           "or serve.payload_format=float32[D]")

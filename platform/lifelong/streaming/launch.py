@@ -18,7 +18,7 @@ from lifelong.streaming.config import StreamJob
 from lifelong.streaming.encoders import payload_encoder
 from lifelong.streaming.job import StreamResult, StreamRunner
 from lifelong.streaming.report import StreamGauges, plot_kshot
-from lifelong.streaming.segments import check_format, list_segments, read_segment
+from lifelong.streaming.segments import list_segments, read_segment, vector_size
 from lifelong.streaming.stats import StreamStats
 from lifelong.tracking import job_run, redact_uri
 
@@ -69,11 +69,7 @@ def _key_dim(job: StreamJob, loader) -> int:
     if fmt is None:
         raise ConfigError("cannot tell the key size of the new memory: no readable segment "
                           "yet; set stream.payload_format or encoder.checkpoint")
-    dtype, shape = check_format(fmt)
-    if dtype != "float32" or len(shape) != 1:
-        raise ConfigError(f"a {fmt} stream needs an encoder: encoder.checkpoint=PATH or "
-                          "encoder.run_id=ID")
-    return shape[0]
+    return vector_size(fmt)
 
 
 def open_memory(job: StreamJob, loader):

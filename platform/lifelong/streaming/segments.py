@@ -63,6 +63,20 @@ def check_format(payload_format: str) -> tuple[str, tuple[int, ...]]:
     return match.group(1), tuple(int(n) for n in match.group(2).split(","))
 
 
+def vector_size(payload_format: str) -> int:
+    """D of a ``float32[D]`` format: the key size of a memory its payloads are written into
+    as they are.
+
+    Raises:
+        ConfigError: another format (its payloads need an encoder to become keys).
+    """
+    dtype, shape = check_format(payload_format)
+    if dtype != "float32" or len(shape) != 1:
+        raise ConfigError(f"{payload_format} payloads need an encoder: "
+                          "encoder.checkpoint=PATH or encoder.run_id=ID")
+    return shape[0]
+
+
 @dataclass(frozen=True, eq=False)
 class Segment:
     """The decoded rows of one segment.
