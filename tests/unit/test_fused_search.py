@@ -197,3 +197,22 @@ def test_a_sharded_memory_refuses_compact_keys_and_its_spec_round_trips():
         MemorySpec(**base, key_dtype="bfloat16")
     spec = MemorySpec(**base)
     assert MemorySpec.from_json(spec.to_json()) == spec and spec.key_dtype == "float32"
+
+
+@pytest.mark.parametrize("dim", [5, 20, 130])
+@pytest.mark.parametrize("num_slots", [7, 8, 301])
+def test_fused_kernel_is_exact_at_any_key_size_and_row_tail(dim, num_slots):
+    """Key sizes off the 16-lane widening and slot counts off the 8-row groups (tails) keep the
+    kernel's fma order, for float32 keys and for compact keys widened."""
+    keys, values, gen = random_case(num_slots, dim, seed=dim + num_slots, empty_every=3)
+    q = F.normalize(torch.randn(17, dim, generator=gen), dim=1)
+    k = min(5, num_slots)
+    search = ExactSearch(block_bytes=4096, threads=2, serial_elements=0, kernel="fused")
+    expected = exact_topk(fma_order(q, keys), values, k)
+    got = search.search(q, keys, values, k)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    for dtype in (torch.bfloat16, torch.float16):
+        wide = keys.to(dtype).float()
+        expected = exact_topk(fma_order(q, wide), values, k)
+        got = search.search(q, keys.to(dtype), values, k)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), dtype

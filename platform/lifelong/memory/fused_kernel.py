@@ -1,117 +1,191 @@
-"""The fused exact-search kernel for small batches on CPU (numba): keys read once, similarities
-computed in registers, tile maxima for the running top-k's threshold test taken on the way.
+"""The fused exact-search kernel for small batches on CPU (numba + LLVM vectors): keys read
+once, similarities computed in registers, tile maxima for the running top-k's threshold test taken
+on the way.
 
 At a batch of a few queries the similarity product is a thin matrix product that BLAS runs far
 below its peak rate (it packs the keys, then streams them through a kernel sized for large
-batches). This kernel instead walks the slots two at a time and the queries two at a time:
-each of the four dot products is a register accumulation over ``key_dim`` (vectorised by the
-compiler), so every key is read once from memory and the queries stay in L1. Alongside the
-[R, B] similarity block it writes the block's tile maxima ([ceil(R / TILE), B], empty slots left
-out), which is what ``RunningTopK.push_block`` compares with the thresholds; the block itself is
-small enough to stay in cache for the few rows the threshold test reads again.
+batches). This kernel instead takes ROWS (8) key rows at a time and LANES (16) queries per
+vector: its micro-kernel (``_micro_tile``, LLVM IR written here, so the vector width does not
+depend on the compiler's cost model, which keeps numba's loops at 256 bits) holds one
+<16 x float> accumulator per key row, i.e. 8 independent fused multiply-add chains, each step an
+fma of a key element broadcast from memory with the 16 queries' elements. Every key is read once
+from memory, the queries stay in L1 and the similarities leave registers only to be written to
+the [R, B] block, whose tile maxima ([ceil(R / TILE), B], empty slots left out) are taken while
+the rows are in L1: that is what ``RunningTopK.push_block`` compares with the thresholds.
 
-Summation order: the compiler vectorises each dot product over ``key_dim`` (several float32
-partial sums, fused multiply-adds, a final reduction of the lanes). The order is fixed for a
-compiled kernel and does not depend on the block, the batch, the thread or the other queries, so
-a (query, slot) similarity is the same number wherever it is computed by this kernel; it can
-differ from BLAS's in the last bits (docs/design.md §1.2).
+Prefetch: a group of 8 rows of 128 float32 is one 4 KiB page, read column by column, and the
+hardware prefetcher stops at page ends, so each group would start cold. Each step of the
+micro-kernel therefore prefetches (into L2) a slice of the group AHEAD groups on, spread over the
+d steps: on the 2-core Xeon this took the 1M x 128 float32 scan at batch 16 from ~72 to ~45 ms
+on one thread (docs/design.md §1.2).
+
+Summation order (the kernel's exactness contract): each similarity is
+s = fma(key[j], query[j], s) for j = 0 .. d - 1 from s = 0 in float32 (llvm.fma: one rounding
+per step, on any target), so a (query, slot) similarity is the same number wherever it is
+computed by this kernel (block, batch, thread, other queries); it can differ from BLAS's in the
+last bits (docs/design.md §1.2).
 
 Compact keys: ``keys`` may be float32, or uint16 holding bfloat16 or float16 bits (the storage
-of ``key_dtype`` bfloat16 / float16). Each pair of key rows is first widened exactly to float32
-(bfloat16: the 16 bits shifted into the high half; float16: the IEEE conversion, subnormals
-included), then multiplied in float32 as above.
+of ``key_dtype`` bfloat16 / float16). Each group of rows is first widened exactly to float32 in
+L1 (bfloat16: the 16 bits shifted into the high half, 16 at once; float16: LLVM's fpext, i.e.
+vcvtph2ps, subnormals included), then multiplied in float32 as above; the prefetch then runs
+over the compact rows, so the bytes streamed are halved, the arithmetic is not.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from lifelong.memory.topk_kernel import TILE
 
 FLOAT32, BFLOAT16, FLOAT16 = 0, 1, 2  # how ``keys`` is stored (the ``kind`` argument)
 LANES = 16  # queries per vector register: the batch is padded to a multiple of LANES
-ROWS = 4  # key rows accumulated at once (ROWS vector accumulators); TILE is a multiple
+PREFETCH_LOCALITY = 1  # llvm.prefetch locality: 1 = into L2 (prefetcht2)
+AHEAD = 4  # groups of ROWS rows prefetched ahead of the one multiplied
+ROWS = 8  # key rows accumulated at once: 8 independent fma chains keep both FMA units busy
 
 
-@njit(nogil=True, cache=True)
-def _widen_row(keys, row, kind, out):
-    """out[:] = keys[row] as float32; keys: uint16 bits of bfloat16 (kind 1) or float16 (2)."""
-    bits = out.view(np.uint32)
-    d = keys.shape[1]
-    if kind == BFLOAT16:
-        for j in range(d):
-            bits[j] = np.uint32(keys[row, j]) << np.uint32(16)
-        return
-    for j in range(d):
-        h = np.uint32(keys[row, j])
-        sign = (h & np.uint32(0x8000)) << np.uint32(16)
-        exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
-        mantissa = h & np.uint32(0x3FF)
-        if exponent == 0:  # zero or subnormal: mantissa * 2^-24, exact in float32
-            value = np.float32(mantissa) * np.float32(5.9604644775390625e-08)
-            out[j] = -value if sign else value
-        elif exponent == 31:  # inf / nan
-            bits[j] = sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13))
-        else:
-            bits[j] = sign | ((exponent + np.uint32(112)) << np.uint32(23)) | \
-                (mantissa << np.uint32(13))
+def _array_data(context, builder, array_type, array):
+    return context.make_array(array_type)(context, builder, array).data
 
 
 @intrinsic
-def _stack_floats(typingctx, count):
-    """A pointer to ``count`` (a literal int) float32 on the stack: accumulators that the
-    compiler keeps in vector registers (a heap array would be reloaded at every step)."""
-    if not isinstance(count, types.IntegerLiteral):
+def _micro_tile(typingctx, src, src_offset, src_stride, queries_t, q_offset, q_stride, out,
+                out_offset, out_stride, dim, stream, ahead, ahead_step):
+    """out[out_offset + s * out_stride + lane] = sum_j src[src_offset + s * src_stride + j] *
+    queries_t[q_offset + j * q_stride + lane] for s < ROWS, lane < LANES, dim >= 1: one
+    <LANES x float> accumulator per key row, s = fma(key[j], query[j], s) for j = 0 .. dim - 1
+    (llvm.fma: one rounding per step, whatever the target's vector width). Step j also
+    prefetches stream.flat[ahead + j * ahead_step] (stream: the keys), so that rows further on arrive while this tile is
+    computed (requests spread over the loop, not in a burst that fills the line-fill buffers)."""
+    int_args = (src_offset, src_stride, q_offset, q_stride, out_offset, out_stride, dim, ahead,
+                ahead_step)
+    if not all(isinstance(a, types.Integer) for a in int_args) or \
+            not isinstance(stream, types.Array):
         return None
-    size = count.literal_value
 
     def codegen(context, builder, signature, args):
-        block = builder.alloca(ir.ArrayType(ir.FloatType(), size))
-        return builder.bitcast(block, ir.PointerType(ir.FloatType()))
-
-    return types.CPointer(types.float32)(count), codegen
-
-
-@njit(nogil=True, cache=True, fastmath={"contract"}, inline="always")
-def _rows_into(src, base, count, queries_t, values, first_slot, offset, out, maxima, acc):
-    """Similarities of the ROWS key rows src[base:] with every query; the first ``count`` of
-    them (slots first_slot ...) go to out[offset:] and to the tile maxima.
-
-    Each similarity is s = fma(key[j], query[j], s) for j = 0 .. d - 1 from s = 0, LANES
-    queries in one vector register per row. (Every index of ``acc`` is a constant once the
-    loops are unrolled, so the accumulators live in registers.)
-    """
-    d, padded = queries_t.shape
-    for c in range(padded // LANES):
-        c0 = c * LANES
-        for lane in range(LANES):
-            acc[0, lane] = 0.0
-            acc[1, lane] = 0.0
-            acc[2, lane] = 0.0
-            acc[3, lane] = 0.0
-        for j in range(d):
-            k0 = src[base, j]
-            k1 = src[base + 1, j]
-            k2 = src[base + 2, j]
-            k3 = src[base + 3, j]
-            for lane in range(LANES):
-                qv = queries_t[j, c0 + lane]
-                acc[0, lane] += k0 * qv
-                acc[1, lane] += k1 * qv
-                acc[2, lane] += k2 * qv
-                acc[3, lane] += k3 * qv
+        src_p = _array_data(context, builder, signature.args[0], args[0])
+        q_p = _array_data(context, builder, signature.args[3], args[3])
+        out_p = _array_data(context, builder, signature.args[6], args[6])
+        i64 = ir.IntType(64)
+        ints = [context.cast(builder, args[i], signature.args[i], types.int64)
+                for i in (1, 2, 4, 5, 7, 8, 9, 11, 12)]
+        stream_p = _array_data(context, builder, signature.args[10], args[10])
+        (src_offset_, src_stride_, q_offset_, q_stride_, out_offset_, out_stride_, dim_, ahead_,
+         ahead_step_) = ints
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        prefetch = builder.module.declare_intrinsic("llvm.prefetch.p0", (), ir.FunctionType(
+            ir.VoidType(), [i8p, i32, i32, i32]))
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, LANES)
+        fma = builder.module.declare_intrinsic(f"llvm.fma.v{LANES}f32", (),
+                                               ir.FunctionType(vec, [vec, vec, vec]))
+        zero = ir.Constant(vec, None)
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        rows = [builder.add(src_offset_, builder.mul(src_stride_, ir.Constant(i64, s)))
+                for s in range(ROWS)]
+        entry = builder.block
+        loop = builder.append_basic_block("micro.loop")
+        done = builder.append_basic_block("micro.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        j = builder.phi(i64)
+        accs = [builder.phi(vec) for _ in range(ROWS)]
+        q_at = builder.gep(q_p, [builder.add(q_offset_, builder.mul(j, q_stride_))])
+        qv = builder.load(builder.bitcast(q_at, vec.as_pointer()), align=4)
+        pf_at = builder.gep(stream_p, [builder.add(ahead_, builder.mul(j, ahead_step_))])
+        builder.call(prefetch, [builder.bitcast(pf_at, i8p), ir.Constant(i32, 0),
+                                ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
+        new = []
         for s in range(ROWS):
-            if s < count:
-                row = offset + s
-                tile = row // TILE
-                for lane in range(LANES):
-                    out[row, c0 + lane] = acc[s, lane]
-                if values[first_slot + s] >= 0:
-                    for lane in range(LANES):
-                        maxima[tile, c0 + lane] = max(maxima[tile, c0 + lane], acc[s, lane])
+            key = builder.load(builder.gep(src_p, [builder.add(rows[s], j)]))
+            kv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined),
+                                                               key, ir.Constant(i64, 0)),
+                                        ir.Constant(vec, ir.Undefined), splat_mask)
+            new.append(builder.call(fma, [kv, qv, accs[s]]))
+        j_next = builder.add(j, ir.Constant(i64, 1))
+        builder.cbranch(builder.icmp_signed("<", j_next, dim_), loop, done)
+        j.add_incoming(ir.Constant(i64, 0), entry)
+        j.add_incoming(j_next, loop)
+        for acc, value in zip(accs, new):
+            acc.add_incoming(zero, entry)
+            acc.add_incoming(value, loop)
+        builder.position_at_end(done)
+        for s in range(ROWS):
+            at = builder.add(out_offset_, builder.mul(out_stride_, ir.Constant(i64, s)))
+            builder.store(new[s], builder.bitcast(builder.gep(out_p, [at]), vec.as_pointer()),
+                          align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, src_offset, src_stride, queries_t, q_offset, q_stride, out,
+                      out_offset, out_stride, dim, stream, ahead, ahead_step), codegen
+
+
+@intrinsic
+def _widen_bfloat16(typingctx, src, src_offset, dst, dst_offset):
+    """dst.flat[dst_offset:][:LANES] = src.flat[src_offset:][:LANES] widened from bfloat16 bits
+    (uint16) to float32, LANES at once: zero-extend, shift into the high half."""
+    if not isinstance(src_offset, types.Integer) or not isinstance(dst_offset, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src_p = _array_data(context, builder, signature.args[0], args[0])
+        dst_p = _array_data(context, builder, signature.args[2], args[2])
+        at_src = builder.gep(src_p, [context.cast(builder, args[1], signature.args[1],
+                                                  types.int64)])
+        at_dst = builder.gep(dst_p, [context.cast(builder, args[3], signature.args[3],
+                                                  types.int64)])
+        halves = builder.load(builder.bitcast(at_src, ir.VectorType(ir.IntType(16), LANES)
+                                              .as_pointer()), align=2)
+        words = builder.zext(halves, ir.VectorType(ir.IntType(32), LANES))
+        words = builder.shl(words, ir.Constant(ir.VectorType(ir.IntType(32), LANES),
+                                               [16] * LANES))
+        vec = ir.VectorType(ir.FloatType(), LANES)
+        builder.store(builder.bitcast(words, vec), builder.bitcast(at_dst, vec.as_pointer()),
+                      align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, src_offset, dst, dst_offset), codegen
+
+
+@intrinsic
+def _half_to_float(typingctx, bits):
+    """The float32 value of the IEEE half ``bits`` (uint16): LLVM's fpext (vcvtph2ps with F16C),
+    exact, subnormals included."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@njit(nogil=True, cache=True)
+def _widen_rows(keys, first, count, kind, out):
+    """out[s] = keys[first + s] as float32 for s < count, zeros after; keys: uint16 bits of
+    bfloat16 (kind 1: the bits shifted into the high half) or float16 (kind 2)."""
+    bits = out.view(np.uint32)
+    d = keys.shape[1]
+    stride = keys.strides[0] // keys.itemsize
+    for s in range(count):
+        if kind == BFLOAT16:
+            whole = d // LANES * LANES
+            row = (first + s) * stride
+            for j in range(0, whole, LANES):
+                _widen_bfloat16(keys, row + j, out, s * d + j)
+            for j in range(whole, d):
+                bits[s, j] = np.uint32(keys[first + s, j]) << np.uint32(16)
+        else:
+            for j in range(d):
+                out[s, j] = _half_to_float(keys[first + s, j])
+    for s in range(count, out.shape[0]):
+        for j in range(d):
+            out[s, j] = 0.0
 
 
 @njit(nogil=True, cache=True)
@@ -121,30 +195,77 @@ def _start_maxima(maxima, rows):
             maxima[t, b] = -np.inf
 
 
-@njit(nogil=True, cache=True, fastmath={"contract"})
+@njit(nogil=True, cache=True, inline="always")
+def _tile_into(src, src_offset, src_stride, queries_t, out, out_row, stream, ahead,
+               ahead_step):
+    """Similarities of the ROWS rows src[src_offset:] (row stride ``src_stride``) with every
+    query, into out[out_row: out_row + ROWS] (out: [*, B] C-contiguous); prefetches
+    stream.flat[ahead + j * ahead_step] on the way (``_micro_tile``)."""
+    d, padded = queries_t.shape
+    for c in range(padded // LANES):
+        _micro_tile(src, src_offset, src_stride, queries_t, c * LANES, padded, out,
+                    out_row * padded + c * LANES, padded, d, stream, ahead,
+                    ahead_step if c == 0 else 0)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _take_maxima(out, values, first, row, count, maxima):
+    """Folds rows out[row: row + count] (slots first + row ...) into the tile maxima, empty
+    slots left out; the rows were just written, so they are read from L1."""
+    padded = out.shape[1]
+    for s in range(count):
+        if values[first + row + s] >= 0:
+            tile = (row + s) // TILE
+            for b in range(padded):
+                sim = out[row + s, b]
+                maxima[tile, b] = sim if sim > maxima[tile, b] else maxima[tile, b]
+
+
+@njit(nogil=True, cache=True)
 def _similarities_float32(keys, queries_t, values, first, last, out, maxima):
     _start_maxima(maxima, last - first)
-    acc = carray(_stack_floats(64), (ROWS, LANES))  # ROWS * LANES
-    rows = np.zeros((ROWS, keys.shape[1]), dtype=np.float32)
-    for r in range(first, last, ROWS):
-        count = min(ROWS, last - r)
-        # A copy to a local block (in L1): the compiler then knows it overlaps nothing.
+    d, padded = queries_t.shape
+    stride = keys.strides[0] // keys.itemsize
+    full = first + (last - first) // ROWS * ROWS
+    for r in range(first, full, ROWS):  # straight from the keys: each row read once
+        # the group AHEAD groups on, spread over the d steps (clipped to the last row)
+        ahead = min((r + AHEAD * ROWS) * stride, (keys.shape[0] - 1) * stride)
+        step = ROWS * stride // d if ahead + ROWS * stride <= keys.shape[0] * stride else 0
+        _tile_into(keys, r * stride, stride, queries_t, out, r - first, keys, ahead, step)
+        _take_maxima(out, values, first, r - first, ROWS, maxima)
+    if full < last:  # the tail: fewer than ROWS rows, through zero-padded copies
+        count = last - full
+        wide = np.zeros((ROWS, d), dtype=np.float32)
+        tail = np.empty((ROWS, padded), dtype=np.float32)
         for s in range(count):
-            for j in range(keys.shape[1]):
-                rows[s, j] = keys[r + s, j]
-        _rows_into(rows, 0, count, queries_t, values, r, r - first, out, maxima, acc)
+            for j in range(d):
+                wide[s, j] = keys[full + s, j]
+        _tile_into(wide, 0, d, queries_t, tail, 0, wide, 0, 0)
+        for s in range(count):
+            for b in range(padded):
+                out[full - first + s, b] = tail[s, b]
+        _take_maxima(out, values, first, full - first, count, maxima)
 
 
-@njit(nogil=True, cache=True, fastmath={"contract"})
+@njit(nogil=True, cache=True)
 def _similarities_compact(keys, kind, queries_t, values, first, last, out, maxima):
     _start_maxima(maxima, last - first)
-    acc = carray(_stack_floats(64), (ROWS, LANES))
-    wide = np.zeros((ROWS, keys.shape[1]), dtype=np.float32)
+    d, padded = queries_t.shape
+    wide = np.zeros((ROWS, d), dtype=np.float32)  # ROWS rows widened, in L1
+    tail = np.empty((ROWS, padded), dtype=np.float32)
     for r in range(first, last, ROWS):
         count = min(ROWS, last - r)
-        for s in range(count):
-            _widen_row(keys, r + s, kind, wide[s])
-        _rows_into(wide, 0, count, queries_t, values, r, r - first, out, maxima, acc)
+        _widen_rows(keys, r, count, kind, wide)
+        if count == ROWS:
+            ahead = min((r + AHEAD * ROWS) * d, (keys.shape[0] - 1) * d)
+            step = ROWS * d // d if ahead + ROWS * d <= keys.size else 0
+            _tile_into(wide, 0, d, queries_t, out, r - first, keys, ahead, step)
+        else:
+            _tile_into(wide, 0, d, queries_t, tail, 0, wide, 0, 0)
+            for s in range(count):
+                for b in range(padded):
+                    out[r - first + s, b] = tail[s, b]
+        _take_maxima(out, values, first, r - first, count, maxima)
 
 
 def fused_similarities(keys: np.ndarray, kind: int, queries_t: np.ndarray, values: np.ndarray,
@@ -164,6 +285,9 @@ def fused_similarities(keys: np.ndarray, kind: int, queries_t: np.ndarray, value
         maxima: [ceil(R / TILE), B] float32, receives each TILE rows' column maxima
             (-inf for a tile of empty slots).
     """
+    if keys.strides[1] != keys.itemsize or not (queries_t.flags.c_contiguous
+                                                 and out.flags.c_contiguous):
+        raise ValueError("keys need contiguous rows, queries_t and out C order")
     if kind == FLOAT32:
         _similarities_float32(keys, queries_t, values, first, last, out, maxima)
     else:
