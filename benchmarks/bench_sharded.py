@@ -10,6 +10,7 @@ memory, where search costs nothing, together with a bare round trip to every sha
 Usage:
     python benchmarks/bench_sharded.py                                # 1M and 4M slots (minutes)
     python benchmarks/bench_sharded.py slots=[65536] batches=[16] repeats=3
+    python benchmarks/bench_sharded.py key_dtype=bfloat16           # compact keys in the shards
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class BenchShardedConfig:
     shards: int = 2
     repeats: int = 5
     overhead_slots: int = 4096   # the tiny memory for Ray's per-step cost
+    key_dtype: str = "float32"   # or bfloat16 / float16: compact keys, local and sharded
     out: str = "bench_sharded.json"
 
     def __post_init__(self):
@@ -50,7 +52,8 @@ def sharded_like(local, name: str, cfg: BenchShardedConfig, storage: str):
     """A sharded memory holding the local memory's state."""
     spec = MemorySpec(name=name, key_dim=cfg.key_dim, num_slots=local.num_slots,
                       num_values=local.num_values, shards=cfg.shards, choose_k=cfg.choose_k,
-                      storage=storage, snapshot_every=10**9, num_cpus=1)
+                      storage=storage, snapshot_every=10**9, num_cpus=1,
+                      key_dtype=local.key_dtype)
     memory = create_memory(spec)
     memory.load_state_dict(local.state_dict())
     return memory
@@ -96,7 +99,7 @@ def cases(cfg: BenchShardedConfig, storage: str) -> tuple[list[dict], dict]:
     """Ray's cost per step on the tiny memory, then every size, on the connected cluster."""
     rows, overhead = [], {}
     bench_cfg = BenchConfig(key_dim=cfg.key_dim, choose_k=cfg.choose_k, batches=(1,))
-    tiny = make_memory(cfg.overhead_slots, bench_cfg)
+    tiny = make_memory(cfg.overhead_slots, bench_cfg, cfg.key_dtype)
     tiny_sharded = sharded_like(tiny, "overhead", cfg, storage)
     handles = tiny_sharded.shards
     round_trip = best_time(lambda: handles.call("ping", [()] * cfg.shards), 20)
@@ -107,7 +110,7 @@ def cases(cfg: BenchShardedConfig, storage: str) -> tuple[list[dict], dict]:
                                 "round_trip_ms": round_trip * 1e3}
     delete_memory("overhead", storage)  # frees the nodes' CPUs for the next memory
     for n in tqdm(cfg.slots, desc="bench_sharded"):
-        local = make_memory(n, bench_cfg)
+        local = make_memory(n, bench_cfg, cfg.key_dtype)
         sharded = sharded_like(local, f"bench-{n}", cfg, storage)
         rows += time_pairs(local, sharded, cfg)
         delete_memory(f"bench-{n}", storage)

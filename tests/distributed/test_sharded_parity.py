@@ -112,3 +112,56 @@ def test_loaded_state_then_equal_steps():
     a, b = local.state_dict(), sharded.state_dict()
     for name in ("values", "ages"):
         assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("key_dtype", ["bfloat16", "float16"])
+def test_a_compact_sharded_memory_equals_a_compact_memory_and_survives_a_restart(
+        tmp_path, key_dtype):
+    """Compact keys in shards: step for step a local Memory of the same key_dtype (the write
+    records are float32, narrowed exactly when applied), the state in that dtype, and a restart
+    (snapshot + log replay) answers identically."""
+    from lifelong.distributed.client import LocalShards
+    from lifelong.distributed.shard import MemoryShard
+
+    spec = MemorySpec(name="compact", key_dim=16, num_slots=61, num_values=12, shards=2,
+                      choose_k=7, age_noise=0.0, storage=str(tmp_path), snapshot_every=11,
+                      key_dtype=key_dtype)
+    sharded = ShardedMemory.local(spec, durable=True)
+    local = Memory(key_dim=16, num_slots=61, num_values=12, choose_k=7, age_noise=0.0,
+                   key_dtype=key_dtype)
+    run_pair(sharded, local, steps=30, batch=8, use_labels_every=1)
+    a, b = local.state_dict(), sharded.state_dict()
+    assert b["keys"].dtype == getattr(torch, key_dtype)
+    for name in ("keys", "values", "ages", "recent_slots"):
+        assert torch.equal(a[name], b[name]), name
+    sharded.flush()
+    again = ShardedMemory(spec, LocalShards([MemoryShard(spec, i) for i in range(2)]))
+    c = again.state_dict()
+    for name in ("keys", "values", "ages", "recent_slots"):
+        assert torch.equal(a[name], c[name]), name
+    q = torch.randn(5, 16, generator=torch.Generator().manual_seed(9))
+    x, y = local.query(q), again.query(q)
+    assert torch.equal(x.slots, y.slots) and torch.equal(x.similarities, y.similarities)
+    run_pair(again, local, steps=5, batch=8)  # and it goes on learning in step
+
+
+def test_a_compact_sharded_memory_loads_a_local_state_as_bench_sharded_does():
+    """bench_sharded's use: a full local memory (bench_memory.make_memory) loaded into a sharded
+    memory of the same key_dtype answers with the same top-k, and steps."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bench_memory import BenchConfig, make_memory, memory_step
+
+    cfg = BenchConfig(key_dim=16, choose_k=8, batches=(4,), slots=(300,))
+    local = make_memory(300, cfg, "bfloat16")
+    spec = MemorySpec(name="bench", key_dim=16, num_slots=300, num_values=local.num_values,
+                      shards=2, choose_k=8, storage="unused", key_dtype="bfloat16")
+    sharded = ShardedMemory.local(spec)
+    sharded.load_state_dict(local.state_dict())
+    assert torch.equal(sharded.state_dict()["keys"], local.keys)
+    q = torch.randn(4, 16, generator=torch.Generator().manual_seed(3))
+    a, b = local.query(q), sharded.query(q)
+    assert torch.equal(a.slots, b.slots) and torch.equal(a.values, b.values)
+    memory_step(sharded, q, torch.tensor([1, 2, 3, 4]))

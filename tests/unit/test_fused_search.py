@@ -189,14 +189,16 @@ def test_key_dtype_is_validated():
         Memory(key_dim=4, num_slots=4, num_values=2, key_dtype="float64")
 
 
-def test_a_sharded_memory_refuses_compact_keys_and_its_spec_round_trips():
+def test_a_sharded_memory_takes_compact_keys_and_its_spec_round_trips():
     from lifelong.distributed import MemorySpec
 
     base = dict(name="compact", key_dim=16, num_slots=32, num_values=10, storage="/unused")
     with pytest.raises(ConfigError):
-        MemorySpec(**base, key_dtype="bfloat16")
-    spec = MemorySpec(**base)
-    assert MemorySpec.from_json(spec.to_json()) == spec and spec.key_dtype == "float32"
+        MemorySpec(**base, key_dtype="int8")
+    for key_dtype in ("float32", "bfloat16", "float16"):
+        spec = MemorySpec(**base, key_dtype=key_dtype)
+        assert MemorySpec.from_json(spec.to_json()) == spec and spec.key_dtype == key_dtype
+    assert MemorySpec(**base).key_dtype == "float32"
 
 
 @pytest.mark.parametrize("dim", [5, 20, 130])

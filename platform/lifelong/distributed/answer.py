@@ -74,10 +74,10 @@ def answer_query(memory: Memory, q: np.ndarray, labels: np.ndarray | None, k: in
             local = slots.gather(1, first).squeeze(1)
             slot = torch.where(mask.any(dim=1), local + offset, -1)
             setattr(answer, f"{kind}_slot", slot.cpu().numpy())
-            setattr(answer, f"{kind}_key", mem.keys[local].cpu().numpy())
+            setattr(answer, f"{kind}_key", mem.keys[local].float().cpu().numpy())
         recent = recent_slots[labels]
         local = torch.from_numpy(recent.clip(min=0)).to(device)
-        keys = mem.keys[local]
+        keys = mem.keys[local].to(mem.query_dtype)  # compact keys: widened exactly
         answer.recent_slot = np.where(recent >= 0, recent + offset, -1)
         answer.recent_stamp = np.stack([recent_clock[labels], recent_position[labels]], axis=1)
         answer.recent_value = np.where(recent >= 0, mem.values[local].cpu().numpy(), -1)

@@ -31,6 +31,7 @@ from lifelong.memory.checks import (check_labels, check_query, check_state, chec
                                     rescale_rows)
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
 from lifelong.memory.insert_order import EMPTY_BONUS, slot_rank
+from lifelong.memory.key_dtypes import resolve_key_dtype
 
 __all__ = ["LocalShards", "ShardGroup", "ShardedMemory", "UpdateBatch"]
 
@@ -387,7 +388,8 @@ class ShardedMemory:
         slots = stack("recent_slots")
         latest = _latest(slots, stack("recent_clock"), stack("recent_position"))
         recent = slots[latest, np.arange(slots.shape[1])]
-        return {"keys": torch.from_numpy(cat("keys")), "values": torch.from_numpy(cat("values")),
+        keys = torch.from_numpy(cat("keys")).to(resolve_key_dtype(self.spec.key_dtype))
+        return {"keys": keys, "values": torch.from_numpy(cat("values")),
                 "ages": torch.from_numpy(cat("ages")), "recent_slots": torch.from_numpy(recent)}
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor],
@@ -412,8 +414,9 @@ class ShardedMemory:
         spec = self.spec
         check_state(state_dict, spec.key_dim, spec.num_slots, spec.num_values)
         self.flush()
-        keys, values, ages = (state_dict[name].detach().cpu().numpy() for name in
-                              ("keys", "values", "ages"))
+        keys = state_dict["keys"].detach().cpu().to(resolve_key_dtype(spec.key_dtype)).float()
+        keys, values, ages = (t.numpy() for t in (keys, state_dict["values"].detach().cpu(),
+                                                   state_dict["ages"].detach().cpu()))
         bounds, clock = list(self.offsets), int(ages.max())
         self.shards.call("load_state", [
             (np.ascontiguousarray(keys[a:b], dtype=np.float32), values[a:b], ages[a:b], clock)

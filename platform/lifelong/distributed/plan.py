@@ -56,7 +56,8 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
     answer = np.concatenate([taken[:marked], taken[marked + len(stale):], answer_refresh])
     return Update(writer=write.writer, seq=write.seq, digest=digest,
                   clock=int(memory.clock) + 1, slots=plan.slots.cpu().numpy(),
-                  keys=plan.keys.cpu().numpy().astype(np.float32),
+                  # float32 records: compact keys widen exactly, applying narrows them back
+                  keys=plan.keys.cpu().float().numpy(),
                   values=plan.values.cpu().numpy(),
                   recent_labels=np.concatenate([write.refresh_labels[fresh],
                                                 ins_labels[accept]]),

@@ -97,7 +97,8 @@ class MemoryShard:
         self.memory = Memory(key_dim=spec.key_dim, num_slots=self.size, num_values=1,
                              choose_k=spec.choose_k, alpha=spec.alpha, age_noise=spec.age_noise,
                              use_recent=False, seed=spec.seed + index, slot_offset=self.offset,
-                             total_slots=spec.num_slots).to(self.device)
+                             total_slots=spec.num_slots, key_dtype=spec.key_dtype
+                             ).to(self.device)
         v = spec.num_values
         self.recent_slots = np.full(v, -1, dtype=np.int64)
         self.recent_clock = np.zeros(v, dtype=np.int64)
@@ -349,8 +350,11 @@ class MemoryShard:
         mem = self.memory
         on_cpu = self.device.type == "cpu"  # else .cpu() makes the copies already
         own = (lambda a, copied=False: a if copied or not copy else a.copy())  # noqa: E731
+        # Snapshots hold float32 keys: compact keys widen exactly (and that is a copy already),
+        # and narrow back exactly when loaded (docs/design.md §1.2).
+        compact = mem.keys.dtype != torch.float32
         return Snapshot(
-            keys=own(mem.keys.cpu().numpy(), not on_cpu),
+            keys=own(mem.keys.cpu().float().numpy(), not on_cpu or compact),
             values=own(mem.values.cpu().numpy(), not on_cpu),
             write_time=own(mem.write_time.cpu().numpy(), not on_cpu), clock=int(mem.clock),
             recent_slots=own(self.recent_slots), recent_clock=own(self.recent_clock),
@@ -362,7 +366,7 @@ class MemoryShard:
         recent_position [V]: copies, sent once durable."""
         def copies():
             mem = self.memory
-            return {"keys": mem.keys.cpu().numpy().copy(),  # the state now, not a view
+            return {"keys": mem.keys.cpu().float().numpy().copy(),  # the state now (float32)
                     "values": mem.values.cpu().numpy().copy(), "ages": mem.ages.cpu().numpy(),
                     "recent_slots": np.where(self.recent_slots >= 0,
                                              self.recent_slots + self.offset, -1),

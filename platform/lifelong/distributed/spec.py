@@ -86,14 +86,11 @@ class MemorySpec(MemoryConfig):
         for name in ("key_dim", "num_slots", "num_values", "shards", "snapshot_every"):
             check_int(name, getattr(self, name))
         check_int("seed", self.seed, minimum=0)
-        if self.key_dtype != "float32":
-            raise ConfigError("a sharded memory stores float32 keys (its snapshots and write "
-                              "records are float32): compact keys are for a local memory only",
-                              key="key_dtype")
         if self.num_slots >= 2**31 or self.num_values >= 2**31:
             raise ConfigError("num_slots and num_values must be < 2**31 (shards answer with "
                               "32-bit slot ids and values)")
-        shard_bytes = -(-self.num_slots // self.shards) * self.key_dim * 4
+        key_bytes = 4 if self.key_dtype == "float32" else 2  # compact keys: 2 bytes each
+        shard_bytes = -(-self.num_slots // self.shards) * self.key_dim * key_bytes
         if shard_bytes > MAX_SHARD_KEY_BYTES:
             raise ConfigError(f"num_slots x key_dim = {self.num_slots} x {self.key_dim} needs "
                               f"{shard_bytes / 2**30:.0f} GiB of keys per shard over "

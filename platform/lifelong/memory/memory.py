@@ -296,14 +296,15 @@ class Memory(MemoryState, nn.Module):
 
         Args:
             slots: [W] int64 distinct slots (e.g. ``WritePlan.slots``).
-            keys: [W, d] their keys, stored as given.
+            keys: [W, d] their keys, stored as given (converted to the key dtype: a shard's
+                float32 write record of compact keys narrows back exactly).
             values: [W] int64 their values.
             clock: the write clock after the step (a replayed step's recorded clock, >= the
                 current one); None: the next step, clock + 1.
         """
         order = self._order()
         was_empty = int((self.values[slots] < 0).sum())
-        self.keys[slots] = keys
+        self.keys[slots] = keys.to(self.keys.dtype)  # float32 records of compact keys: exact
         self.values[slots] = values
         if clock is None:
             self.clock += 1
