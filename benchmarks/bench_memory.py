@@ -14,7 +14,12 @@ Floors, the machine's limits, measured in the same run:
   * matmul: the FLOPs of the similarity product (2 B d N) at the best matmul rate this machine
     reaches at ANY batch size (``peak_batches``, torch or numpy, both layouts), not the rate
     BLAS reaches at this batch (reported beside it as ``blas_at_batch_ms``).
-  floor = max(bandwidth floor, matmul floor); ratio = step / floor.
+  floor = max(bandwidth floor, matmul floor); ratio = step / floor. Compact keys have a floor
+  of their own (``compact_floor_ms``: half the bytes, the same FLOPs): ``ratio_compact``.
+
+``kernel="auto"`` runs the fused kernel (lifelong.memory.fused_kernel: 8 key rows x 16 queries
+in <16 x float> fma chains, keys prefetched ahead) at batches 16 to 32 and BLAS otherwise;
+``auto_kernel`` in each row says which ran.
 
 Usage:
     python benchmarks/bench_memory.py                       # the full table (a few minutes)
@@ -153,6 +158,7 @@ def run_case(num_slots: int, batch: int, cfg: BenchConfig, bandwidth: float,
     step_compact = time_step(num_slots, batch, cfg, cfg.compact, "auto") if cfg.compact \
         else None
     memory = make_memory(num_slots, cfg)
+    auto_kernel = "fused" if memory.search.uses_fused(batch, memory.keys) else "blas"
     qn = F.normalize(torch.randn(batch, cfg.key_dim, generator=torch.Generator().manual_seed(1)),
                      dim=1)
     products = {name: best_time(fn, cfg.repeats)
@@ -163,6 +169,7 @@ def run_case(num_slots: int, batch: int, cfg: BenchConfig, bandwidth: float,
     bandwidth_floor = num_slots * cfg.key_dim * 4 / bandwidth
     matmul_floor = flops / peak_rate
     floor = max(bandwidth_floor, matmul_floor)
+    compact_floor = max(bandwidth_floor / 2, matmul_floor)  # bfloat16 / float16: 2 bytes
     return {
         "slots": num_slots, "batch": batch,
         "step_ms": step * 1e3,
@@ -174,7 +181,10 @@ def run_case(num_slots: int, batch: int, cfg: BenchConfig, bandwidth: float,
         "matmul_best": best_product,
         "matmul_gflops": {name: flops / t / 1e9 for name, t in products.items()},
         "floor_ms": floor * 1e3,
+        "compact_floor_ms": compact_floor * 1e3,
+        "auto_kernel": auto_kernel,
         "ratio": step / floor,
+        "ratio_compact": step_compact / compact_floor if step_compact else None,
         "ratio_blas": step_blas / floor,
         "compact_vs_float32": step_compact / step if step_compact else None,
         "paper_code_ms": PAPER_CODE_MS.get((num_slots, batch)),
@@ -186,21 +196,24 @@ def print_table(rows: list[dict], bandwidth: float, peak_rate: float, peak_where
     print(f"\nread bandwidth: {bandwidth / 1e9:.1f} GB/s; peak matmul: {peak_rate / 1e9:.1f} "
           f"GFLOP/s ({peak_where}); threads: {torch.get_num_threads()}")
     header = (f"{'slots':>9} {'batch':>5} {'bw floor':>9} {'mm floor':>9} {'blas@B':>9} "
-              f"{'step blas':>9} {'step auto':>9} {'step ' + (compact or '-'):>14} "
-              f"{'blas/fl':>7} {'auto/fl':>7} {'cmp/auto':>8} {'paper':>7}")
+              f"{'step blas':>9} {'step auto':>9} {'auto':>5} {'step ' + (compact or '-'):>14} "
+              f"{'blas/fl':>7} {'auto/fl':>7} {'cmp/cfl':>7} {'cmp/auto':>8} {'paper':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
         paper = f"{r['paper_code_ms']:.1f}" if r["paper_code_ms"] else "-"
         comp = f"{r['step_compact_ms']:.2f}" if r["step_compact_ms"] else "-"
         comp_ratio = f"{r['compact_vs_float32']:.2f}" if r["compact_vs_float32"] else "-"
+        comp_floor = f"{r['ratio_compact']:.2f}" if r["ratio_compact"] else "-"
         print(f"{r['slots']:>9} {r['batch']:>5} {r['bandwidth_floor_ms']:>9.2f} "
               f"{r['matmul_floor_ms']:>9.2f} {r['blas_at_batch_ms']:>9.2f} "
-              f"{r['step_blas_ms']:>9.2f} {r['step_ms']:>9.2f} {comp:>14} "
-              f"{r['ratio_blas']:>7.2f} {r['ratio']:>7.2f} {comp_ratio:>8} {paper:>7}")
+              f"{r['step_blas_ms']:>9.2f} {r['step_ms']:>9.2f} {r['auto_kernel']:>5} {comp:>14} "
+              f"{r['ratio_blas']:>7.2f} {r['ratio']:>7.2f} {comp_floor:>7} {comp_ratio:>8} "
+              f"{paper:>7}")
     print("ms per step; floor = max(bw floor, mm floor): bw = float32 keys streamed once, mm = "
           "the product's FLOPs at the peak matmul rate (any batch); blas@B = the best product "
-          "at this batch; ratio = step / floor; cmp/auto = compact keys' step / float32's; "
+          "at this batch; auto = the kernel auto ran; ratio = step / floor; cmp/cfl = compact "
+          "keys' step / their floor (half the bytes); cmp/auto = compact keys' step / float32's; "
           "'paper' = the reference TensorFlow code on this machine, as given in issue 2.")
 
 
