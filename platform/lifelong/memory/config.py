@@ -27,8 +27,9 @@ class MemoryConfig:
         use_recent: The slot most recently written for the label joins the loss's candidates,
             so a positive is available (the reference code's ``recent_idx``).
         key_dtype: How keys are stored: float32, bfloat16 or float16 (compact keys halve the
-            bytes a search streams; similarities stay float32). A local ``Memory`` only: a
-            sharded memory (``MemorySpec``) stores float32 keys.
+            bytes a search streams; similarities stay float32). A sharded memory
+            (``MemorySpec``) stores its shards' keys so too; its snapshots and write records
+            hold them widened to float32 (docs/design.md §1.2).
     """
 
     choose_k: int = 256
