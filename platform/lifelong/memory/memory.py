@@ -27,7 +27,7 @@ from torch import nn
 from lifelong.errors import MemoryStateError
 from lifelong.memory.checks import check_labels, check_query, rescale_rows
 from lifelong.memory.insert_order import EMPTY_BONUS, InsertOrder
-from lifelong.memory.key_dtypes import query_dtype_for, resolve_key_dtype
+from lifelong.memory.key_dtypes import query_dtype_for, resolve_key_dtype, zeros_keys
 from lifelong.memory.loss import margin_from_pair, softmax_temperature
 from lifelong.memory.output import MemoryOutput, WritePlan
 from lifelong.memory.search import ExactSearch, Search
@@ -92,8 +92,8 @@ class Memory(MemoryState, nn.Module):
         self.search = search if search is not None else ExactSearch()
         self.generator = torch.Generator().manual_seed(seed)
         self.query_proj = nn.Parameter(torch.eye(key_dim)) if learn_query_proj else None
-        self.register_buffer("keys", torch.zeros(num_slots, key_dim,
-                                                 dtype=resolve_key_dtype(key_dtype)))
+        self.register_buffer("keys", zeros_keys(num_slots, key_dim,
+                                                resolve_key_dtype(key_dtype)))
         self.register_buffer("values", torch.full((num_slots,), -1, dtype=torch.int64))
         self.register_buffer("recent_slots", torch.full((num_values,), -1, dtype=torch.int64))
         self.register_buffer("write_time", torch.zeros(num_slots, dtype=torch.int64),
