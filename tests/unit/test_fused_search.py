@@ -218,3 +218,23 @@ def test_fused_kernel_is_exact_at_any_key_size_and_row_tail(dim, num_slots):
         expected = exact_topk(fma_order(q, wide), values, k)
         got = search.search(q, keys.to(dtype), values, k)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), dtype
+
+
+@pytest.mark.parametrize("kernel", ["fused", "blas"])
+def test_keys_that_round_to_one_compact_key_tie_at_the_lowest_slot(kernel):
+    """Two float32 keys closer than bfloat16's rounding become one bfloat16 key: a new exact
+    tie, which goes to the lowest slot as every exact tie does (docs/design.md §1.2)."""
+    keys, values, gen = random_case(400, 32, seed=11, empty_every=9)
+    q = F.normalize(torch.randn(16, 32, generator=gen), dim=1)
+    best = int((q[0] @ keys.T).masked_fill(values < 0, -2).argmax())
+    twin = 397 if best != 397 else 398
+    # one float32 ulp off the bfloat16 rounding of keys[best]: distinct in float32, equal in
+    # bfloat16
+    keys[twin] = torch.nextafter(keys[best].to(torch.bfloat16).float(), torch.tensor(2.0))
+    values[twin] = 3
+    assert not torch.equal(keys[twin], keys[best])
+    compact = keys.to(torch.bfloat16)
+    assert torch.equal(compact[twin], compact[best])
+    search = ExactSearch(block_bytes=2048, threads=2, serial_elements=0, kernel=kernel)
+    sims, slots = search.search(q, compact, values, 4)
+    assert slots[0, :2].tolist() == sorted([best, twin]) and sims[0, 0] == sims[0, 1]
