@@ -253,12 +253,14 @@ def _similarities_compact(keys, kind, queries_t, values, first, last, out, maxim
     d, padded = queries_t.shape
     wide = np.zeros((ROWS, d), dtype=np.float32)  # ROWS rows widened, in L1
     tail = np.empty((ROWS, padded), dtype=np.float32)
+    stride = keys.strides[0] // keys.itemsize
     for r in range(first, last, ROWS):
         count = min(ROWS, last - r)
         _widen_rows(keys, r, count, kind, wide)
         if count == ROWS:
-            ahead = min((r + AHEAD * ROWS) * d, (keys.shape[0] - 1) * d)
-            step = ROWS * d // d if ahead + ROWS * d <= keys.size else 0
+            # as for float32 keys: the group AHEAD groups on (half the bytes per row)
+            ahead = min((r + AHEAD * ROWS) * stride, (keys.shape[0] - 1) * stride)
+            step = ROWS * stride // d if ahead + ROWS * stride <= keys.shape[0] * stride else 0
             _tile_into(wide, 0, d, queries_t, out, r - first, keys, ahead, step)
         else:
             _tile_into(wide, 0, d, queries_t, tail, 0, wide, 0, 0)
