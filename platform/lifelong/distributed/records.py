@@ -183,6 +183,9 @@ class Snapshot:
     recent_clock: np.ndarray  # [V] int64
     recent_position: np.ndarray  # [V] int64
     writers: dict[str, list]  # writer -> [last seq, inserted slots, digest, clock]
+    # The search index at this state (``IVFSearch.export_state``, checksummed), kept in a file
+    # of its own beside the snapshot (``index-<gen>.bin``); None: none (an exact search).
+    index: bytes | None = None
 
     def to_table(self) -> pa.Table:
         """The snapshot as one Parquet-ready table, the scalars as JSON in its metadata."""

@@ -69,6 +69,8 @@ def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
     return sims, slots.gather(1, perm2)
 
 
+canonical_order = _canonical_order  # the same order for other searches (lifelong.memory.ivf)
+
 _workers: dict[int, ThreadPoolExecutor] = {}
 _worker_state = threading.local()  # each worker thread's reusable similarity block
 _blas = None  # threadpoolctl controller of numpy's BLAS, made on first use
@@ -358,9 +360,15 @@ class FaissSearch:
 
 
 def make_search(name: str, **options) -> Search:
-    """Builds a search backend by name: "exact", "faiss-flat" or "faiss-ivf"."""
+    """Builds a search backend by name: "exact", "ivf" (``lifelong.memory.ivf.IVFSearch``),
+    "faiss-flat" or "faiss-ivf"."""
     if name == "exact":
         return ExactSearch(**options)
+    if name == "ivf":
+        from lifelong.memory.ivf import IVFSearch  # imports this module
+
+        return IVFSearch(**options)
     if name in ("faiss-flat", "faiss-ivf"):
         return FaissSearch(kind=name.split("-")[1], **options)
-    raise ValueError(f"unknown search backend {name!r}: use exact, faiss-flat or faiss-ivf")
+    raise ValueError(f"unknown search backend {name!r}: use exact, ivf, faiss-flat or "
+                     "faiss-ivf")
