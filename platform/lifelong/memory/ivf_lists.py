@@ -1,5 +1,5 @@
 """The inverted lists of ``IVFSearch`` (lifelong.memory.ivf): which slots each coarse cell holds,
-kept in place as keys move, and the numba kernel that scans the probed lists.
+kept in place as keys move, and the numba kernel that scores the probed lists' keys.
 
 The lists live in one list-ordered buffer of slot ids with slack: list ``l`` holds
 ``order[start[l] : start[l] + length[l]]`` and may grow to ``capacity[l]``. A slot whose key
@@ -97,37 +97,25 @@ def _move(slots, cells, assign, pos, order, start, length, capacity):  # pragma:
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def scan_lists(keys, q, order, start, length, cells, probes, block, rowids):  # pragma: no cover
-    """Similarities of the probed lists' keys, list after list, into ``block``.
+def score_rows(rows, q, which, probes, block):  # pragma: no cover
+    """Similarities of gathered keys to the queries that probe their lists, into ``block``.
 
     Args:
-        keys: [N, d] float32 the memory keys (read in place: only the listed rows).
+        rows: [R, d] float32 the listed keys, gathered contiguously (list after list).
         q: [B, d] float32 queries.
-        order, start, length: the inverted lists (``InvertedLists``).
-        cells: [L] the lists to scan, in order.
-        probes: [L, B] bool, query b probes list cells[i].
-        block: [R, B] float32 out: row r is the r-th listed slot; a query that does not probe
-            the row's list gets -inf (so it never enters that query's top-k).
-        rowids: [R] int64 out: the slot id of each row.
-
-    Returns:
-        The number of rows written (the lists' total length).
+        which: [R] the list (an index into ``probes``) of each row.
+        probes: [L, B] bool, query b probes list l.
+        block: [R, B] float32 out; a query that does not probe the row's list gets -inf (it
+            never enters that query's top-k).
     """
     batch, d = q.shape
-    r = 0
-    for i in range(cells.shape[0]):
-        c = cells[i]
-        first = start[c]
-        for j in range(length[c]):
-            slot = order[first + j]
-            rowids[r] = slot
-            for b in range(batch):
-                if probes[i, b]:
-                    acc = np.float32(0.0)
-                    for t in range(d):
-                        acc += keys[slot, t] * q[b, t]
-                    block[r, b] = acc
-                else:
-                    block[r, b] = -np.inf
-            r += 1
-    return r
+    for r in range(rows.shape[0]):
+        i = which[r]
+        for b in range(batch):
+            if probes[i, b]:
+                acc = np.float32(0.0)
+                for t in range(d):
+                    acc += rows[r, t] * q[b, t]
+                block[r, b] = acc
+            else:
+                block[r, b] = -np.inf
