@@ -4,6 +4,7 @@ Layout under the memory's location (a local path or any pyarrow filesystem URI):
 
     <memory>/memory.json                       the MemorySpec
     <memory>/shard-003/snapshot-00000002.parquet   state after every update before generation 2
+    <memory>/shard-003/index-00000002.bin      its search index (search=ivf; checked by the search)
     <memory>/shard-003/log-00000002.bin        the updates applied since that snapshot
 
 A snapshot is one Parquet table (slot, key, value, write_time) plus the shard's clock, recent

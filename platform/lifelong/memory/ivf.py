@@ -1,5 +1,5 @@
 """``IVFSearch``: an approximate inverted-file search over the memory's own keys, torch + numba,
-the same on CPU and GPU, kept consistent with every write (docs/design.md §1.2.1).
+the same on CPU and GPU, kept consistent with every write (docs/design.md §1.10).
 
 A trained coarse quantiser (``nlist`` unit centroids, spherical k-means) splits the filled slots
 into cells; a query scores every centroid and searches the keys of its ``nprobe`` best cells
