@@ -95,9 +95,8 @@ class IVFSearch:
         if not len(ids):
             return
         lists = self.lists
-        if self.centroids is None:
-            lists.assign[ids] = UNASSIGNED
-        else:
+        lists.fill(ids)
+        if self.centroids is not None:
             lists.move(ids, self._nearest(keys[torch.from_numpy(ids).to(keys.device)]))
         if lists.count >= self.next_train:
             self._train(keys)
@@ -204,7 +203,7 @@ class IVFSearch:
         if pending is None or not pending.any():
             return
         self.rebuilds += 1
-        self.lists.assign[pending] = UNASSIGNED
+        self.lists.fill(np.flatnonzero(pending))
         if self.lists.count >= self.next_train:
             self._train(keys)
 
@@ -280,6 +279,7 @@ class IVFSearch:
         self.reset()
         self.lists = InvertedLists(keys.shape[0], self.nlist)
         self.lists.assign[:] = assign
+        self.lists.recount()
         self.centroids = torch.from_numpy(centroids).to(keys.device) if trained else None
         self._centroids_bf16 = None
         self.next_train = next_train if next_train < 2**62 else np.iinfo(np.int64).max

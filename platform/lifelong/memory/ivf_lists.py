@@ -30,10 +30,17 @@ class InvertedLists:
         self.length = np.zeros(nlist, dtype=np.int64)
         self.capacity = np.zeros(nlist, dtype=np.int64)
 
-    @property
-    def count(self) -> int:
-        """Filled slots (assigned or not)."""
-        return int((self.assign >= UNASSIGNED).sum())
+        self.count = 0  # filled slots (assigned or not), kept by ``fill``
+
+    def fill(self, slots: np.ndarray) -> None:
+        """Marks the distinct ``slots`` [W] filled (not yet in a list if they were empty)."""
+        empty = slots[self.assign[slots] == EMPTY]
+        self.assign[empty] = UNASSIGNED
+        self.count += len(empty)
+
+    def recount(self) -> None:
+        """``count`` from ``assign`` (after it was set whole)."""
+        self.count = int((self.assign >= UNASSIGNED).sum())
 
     def move(self, slots: np.ndarray, cells: np.ndarray) -> None:
         """Puts each of the distinct ``slots`` [W] into cell ``cells`` [W] (>= 0), leaving
