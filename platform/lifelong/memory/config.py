@@ -72,11 +72,12 @@ class MemoryConfig:
 
     def make_search(self):
         """The search backend these settings name (a fresh one: each memory owns its index)."""
-        from lifelong.memory.search import make_search
+        from lifelong.memory.ivf import IVFSearch
+        from lifelong.memory.search import ExactSearch
 
         if self.search == "ivf":
-            return make_search("ivf", nlist=self.nlist, nprobe=self.nprobe)
-        return make_search("exact")
+            return IVFSearch(nlist=self.nlist, nprobe=self.nprobe)
+        return ExactSearch()
 
     def memory_config(self) -> "MemoryConfig":
         """Just the hyper-parameters (a ``MemorySpec`` drops its name, sizes and placement)."""

@@ -217,7 +217,7 @@ class IVFSearch:
         """[M] the cell of each key of x [M, d] (bfloat16 product: the argmax is the nearest
         centroid up to bfloat16 rounding, a deterministic function of x and the centroids)."""
         cent = self._bf16()
-        out = [(part.to(torch.bfloat16) @ cent.T).argmax(dim=1)  # [<=16384, nlist] at a time
+        out = [(part.to(torch.bfloat16) @ cent.T).max(dim=1).indices  # [<=16384, nlist] at once
                for part in x.split(16384)]
         return torch.cat(out).cpu().numpy().astype(np.int32) if out else np.zeros(0, np.int32)
 

@@ -360,15 +360,10 @@ class FaissSearch:
 
 
 def make_search(name: str, **options) -> Search:
-    """Builds a search backend by name: "exact", "ivf" (``lifelong.memory.ivf.IVFSearch``),
-    "faiss-flat" or "faiss-ivf"."""
+    """Builds a search backend by name: "exact", "faiss-flat" or "faiss-ivf" (the torch-native
+    inverted file is ``lifelong.memory.ivf.IVFSearch``, ``MemoryConfig(search="ivf")``)."""
     if name == "exact":
         return ExactSearch(**options)
-    if name == "ivf":
-        from lifelong.memory.ivf import IVFSearch  # imports this module
-
-        return IVFSearch(**options)
     if name in ("faiss-flat", "faiss-ivf"):
         return FaissSearch(kind=name.split("-")[1], **options)
-    raise ValueError(f"unknown search backend {name!r}: use exact, ivf, faiss-flat or "
-                     "faiss-ivf")
+    raise ValueError(f"unknown search backend {name!r}: use exact, faiss-flat or faiss-ivf")
