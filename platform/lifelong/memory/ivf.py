@@ -13,7 +13,7 @@ Rules:
     the current centroids. Empty slots are in no list and are never returned.
   * Training is a deterministic function of the writes. The quantiser is (re)trained inside
     the write that brings the filled slots to ``next_train`` (first ``train_per_list * nlist``,
-    then each time the filled slots double, until the memory is full), on an evenly strided
+    then each time the filled slots double while twice them fit in the slots), on an evenly strided
     sample of the filled slots in slot order, from a deterministic start, for a fixed number of
     iterations. Replaying the same writes therefore trains the same centroids at the same
     moment. Until then the search is exact (``ExactSearch``).
