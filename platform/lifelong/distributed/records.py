@@ -135,7 +135,7 @@ def keys_from(column) -> np.ndarray:
     row = 0
     for chunk in chunks:
         flat = chunk.flatten().to_numpy(zero_copy_only=False)  # the chunk's own rows
-        out[row:row + len(chunk)] = flat.reshape(len(chunk), -1)
+        out[row:row + len(chunk)] = flat.reshape(len(chunk), out.shape[1])
         row += len(chunk)
     return out
 
