@@ -29,7 +29,7 @@ load + log replay + index load), and whether its answers to the same queries are
 probed lists hold (the larger shard's) over the read bandwidth measured here.
 
 Usage:
-    python benchmarks/bench_huge.py                                  # 16M slots (~15 min)
+    python benchmarks/bench_huge.py                                  # 16M slots (~20 min, ~13 GiB)
     python benchmarks/bench_huge.py slots=1048576 nlist=256 repeats=2  # a quick look
 """
 
@@ -212,7 +212,8 @@ def run_ivf(cfg, storage, queries, truth, bandwidth) -> list[dict]:
         row["step_ms"] = steps(memory, q, labels, cfg)
     if cfg.restart:  # at the spec's nprobe, which a restarted shard takes from its spec
         call(memory, "set_nprobe", max(cfg.nprobes))
-        rows[-1]["restart"] = restart(memory, q, labels, cfg.choose_k)
+        row = next(r for r in rows if r["nprobe"] == max(cfg.nprobes))
+        row["restart"] = restart(memory, q, labels, cfg.choose_k)
     stop(memory)
     return rows
 

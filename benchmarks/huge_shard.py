@@ -38,6 +38,19 @@ class BenchHugeConfig:
     seed: int = 0
     out: str = "bench_huge.json"
 
+    def __post_init__(self):
+        if min(self.slots, self.key_dim, self.shards, self.classes, self.nlist, self.repeats) < 1 \
+                or not self.batches or min(self.batches) < 1:
+            raise ValueError("slots, key_dim, shards, classes, nlist, repeats and batches must "
+                             "be positive")
+        if self.recall_queries < max(max(self.batches), 48) or self.recall_queries % self.shards:
+            raise ValueError("recall_queries must cover the largest batch and 48 (the restart's "
+                             "steps), and split evenly over the shards")
+        if not self.nprobes or not 1 <= min(self.nprobes) <= max(self.nprobes) <= self.nlist:
+            raise ValueError("nprobes must lie in [1, nlist]")
+        if set(self.variants) - {"exact", "bfloat16", "ivf"} or not self.query_noises:
+            raise ValueError("variants are exact, bfloat16 and ivf; query_noises non-empty")
+
 
 def fill_keys(keys: torch.Tensor, values: torch.Tensor, shard: int, cfg: BenchHugeConfig) -> None:
     """Shard ``shard``'s clustered keys [n, d] and their classes [n] (the data model above)."""
