@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--num-gpus", type=float, default=None,
                         help="GPUs per shard actor (default: 1 if the cluster has GPUs)")
     create.add_argument("--placement", choices=["spread", "pack"], default="spread")
+    create.add_argument("--search", choices=["exact", "ivf"], default="exact",
+                        help="exact, or ivf: an approximate inverted file per shard")
+    create.add_argument("--nlist", type=int, default=1024, help="IVF cells per shard")
+    create.add_argument("--nprobe", type=int, default=8, help="IVF cells searched per query")
     sub.add_parser("list", help="names of the memories at the storage location")
     for name, text in (("status", "per-shard occupancy, oldest age, queries and writes"),
                        ("snapshot", "snapshot every shard now")):
@@ -87,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               choose_k=args.choose_k, alpha=args.alpha,
                               age_noise=args.age_noise, snapshot_every=args.snapshot_every,
                               num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                              placement=args.placement)
+                              placement=args.placement, search=args.search,
+                              nlist=args.nlist, nprobe=args.nprobe)
             memory = registry.create_memory(spec, address=args.address)
             _print_status(args.name, memory.status())
         elif args.command == "list":

@@ -127,11 +127,17 @@ def key_column(keys: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def keys_from(column) -> np.ndarray:
-    """The inverse of ``_key_column`` (a writable copy): [n, d] float32."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    flat = column.values.to_numpy(zero_copy_only=False)
-    return np.array(flat.reshape(-1, column.type.list_size), dtype=np.float32)
+    """The inverse of ``_key_column`` (a writable copy): [n, d] float32, copied chunk by chunk
+    into one array (one copy beside the table: a restoring shard of millions of slots holds
+    the table, this array and its own slots at once)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = np.empty((sum(len(c) for c in chunks), column.type.list_size), dtype=np.float32)
+    row = 0
+    for chunk in chunks:
+        flat = chunk.flatten().to_numpy(zero_copy_only=False)  # the chunk's own rows
+        out[row:row + len(chunk)] = flat.reshape(len(chunk), out.shape[1])
+        row += len(chunk)
+    return out
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -183,6 +189,9 @@ class Snapshot:
     recent_clock: np.ndarray  # [V] int64
     recent_position: np.ndarray  # [V] int64
     writers: dict[str, list]  # writer -> [last seq, inserted slots, digest, clock]
+    # The search index at this state (``IVFSearch.export_state``, checksummed), kept in a file
+    # of its own beside the snapshot (``index-<gen>.bin``); None: none (an exact search).
+    index: bytes | None = None
 
     def to_table(self) -> pa.Table:
         """The snapshot as one Parquet-ready table, the scalars as JSON in its metadata."""

@@ -216,7 +216,7 @@ def delete_memory(name: str, storage: str | None = None, address: str | None = N
 def ensure_memory(spec: MemorySpec, *, create: bool = True, recreate: bool = False) -> MemorySpec:
     """Makes the memory of ``spec`` exist: created when missing (``create``), deleted and
     created again with ``recreate``; an existing one is kept and must hold keys of the same size
-    and the same label range. Returns the spec of the memory in use (the stored one if kept).
+    and the same label range, and search the same way (``search``, ``nlist``, ``nprobe``). Returns the spec of the memory in use (the stored one if kept).
 
     Raises:
         MemoryNotFoundError: it is missing and ``create`` is False.
@@ -239,4 +239,12 @@ def ensure_memory(spec: MemorySpec, *, create: bool = True, recreate: bool = Fal
         raise ConfigError(f"memory {spec.name!r} holds keys of size {existing.key_dim} and "
                           f"{existing.num_values} values; this job needs {spec.key_dim} and "
                           f"{spec.num_values} (shared_memory.recreate=true starts afresh)")
+    asked, held = (spec.search, spec.nlist, spec.nprobe), \
+        (existing.search, existing.nlist, existing.nprobe)
+    if asked != held:  # its shards keep their index: a change is refused, never half applied
+        raise ConfigError(f"memory {spec.name!r} searches with search={held[0]} nlist={held[1]} "
+                          f"nprobe={held[2]}; this job asks for search={asked[0]} "
+                          f"nlist={asked[1]} nprobe={asked[2]} (a memory's search is fixed "
+                          "when it is created: shared_memory.recreate=true starts afresh)",
+                          key="search")
     return existing

@@ -80,6 +80,7 @@ class MemoryShard:
         self.size = spec.shard_sizes()[index]
         self.device = torch.device(device)
         self.lock = threading.RLock()  # held while a call reads or changes the state
+        self.index_refused = 0  # persisted search indexes refused (corrupt): rebuilt from keys
         self._fresh_state()
         self.stats = ShardStats()
         self._frame = 0  # the log frame of the last update in the state (0: all durable)
@@ -97,8 +98,8 @@ class MemoryShard:
         self.memory = Memory(key_dim=spec.key_dim, num_slots=self.size, num_values=1,
                              choose_k=spec.choose_k, alpha=spec.alpha, age_noise=spec.age_noise,
                              use_recent=False, seed=spec.seed + index, slot_offset=self.offset,
-                             total_slots=spec.num_slots, key_dtype=spec.key_dtype
-                             ).to(self.device)
+                             total_slots=spec.num_slots, key_dtype=spec.key_dtype,
+                             search=spec.make_search()).to(self.device)
         v = spec.num_values
         self.recent_slots = np.full(v, -1, dtype=np.int64)
         self.recent_clock = np.zeros(v, dtype=np.int64)
@@ -300,6 +301,11 @@ class MemoryShard:
         # load_state's arrays come from Ray's object store, read-only: as_tensor copies those
         self.memory.load_slots(as_tensor(snap.keys, dev), as_tensor(snap.values, dev),
                                as_tensor(snap.write_time, dev), snap.clock)
+        search = self.memory.search
+        if snap.index is not None and hasattr(search, "import_state"):
+            # the index as it was at the snapshot (checksummed); refused: rebuilt from the keys
+            self.index_refused += not search.import_state(snap.index, self.memory.keys,
+                                                          self.memory.values)
         self.recent_slots, self.recent_clock = snap.recent_slots, snap.recent_clock
         self.recent_position = snap.recent_position
         self.writers = snap.writers
@@ -353,7 +359,9 @@ class MemoryShard:
         # Snapshots hold float32 keys: compact keys widen exactly (and that is a copy already),
         # and narrow back exactly when loaded (docs/design.md §1.2).
         compact = mem.keys.dtype != torch.float32
+        export = getattr(mem.search, "export_state", None)
         return Snapshot(
+            index=export(mem.keys) if export is not None else None,
             keys=own(mem.keys.cpu().float().numpy(), not on_cpu or compact),
             values=own(mem.values.cpu().numpy(), not on_cpu),
             write_time=own(mem.write_time.cpu().numpy(), not on_cpu), clock=int(mem.clock),
@@ -387,7 +395,13 @@ class MemoryShard:
                     "queries": self.stats.queries, "inserts": self.stats.inserts,
                     "refreshes": self.stats.refreshes, "updates": self.stats.updates,
                     "replayed": self.stats.replayed, "duplicates": self.stats.duplicates,
-                    **self._durability_status()}
+                    **self._search_status(), **self._durability_status()}
+
+    def _search_status(self) -> dict:
+        describe = getattr(self.memory.search, "describe", None)
+        if describe is None:
+            return {"search": "exact"}
+        return {"search": {**describe(), "refused": self.index_refused}}
 
     def gauges(self) -> dict[str, int]:
         """What the shard's gauges show: occupied slots, the oldest filled slot's age, failed

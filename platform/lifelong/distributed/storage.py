@@ -4,6 +4,7 @@ Layout under the memory's location (a local path or any pyarrow filesystem URI):
 
     <memory>/memory.json                       the MemorySpec
     <memory>/shard-003/snapshot-00000002.parquet   state after every update before generation 2
+    <memory>/shard-003/index-00000002.bin      its search index (search=ivf; checked by the search)
     <memory>/shard-003/log-00000002.bin        the updates applied since that snapshot
 
 A snapshot is one Parquet table (slot, key, value, write_time) plus the shard's clock, recent
@@ -102,6 +103,8 @@ class ShardStore:
         snapshots = self._generations("snapshot-")
         self.snapshot_generation = snapshots[-1] if snapshots else 0
         snapshot = self._read_snapshot(self.snapshot_generation) if snapshots else None
+        if snapshot is not None:
+            snapshot.index = self._read_index(self.snapshot_generation)
         # Every log from the snapshot's generation on: a snapshot written in the background
         # covers the logs before its own generation only.
         logs = [g for g in self._generations("log-") if g >= self.snapshot_generation]
@@ -130,6 +133,18 @@ class ShardStore:
             raise
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise CorruptStateError(f"{path}: unreadable snapshot ({exc})") from None
+
+    def index_path(self, gen: int) -> str:
+        return f"{self.dir}/index-{gen:08d}.bin"
+
+    def _read_index(self, gen: int) -> bytes | None:
+        """The search index saved with snapshot ``gen`` (None if there is none or it cannot be
+        read: the shard rebuilds it from the keys; its bytes are checked by the search)."""
+        try:
+            with self.fs.open_input_stream(self.index_path(gen)) as fh:
+                return fh.read()
+        except (OSError, FileNotFoundError):
+            return None
 
     def _read_log(self, gen: int, last: bool) -> list[Update]:
         if self.local:
@@ -303,6 +318,8 @@ class ShardStore:
         table = snapshot.to_table()
         final = self.snapshot_path(gen)
         try:
+            if snapshot.index is not None:  # before the snapshot: a snapshot has its index
+                self._write_file(self.index_path(gen), snapshot.index)
             if self.local:
                 publish(final, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
             else:
@@ -319,14 +336,24 @@ class ShardStore:
         self.snapshot_generation = max(self.snapshot_generation, gen)
         self._delete_before(gen)
 
+    def _write_file(self, path: str, data: bytes) -> None:
+        """A whole file, durable (local: ``publish``; an object store puts it whole)."""
+        if self.local:
+            publish(path, data)
+        else:
+            with self.fs.open_output_stream(path) as fh:
+                fh.write(data)
+
     def _delete_before(self, gen: int) -> None:
-        """Deletes the snapshots and logs of the generations before ``gen``."""
-        for old in self._generations("snapshot-") + self._generations("log-"):
+        """Deletes the snapshots, indexes and logs of the generations before ``gen``."""
+        for old in self._generations("snapshot-") + self._generations("log-") + \
+                self._generations("index-"):
             if old < gen:
                 self._delete_generation(old)
 
     def _delete_generation(self, gen: int) -> None:
-        for path in (self.snapshot_path(gen), f"{self.dir}/log-{gen:08d}.bin"):
+        for path in (self.snapshot_path(gen), f"{self.dir}/log-{gen:08d}.bin",
+                     self.index_path(gen)):
             if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
                 self.fs.delete_file(path)
         folder = f"{self.dir}/log-{gen:08d}"

@@ -14,6 +14,7 @@ from lifelong.config import check_int
 from lifelong.errors import ConfigError
 
 KEY_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # lifelong.memory.key_dtypes.KEY_DTYPES
+SEARCHES = ("exact", "ivf")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class MemoryConfig:
             bytes a search streams; similarities stay float32). A sharded memory
             (``MemorySpec``) stores its shards' keys so too; its snapshots and write records
             hold them widened to float32 (docs/design.md §1.2).
+        search: How neighbours are found: "exact" (every slot scanned) or "ivf" (an inverted
+            file over the filled slots, approximate: lifelong.memory.ivf.IVFSearch; each shard
+            of a sharded memory keeps its own).
+        nlist: IVF cells (per shard); the index trains once 39 x nlist slots are filled and
+            answers exactly before that.
+        nprobe: IVF cells searched per query, 1 .. nlist (nlist: exact).
     """
 
     choose_k: int = 256
@@ -37,6 +44,9 @@ class MemoryConfig:
     age_noise: float = 8.0
     use_recent: bool = True
     key_dtype: str = "float32"
+    search: str = "exact"
+    nlist: int = 1024
+    nprobe: int = 8
 
     def __post_init__(self) -> None:
         check_int("choose_k", self.choose_k)
@@ -52,6 +62,23 @@ class MemoryConfig:
         if self.key_dtype not in KEY_DTYPE_NAMES:
             raise ConfigError(f"must be one of {', '.join(KEY_DTYPE_NAMES)}, got "
                               f"{self.key_dtype!r}", key="key_dtype")
+        if self.search not in SEARCHES:
+            raise ConfigError(f"must be one of {', '.join(SEARCHES)}, got {self.search!r}",
+                              key="search")
+        check_int("nlist", self.nlist)
+        check_int("nprobe", self.nprobe)
+        if self.nprobe > self.nlist:
+            raise ConfigError(f"must be <= nlist ({self.nlist}), got {self.nprobe}",
+                              key="nprobe")
+
+    def make_search(self):
+        """The search backend these settings name (a fresh one: each memory owns its index)."""
+        from lifelong.memory.ivf import IVFSearch
+        from lifelong.memory.search import ExactSearch
+
+        if self.search == "ivf":
+            return IVFSearch(nlist=self.nlist, nprobe=self.nprobe)
+        return ExactSearch()
 
     def memory_config(self) -> "MemoryConfig":
         """Just the hyper-parameters (a ``MemorySpec`` drops its name, sizes and placement)."""
@@ -70,12 +97,19 @@ class MemoryConfig:
 
         return Memory(key_dim=key_dim, num_slots=num_slots, num_values=num_values,
                       choose_k=self.choose_k, alpha=self.alpha, age_noise=self.age_noise,
-                      use_recent=self.use_recent, seed=seed, key_dtype=self.key_dtype)
+                      use_recent=self.use_recent, seed=seed, key_dtype=self.key_dtype,
+                      search=self.make_search())
 
     @classmethod
     def of(cls, memory) -> "MemoryConfig":
         """The hyper-parameters of a memory (a ``Memory`` or a ``ShardedMemory``)."""
         key_dtype = getattr(memory, "key_dtype", "float32")  # a sharded memory: float32
+        search = getattr(memory, "search", None)  # a sharded memory: its spec's
+        spec = getattr(memory, "spec", None)
+        ivf = {"search": "ivf", "nlist": search.nlist, "nprobe": search.nprobe} \
+            if hasattr(search, "nlist") and hasattr(search, "export_state") else {}
+        if spec is not None and hasattr(spec, "search"):
+            ivf = {"search": spec.search, "nlist": spec.nlist, "nprobe": spec.nprobe}
         return cls(choose_k=memory.choose_k, alpha=memory.alpha, age_noise=memory.age_noise,
                    use_recent=memory.use_recent,
-                   key_dtype=key_dtype if key_dtype in KEY_DTYPE_NAMES else "float32")
+                   key_dtype=key_dtype if key_dtype in KEY_DTYPE_NAMES else "float32", **ivf)

@@ -342,7 +342,14 @@ class Memory(MemoryState, nn.Module):
         self.write_time.copy_(write_time)
         self.clock.fill_(clock)
         self.insert_order.invalidate()
+        self.reset_search()
+
+    def reset_search(self) -> None:
+        """The search forgets its index after the slots were replaced; one that indexes the
+        filled slots (``IVFSearch.on_reset``) is told which they are."""
         self.search.reset()
+        if hasattr(self.search, "on_reset"):
+            self.search.on_reset(self.values)
 
     def _order(self) -> InsertOrder:
         """The insert order, rebuilt first if the state changed other than by ``apply_write``."""
@@ -402,7 +409,7 @@ class Memory(MemoryState, nn.Module):
         self.write_time.zero_()
         self.clock.zero_()
         self.insert_order.invalidate()
-        self.search.reset()
+        self.reset_search()
 
     def _check_query(self, q: torch.Tensor) -> None:
         check_query(q, self.key_dim, self.num_slots, self.query_dtype, self.keys.device)

@@ -69,6 +69,8 @@ def _canonical_order(sims: torch.Tensor, slots: torch.Tensor):
     return sims, slots.gather(1, perm2)
 
 
+canonical_order = _canonical_order  # the same order for other searches (lifelong.memory.ivf)
+
 _workers: dict[int, ThreadPoolExecutor] = {}
 _worker_state = threading.local()  # each worker thread's reusable similarity block
 _blas = None  # threadpoolctl controller of numpy's BLAS, made on first use
@@ -358,7 +360,8 @@ class FaissSearch:
 
 
 def make_search(name: str, **options) -> Search:
-    """Builds a search backend by name: "exact", "faiss-flat" or "faiss-ivf"."""
+    """Builds a search backend by name: "exact", "faiss-flat" or "faiss-ivf" (the torch-native
+    inverted file is ``lifelong.memory.ivf.IVFSearch``, ``MemoryConfig(search="ivf")``)."""
     if name == "exact":
         return ExactSearch(**options)
     if name in ("faiss-flat", "faiss-ivf"):

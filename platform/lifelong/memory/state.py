@@ -66,7 +66,7 @@ class MemoryState:
             self.clock.fill_(int(ages.max()) if ages.numel() else 0)
             self.write_time.copy_(self.clock - ages)
         self.insert_order.invalidate()
-        self.search.reset()
+        self.reset_search()
 
     def _check_state(self, state_dict, prefix) -> None:
         """Validates a whole state before any of it is loaded, so a bad one changes nothing."""
