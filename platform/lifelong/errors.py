@@ -76,6 +76,11 @@ class ShardUnavailableError(LifelongError):
     """A memory shard did not answer in time."""
 
 
+class ProtocolError(LifelongError, ValueError):
+    """A frame of the direct shard channel is malformed, too large or not authenticated
+    (``lifelong.distributed.wire``): it is refused before anything runs."""
+
+
 class MonitorError(LifelongError):
     """The monitoring stack (``lifelong monitor``) cannot start or answer: the message says
     what is missing (the Prometheus binary, Ray's service-discovery file) and what to do."""

@@ -12,6 +12,7 @@ import torch
 from ray.util import metrics as ray_metrics
 
 from lifelong import errors, metrics
+from lifelong.distributed.channel import ShardServer
 from lifelong.distributed.shard import MemoryShard
 from lifelong.distributed.spec import MemorySpec
 from lifelong.errors import LifelongError, ShardUnavailableError
@@ -45,7 +46,8 @@ class _ShardMetrics:
         tags = {"memory": memory, "shard": str(index)}
         keys = metrics.MEMORY_TAG_KEYS
         self.latency = ray_metrics.Histogram(
-            metrics.MEMORY_QUERY_LATENCY_S, "seconds per search on one shard",
+            metrics.MEMORY_QUERY_LATENCY_S, "seconds per search on one shard (a pipelined "
+            "step's includes the update it carries)",
             boundaries=metrics.MEMORY_QUERY_LATENCY_BOUNDARIES, tag_keys=keys)
         self.queries = ray_metrics.Counter(metrics.MEMORY_QUERIES, "queries answered",
                                            tag_keys=keys)
@@ -81,6 +83,8 @@ class ShardActor:
         if device == "cpu":
             torch.set_num_threads(max(1, int(spec.num_cpus) or 1))
         self.shard = MemoryShard(spec, index, device=device)
+        # The direct channel of the step calls (lifelong.distributed.channel)
+        self.server = ShardServer(self, ray.util.get_node_ip_address())
         self.metrics = _ShardMetrics(spec.name, index)
         self._gauges()
         # Every GAUGE_INTERVAL_S, traffic or not: not per call (a pass over the slots), and an
@@ -97,21 +101,41 @@ class ShardActor:
     def search(self, q, labels, k):
         start = time.perf_counter()
         answer = self.shard.search(q, labels, k)
-        self.metrics.latency.observe(time.perf_counter() - start)
-        self.metrics.queries.inc(q.shape[0])
+        self._count_search(q, start)
         return answer
 
     def apply(self, write):
         inserted = self.shard.apply(write)
+        self._count_write(write)
+        return inserted
+
+    def apply_ahead(self, write):
+        """``MemoryShard.apply_ahead`` (the direct channel's posted update)."""
+        result = self.shard.apply_ahead(write)
+        self._count_write(write)
+        return result
+
+    def durable(self, frame: int) -> None:
+        self.shard.durable(frame)
+
+    def step(self, write, q, labels, k):
+        """``MemoryShard.step``: the previous step's update, then this step's search, in one
+        durable reply (the log syncs while the search runs)."""
+        start = time.perf_counter()
+        result = self.shard.step(write, q, labels, k)
+        self._count_write(write)
+        self._count_search(q, start)
+        return result
+
+    def _count_search(self, q, start: float) -> None:
+        self.metrics.latency.observe(time.perf_counter() - start)
+        self.metrics.queries.inc(q.shape[0])
+
+    def _count_write(self, write) -> None:
         if len(write.insert_labels):
             self.metrics.inserts.inc(len(write.insert_labels))
         if len(write.refresh_labels):
             self.metrics.refreshes.inc(len(write.refresh_labels))
-        return inserted
-
-    def step(self, write, q, labels, k):
-        """``MemoryShard.step``: the previous step's update, then this step's search."""
-        return self.apply(write), self.search(q, labels, k)
 
     def state(self):
         return self.shard.state()
@@ -133,6 +157,10 @@ class ShardActor:
     def ping(self) -> bool:
         return True
 
+    def endpoint(self) -> dict:
+        """Where the direct channel listens, and its token (``channel.ShardServer``)."""
+        return self.server.endpoint()
+
     def location(self) -> str:
         """The storage location this shard reads and writes (its memory's folder)."""
         return self.shard.spec.location
@@ -152,7 +180,11 @@ class RayShards:
             LifelongError: a shard died and cannot restart, as the typed error it raised
                 (e.g. CorruptStateError naming the file it cannot read).
         """
-        refs = [getattr(h, method).remote(*a) for h, a in zip(self.handles, args)]
+        return self.call_some(method, range(len(self.handles)), args)
+
+    def call_some(self, method, shards: Sequence[int], args: Sequence[tuple]) -> list:
+        """``call`` on the shards numbered ``shards`` only, ``args`` in the same order."""
+        refs = [getattr(self.handles[i], method).remote(*a) for i, a in zip(shards, args)]
         try:
             return ray.get(refs, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:

@@ -254,9 +254,10 @@ class ShardedMemory:
             return self.shards.call("search", [(q_np, y_np, self.k)] * self.spec.shards)
         batch = self.pending
         results = self.shards.call("step", [(w, q_np, y_np, self.k) for w in batch.writes])
+        applied, answers = [a for a, _ in results], [answer for _, answer in results]
         self.pending = None  # acknowledged: durable on every shard
-        self.last_written = self._finish(batch, [applied for applied, _ in results])
-        return [answer for _, answer in results]
+        self.last_written = self._finish(batch, applied)
+        return answers
 
     def _merge(self, answers: list[ShardAnswer]):
         sims = np.concatenate([a.sims for a in answers], axis=1)

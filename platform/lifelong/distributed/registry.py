@@ -18,6 +18,7 @@ import ray
 
 from lifelong.distributed.actor import (MAX_CONCURRENCY, NAMESPACE, RayShards, ShardActor,
                                         actor_name, shard_died_error)
+from lifelong.distributed.channel import DirectShards
 from lifelong.distributed.client import ShardedMemory
 from lifelong.distributed.cluster import ensure_ray
 from lifelong.distributed.spec import MemorySpec, absolute_location, check_name, default_storage
@@ -103,8 +104,9 @@ def _create_manifest(fs: pafs.FileSystem, path: str, text: str, spec: MemorySpec
 
 
 def create_memory(spec: MemorySpec, address: str | None = None,
-                  timeout_s: float = 300.0) -> ShardedMemory:
-    """Creates the named memory (its manifest, then its shards) and returns a client.
+                  timeout_s: float = 300.0, direct: bool = True) -> ShardedMemory:
+    """Creates the named memory (its manifest, then its shards) and returns a client
+    (``direct``: as for ``attach``).
 
     Creation is all or nothing: the manifest is created exclusively (MemoryExistsError if the
     memory exists, also when another creator wins a race), and when the shards cannot be
@@ -120,7 +122,7 @@ def create_memory(spec: MemorySpec, address: str | None = None,
     handles = []
     try:
         handles.extend(_start_shard(spec, i) for i in range(spec.shards))
-        return _client(spec, handles, timeout_s)
+        return _client(spec, handles, timeout_s, direct=direct)
     except BaseException:
         for handle in handles:  # ours (pending or started), never another location's
             if _location_of(handle) in (None, spec.location):
@@ -133,20 +135,24 @@ def create_memory(spec: MemorySpec, address: str | None = None,
 
 
 def attach(name: str, storage: str | None = None, address: str | None = None,
-           timeout_s: float = 300.0, writer: str | None = None) -> ShardedMemory:
+           timeout_s: float = 300.0, writer: str | None = None,
+           direct: bool = True) -> ShardedMemory:
     """A client of the named memory; starts its shards from storage if they are not running.
 
     Args:
         writer: the client's writer id (default: a fresh one); see ``ShardedMemory``.
+        direct: send the step calls (step, search, apply) over the shards' direct channel
+            (``lifelong.distributed.channel``, docs/design.md §3.11), falling back to Ray for
+            a shard it cannot reach; False: every call through Ray.
     """
     spec = read_spec(name, storage)
     ensure_ray(address)
     return _client(spec, [_start_shard(spec, i) for i in range(spec.shards)], timeout_s,
-                   writer)
+                   writer, direct)
 
 
 def _client(spec: MemorySpec, handles: list, timeout_s: float,
-            writer: str | None = None) -> ShardedMemory:
+            writer: str | None = None, direct: bool = True) -> ShardedMemory:
     shards = RayShards(handles, timeout_s=timeout_s, memory=spec.name)
     try:
         shards.call("ping", [()] * spec.shards)  # constructed: restored from storage
@@ -162,7 +168,7 @@ def _client(spec: MemorySpec, handles: list, timeout_s: float,
         raise MemoryExistsError(
             f"a memory named {spec.name!r} is running from {other}, not {spec.location}: "
             "shard actors are named by memory name, so detach that one first")
-    return ShardedMemory(spec, shards, writer=writer)
+    return ShardedMemory(spec, DirectShards(shards) if direct else shards, writer=writer)
 
 
 def _location_of(handle, timeout_s: float = 2.0) -> str | None:
