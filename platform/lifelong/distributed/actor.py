@@ -109,15 +109,6 @@ class ShardActor:
         self._count_write(write)
         return inserted
 
-    def apply_ahead(self, write):
-        """``MemoryShard.apply_ahead`` (the direct channel's posted update)."""
-        result = self.shard.apply_ahead(write)
-        self._count_write(write)
-        return result
-
-    def durable(self, frame: int) -> None:
-        self.shard.durable(frame)
-
     def step(self, write, q, labels, k):
         """``MemoryShard.step``: the previous step's update, then this step's search, in one
         durable reply (the log syncs while the search runs)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import select
 import socket
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Any, Sequence
 import ray
 
 from lifelong.distributed import wire
-from lifelong.errors import LifelongError, ProtocolError, ShardUnavailableError
+from lifelong.errors import ProtocolError, ShardUnavailableError
 
 RETRY_CONNECT_S = 5.0  # after a failed connect, a shard's calls go through Ray this long
 
@@ -82,11 +81,8 @@ class ShardServer:
                         not hmac.compare_digest(token.encode(), self.token.encode()):
                     raise ProtocolError("the connection did not present the shard's token")
                 wire.send_frame(conn, wire.encode("ok"))
-                owed: list = []  # answers to posted updates, sent once their log is durable
                 while True:
-                    if owed and not select.select([conn], [], [], 0)[0]:
-                        self._pay(conn, owed)  # nothing else to do meanwhile
-                    owed = self._one_call(conn, owed)
+                    self._one_call(conn)
             except (EOFError, OSError):
                 return
             except ProtocolError as exc:  # refused; the connection is closed
@@ -97,37 +93,15 @@ class ShardServer:
                 except OSError:
                     pass
 
-    def _one_call(self, conn: socket.socket, owed: list) -> list:
-        """Runs the next call. An update (``apply``) is applied at once and its answer owed
-        until its log frame is durable, so the call behind it (the client's next search)
-        runs while the log syncs; every other answer is sent after the owed ones (it waits
-        for its own durability, which covers theirs). Returns what is still owed."""
+    def _one_call(self, conn: socket.socket) -> None:
+        """Runs the next call and sends its answer (or its error, typed)."""
         op, fields, arrays = wire.read_frame(conn, self.max_data_bytes)
         args = wire.decode_call(op, fields, arrays)
         try:
-            if op == "apply":
-                result, frame = self.handler.apply_ahead(*args)
-                return owed + [(wire.encode_result(op, result), frame)]
             reply = wire.encode_result(op, getattr(self.handler, op)(*args))
         except Exception as exc:  # noqa: BLE001 - every error goes back to the caller, typed
             reply = wire.encode("error", wire.error_fields(exc))
-        self._pay(conn, owed)
         wire.send_frame(conn, reply)
-        return []
-
-    def _pay(self, conn: socket.socket, owed: list) -> None:
-        """Sends the owed answers, in order, once the last one's log frame is durable (an
-        error for each if that sync failed)."""
-        if not owed:
-            return
-        try:
-            self.handler.durable(max(frame for _, frame in owed))
-            replies = [reply for reply, _ in owed]
-        except Exception as exc:  # noqa: BLE001 - the sync failed: none of them is durable
-            replies = [wire.encode("error", wire.error_fields(exc))] * len(owed)
-        for reply in replies:
-            wire.send_frame(conn, reply)
-        owed.clear()
 
 
 class _Connection:
@@ -185,57 +159,48 @@ class DirectShards:
         """
         if method not in wire.CALLS:
             return self.ray.call(method, args)
-        done = self._round(self._take(), [[(method, a)] for a in args], [0] * len(args))
-        return _raise_first([d[0] for d in done])
-
-    def _round(self, conns: list, calls: list[list[tuple[str, tuple]]],
-               sent: list[int]) -> list[list]:
-        """Runs ``calls[i]`` on shard i in order, the first ``sent[i]`` of them already sent
-        on ``conns[i]``: the rest are sent, then every answer is read. A shard whose
-        connection fails gets all its calls again through Ray, in order (a write applies
-        once). Returns each call's result, or the error it gave; gives the connections back.
-        """
-        done: list[list] = [[None] * len(c) for c in calls]
-        broken = [False] * len(calls)
-        for i, shard_calls in enumerate(calls):
+        conns = self._take()
+        results: list = [None] * len(args)
+        broken = []
+        for i, a in enumerate(args):
             try:
                 conns[i] = conns[i] or self._connect(i)
                 if conns[i] is None:
-                    broken[i] = True
+                    broken.append(i)
                     continue
-                for method, a in shard_calls[sent[i]:]:
-                    wire.send_frame(conns[i].sock, wire.encode_call(method, a))
+                wire.send_frame(conns[i].sock, wire.encode_call(method, a))
             except (OSError, ProtocolError):
-                conns[i], broken[i] = self._drop(conns[i]), True
-        for i, shard_calls in enumerate(calls):
-            if broken[i] or (sent[i] and conns[i] is None):
-                broken[i] = True
+                conns[i] = self._drop(conns[i])
+                broken.append(i)
+        for i, conn in enumerate(conns):
+            if conn is None:
                 continue
-            for j, (method, _) in enumerate(shard_calls):
-                try:
-                    op, fields, arrays = wire.read_frame(conns[i].sock)
-                    done[i][j] = (wire.rebuild_error(fields) if op == "error"
-                                  else wire.decode_result(method, fields, arrays))
-                    self.direct_calls += 1
-                except socket.timeout:
-                    conns[i] = self._drop(conns[i])
-                    for jj in range(j, len(shard_calls)):
-                        done[i][jj] = ShardUnavailableError(
-                            f"memory shard {i} did not answer {method} within "
-                            f"{self.timeout_s} s")
-                    break
-                except (OSError, EOFError, ProtocolError, LifelongError):
-                    conns[i], broken[i] = self._drop(conns[i]), True
-                    break
+            try:
+                op, fields, arrays = wire.read_frame(conn.sock)
+                results[i] = (wire.rebuild_error(fields) if op == "error"
+                              else wire.decode_result(method, fields, arrays))
+                self.direct_calls += 1
+            except socket.timeout:
+                conns[i] = self._drop(conn)
+                results[i] = ShardUnavailableError(
+                    f"memory shard {i} did not answer {method} within {self.timeout_s} s")
+            except (OSError, EOFError, ProtocolError):
+                conns[i] = self._drop(conn)
+                broken.append(i)
         self._give_back(conns)
-        for i in (i for i, b in enumerate(broken) if b):
-            for j, (method, a) in enumerate(calls[i]):
-                self.ray_calls += 1
-                try:
-                    done[i][j] = self.ray.call_some(method, [i], [a])[0]
-                except Exception as exc:  # noqa: BLE001 - the caller raises it, in order
-                    done[i][j] = exc
-        return done
+        broken.sort()
+        if broken:  # the same call through Ray: a write is applied once by (writer, seq)
+            self.ray_calls += len(broken)
+            try:
+                for i, r in zip(broken, self.ray.call_some(method, broken,
+                                                           [args[i] for i in broken])):
+                    results[i] = r
+            except Exception as exc:  # noqa: BLE001 - raised below, in shard order
+                results[broken[0]] = exc
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
 
     def _take(self) -> list:
         with self._lock:
@@ -246,6 +211,7 @@ class DirectShards:
             self._idle.append(conns)
 
     def _drop(self, conn: _Connection | None) -> None:
+        """Closes ``conn`` (if any); returns None, the slot's new value."""
         if conn is not None:
             conn.close()
         return None
@@ -281,13 +247,6 @@ class DirectShards:
     def __setstate__(self, state):
         self.__init__(state["ray"])
 
-
-def _raise_first(results: list) -> list:
-    """``results``, or the first error among them raised."""
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return results
 
 
 def _drain(conn: socket.socket, limit: int = 1 << 20) -> None:

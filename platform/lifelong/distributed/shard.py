@@ -152,35 +152,14 @@ class MemoryShard:
         with self.lock:
             self._recover()
             result, frame = work(), self._frame
-        self.durable(frame)
-        return result
-
-    def apply_ahead(self, write: ShardWrite) -> tuple[np.ndarray, int]:
-        """``apply``'s work without its durable wait, for a caller that answers later: returns
-        (the answer, its log frame); the answer may be sent only once ``durable(frame)`` has
-        returned. The log starts syncing at once."""
-        with self.lock:
-            self._recover()
-            result, frame = self._apply(write), self._frame
         if self.store is not None:
-            self.store.sync_soon()
-        return result, frame
-
-    def durable(self, frame: int) -> None:
-        """Returns once the log is synced past ``frame`` (at once for 0 or in-memory shards).
-
-        Raises:
-            DurabilityError: a failed sync lost that frame; the state is rebuilt from the
-                files.
-        """
-        if self.store is None:
-            return
-        try:
-            self.store.sync(frame)
-        except DurabilityError:
-            with self.lock:
-                self._recover()
-            raise
+            try:
+                self.store.sync(frame)
+            except DurabilityError:
+                with self.lock:
+                    self._recover()
+                raise
+        return result
 
     def _recover(self) -> None:
         """After a failed sync lost logged updates (``GroupCommit``): the state again as the

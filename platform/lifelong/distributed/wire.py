@@ -165,6 +165,8 @@ def _write_from(fields: dict, arrays: dict) -> ShardWrite:
 
 def encode_call(method: str, args: tuple) -> list:
     """The frame of ``shard.<method>(*args)`` for a method in ``CALLS``."""
+    if method not in CALLS:
+        raise ProtocolError(f"{method!r} does not go through the channel")
     fields, arrays = {}, {}
     if method in ("step", "apply"):
         fields, arrays = _write_parts(args[0])
@@ -174,8 +176,6 @@ def encode_call(method: str, args: tuple) -> list:
         arrays["q"] = q
         if labels is not None:
             arrays["labels"] = labels
-    if method not in CALLS:
-        raise ProtocolError(f"{method!r} does not go through the channel")
     return encode(method, fields, arrays)
 
 
