@@ -17,6 +17,16 @@ def as_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy()).to(device)
 
 
+def gather(t: torch.Tensor, index: np.ndarray) -> np.ndarray:
+    """``t[index]`` as a numpy array: numpy indexing of a CPU tensor's view (a torch gather
+    costs ten times as much at a step's sizes), else a gather on t's device (and for the
+    bfloat16 keys numpy has no type for, widened to float32)."""
+    if t.device.type == "cpu" and t.dtype != torch.bfloat16:
+        return t.numpy()[index]
+    rows = t[torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)).to(t.device)]
+    return rows.float().cpu().numpy() if t.dtype == torch.bfloat16 else rows.cpu().numpy()
+
+
 @dataclass
 class ShardAnswer:
     """A shard's answer to a query batch of B (numpy, so it crosses processes cheaply).
@@ -53,37 +63,49 @@ def answer_query(memory: Memory, q: np.ndarray, labels: np.ndarray | None, k: in
                  recent_position: np.ndarray) -> ShardAnswer:
     """The answer of the shard whose slots ``memory`` holds (global ids offset + local) to B
     checked, normalised queries q [B, d] with labels [B] or None; recent_* [V] are its
-    recent-slot table (local slot, clock, position in batch)."""
+    recent-slot table (local slot, clock, position in batch).
+
+    The search runs on the keys' device; what follows it is a handful of numpy operations on
+    the [B, k] answer and gathers from the slots (``gather``): on a small shard these
+    per-call operations, not the search, were the cost.
+    """
     mem, device = memory, memory.keys.device
     qt = as_tensor(q, device)
     with torch.no_grad():
-        sims, slots = mem.search.search(qt, mem.keys, mem.values, min(k, mem.num_slots))
-        empty = torch.isinf(sims)
-        values = mem.values[slots].masked_fill(empty, -1)
-    answer = ShardAnswer(sims=sims.cpu().numpy(),
-                         slots=slots.masked_fill(empty, -1).to(torch.int32).cpu().numpy(),
-                         values=values.to(torch.int32).cpu().numpy(), offset=offset)
+        sims_t, slots_t = mem.search.search(qt, mem.keys, mem.values, min(k, mem.num_slots))
+    sims, slots = sims_t.cpu().numpy(), slots_t.cpu().numpy()
+    values = gather(mem.values, slots).astype(np.int32)
+    slots = slots.astype(np.int32)
+    empty = np.isinf(sims)
+    if empty.any():
+        slots[empty] = -1
+        values[empty] = -1
+    answer = ShardAnswer(sims=sims, slots=slots, values=values, offset=offset)
     if labels is None:
         return answer
-    with torch.no_grad():
-        y = as_tensor(labels, device).unsqueeze(1)
-        positive = (values == y) & ~empty
-        negative = ~empty & (values != y)
-        for kind, mask in (("pos", positive), ("neg", negative)):
-            first = mask.to(torch.int8).argmax(dim=1, keepdim=True)  # first True
-            local = slots.gather(1, first).squeeze(1)
-            slot = torch.where(mask.any(dim=1), local + offset, -1)
-            setattr(answer, f"{kind}_slot", slot.cpu().numpy())
-            setattr(answer, f"{kind}_key", mem.keys[local].float().cpu().numpy())
-        recent = recent_slots[labels]
-        local = torch.from_numpy(recent.clip(min=0)).to(device)
-        keys = mem.keys[local].to(mem.query_dtype)  # compact keys: widened exactly
-        answer.recent_slot = np.where(recent >= 0, recent + offset, -1)
-        answer.recent_stamp = np.stack([recent_clock[labels], recent_position[labels]], axis=1)
-        answer.recent_value = np.where(recent >= 0, mem.values[local].cpu().numpy(), -1)
-        answer.recent_sim = (qt * keys).sum(1).cpu().numpy()
-        answer.recent_key = keys.cpu().numpy()
-        scores, oldest = mem.oldest_candidates(min(2 * q.shape[0], mem.num_slots))
-        answer.oldest_scores = scores.cpu().numpy()
-        answer.oldest_slots = (oldest + offset).cpu().numpy()
+    batch = len(labels)
+    rows = np.arange(batch)
+    positive = values == labels[:, None]  # labels >= 0: an empty slot (-1) is never positive
+    negative = ~positive & ~empty
+    firsts = np.stack([positive.argmax(axis=1), negative.argmax(axis=1)])  # [2, B]
+    found = np.stack([positive[rows, firsts[0]], negative[rows, firsts[1]]])
+    local = slots[rows, firsts].astype(np.int64)  # [2, B], -1 where nothing is found
+    recent = recent_slots[labels]
+    recent_local = recent.clip(min=0)
+    # one gather of the 3B keys the loss may need: best positive, best negative, recent
+    keys = gather(mem.keys, np.concatenate([local.reshape(-1).clip(min=0), recent_local]))
+    keys = keys.astype(np.float32, copy=False)  # compact keys: widened exactly
+    recent_keys = keys[2 * batch:]
+    with torch.no_grad():  # the product Memory computes (same operation, same bits)
+        answer.recent_sim = (qt.cpu() * torch.from_numpy(recent_keys)).sum(1).numpy()
+    slot = np.where(found, local + offset, -1)
+    answer.pos_slot, answer.neg_slot = slot[0], slot[1]
+    answer.pos_key, answer.neg_key = keys[:batch], keys[batch:2 * batch]
+    answer.recent_slot = np.where(recent >= 0, recent + offset, -1)
+    answer.recent_stamp = np.stack([recent_clock[labels], recent_position[labels]], axis=1)
+    answer.recent_value = np.where(recent >= 0, gather(mem.values, recent_local), -1)
+    answer.recent_key = recent_keys
+    scores, oldest = mem.oldest_candidates(min(2 * batch, mem.num_slots))
+    answer.oldest_scores = scores.cpu().numpy()
+    answer.oldest_slots = oldest.cpu().numpy() + offset
     return answer

@@ -14,6 +14,7 @@ cannot provide, ``grad_similarities``, raises ``UnsupportedOperationError``.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from lifelong.distributed.answer import ShardAnswer
 from lifelong.distributed.batches import ShardWrite, UpdateBatch
+from lifelong.distributed.merge import merge_topk
 from lifelong.distributed.reroute import reroute, written_slots
 from lifelong.distributed.shard import MemoryShard
 from lifelong.distributed.spec import MemorySpec
@@ -64,11 +66,12 @@ def _latest(slots: np.ndarray, clocks: np.ndarray, positions: np.ndarray) -> np.
     return stamp.argmax(axis=0)
 
 
-def _rank_order(sims: np.ndarray) -> np.ndarray:
-    """Per row of the shards' lists side by side [B, S * k], the order (similarity descending,
-    slot ascending), -inf last. Each list is already in that order and shard s holds lower slot
-    ids than shard s + 1, so a stable sort by similarity alone keeps ties by slot id."""
-    return np.argsort(-sims, axis=1, kind="stable")
+def _padded(answer: ShardAnswer, width: int) -> ShardAnswer:
+    """A copy of the answer's top-k lists padded to ``width`` columns with empty entries."""
+    extra = width - answer.sims.shape[1]
+    pad = lambda a, fill: np.pad(a, ((0, 0), (0, extra)), constant_values=fill)  # noqa: E731
+    return replace(answer, sims=pad(answer.sims, -np.inf), slots=pad(answer.slots, -1),
+                   values=pad(answer.values, -1))
 
 
 class ShardedMemory:
@@ -237,14 +240,14 @@ class ShardedMemory:
         q_np = np.ascontiguousarray(qn.detach().cpu().numpy())
         y_np = labels.cpu().numpy() if labels is not None else None
         answers: list[ShardAnswer] = self._search(q_np, y_np)
-        sims, slots, values = self._merge(answers)
+        sims, slots, values, source = self._merge(answers)
         out = MemoryOutput(values=torch.from_numpy(values[:, 0].copy()),
                            similarities=torch.from_numpy(sims), slots=torch.from_numpy(slots),
                            neighbour_values=torch.from_numpy(values),
                            temperature=self.temperature)
         if labels is None:
             return out, None
-        out.loss = self._loss(qn, answers, sims, slots, values, y_np)
+        out.loss = self._loss(qn, answers, sims, slots, values, source, y_np)
         out.correct = out.values == labels.cpu()
         return out, (q_np, y_np, slots[:, 0], out.correct.numpy(), answers)
 
@@ -260,36 +263,35 @@ class ShardedMemory:
         return answers
 
     def _merge(self, answers: list[ShardAnswer]):
-        sims = np.concatenate([a.sims for a in answers], axis=1)
-        slots = np.concatenate([np.where(a.slots >= 0, a.slots.astype(np.int64) + a.offset, -1)
-                                for a in answers], axis=1)
-        values = np.concatenate([a.values for a in answers], axis=1).astype(np.int64)
-        order = _rank_order(sims)[:, : self.k]
-        take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-        sims, slots, values = take(sims), take(slots), take(values)
-        empty = np.isinf(sims)
-        return sims, np.where(empty, -1, slots), np.where(empty, -1, values)
+        """The global top-k [B, k] (sims, global slots, values) of the shards' answers, and
+        the shard each entry came from (``merge.merge_topk``)."""
+        width = max(a.sims.shape[1] for a in answers)
+        if any(a.sims.shape[1] != width for a in answers):  # shards of unequal sizes
+            answers = [_padded(a, width) for a in answers]
+        return merge_topk(np.stack([a.sims for a in answers]),
+                          np.stack([a.slots for a in answers]),
+                          np.stack([a.values for a in answers]),
+                          self.offsets[:-1], self.k)
 
-    def _loss(self, qn, answers, sims, slots, values, labels) -> torch.Tensor:
+    def _loss(self, qn, answers, sims, slots, values, source, labels) -> torch.Tensor:
         """The margin loss of ``Memory.margin_loss`` over the global top-k (plus the recent slot
-        with ``use_recent``)."""
+        with ``use_recent``): its best positive and best negative are the first of each in
+        the merged list, and the shard they came from sent their keys."""
         batch, d = qn.shape
-        filled = values >= 0
-        positive = filled & (values == labels[:, None])
-        negative = filled & ~positive
         rows = np.arange(batch)
+        positive = values == labels[:, None]  # labels >= 0: an empty entry (-1) never is
+        negative = ~positive & (values >= 0)
         pair_keys = np.zeros((batch, 2, d), dtype=np.float32)
         pair_sims = np.full((batch, 2), -np.inf)
         for j, (mask, kind) in enumerate(((positive, "pos"), (negative, "neg"))):
-            has = mask.any(axis=1)
             first = mask.argmax(axis=1)
-            slot = slots[rows, first]
-            owner = self.owner(np.where(has, slot, 0))
+            has = mask[rows, first]
+            owner = source[rows, first].clip(min=0)
             shard_slots = np.stack([getattr(a, f"{kind}_slot") for a in answers])  # [S, B]
-            shard_keys = np.stack([getattr(a, f"{kind}_key") for a in answers])    # [S, B, d]
-            if not np.array_equal(shard_slots[owner, rows][has], slot[has]):
+            if not np.array_equal(shard_slots[owner, rows][has], slots[rows, first][has]):
                 raise RuntimeError("a shard's best candidate is not the global best")
-            pair_keys[has, j] = shard_keys[owner, rows][has]
+            keys = np.stack([getattr(a, f"{kind}_key") for a in answers])  # [S, B, d]
+            pair_keys[has, j] = keys[owner, rows][has]
             pair_sims[has, j] = sims[rows, first][has]
         if self.use_recent:
             self._recent_candidate(answers, labels, pair_sims, pair_keys)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifelong.distributed.answer import as_tensor
+from lifelong.distributed.answer import as_tensor, gather
 from lifelong.distributed.batches import ShardWrite
 from lifelong.distributed.records import Update
 from lifelong.errors import MemoryStateError
@@ -24,35 +24,42 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
     """
     dev = memory.keys.device
     refresh_local = write.refresh_slots - offset
-    if ((refresh_local < 0) | (refresh_local >= memory.num_slots)).any():
+    if len(refresh_local) and (refresh_local.min() < 0 or
+                               refresh_local.max() >= memory.num_slots):
         raise MemoryStateError("refresh slots outside this shard")
-    refresh_local = refresh_local.astype(np.int64)
-    held = memory.values[as_tensor(refresh_local, dev)].cpu().numpy()
-    fresh = held == write.refresh_labels
-    stale = np.flatnonzero(~fresh)
+    refresh_local = refresh_local.astype(np.int64, copy=False)
+    fresh = gather(memory.values, refresh_local) == write.refresh_labels
     n_ins = len(write.insert_labels)
     marked = min(max(int(write.insert_empty), 0), n_ins)
-    # The insert order: routed to an empty slot, converted refreshes, then the others.
-    ins_q = np.concatenate([write.insert_q[:marked], write.refresh_q[stale],
-                            write.insert_q[marked:]]).astype(np.float32, copy=False)
-    ins_labels = np.concatenate([write.insert_labels[:marked], write.refresh_labels[stale],
-                                 write.insert_labels[marked:]]).astype(np.int64, copy=False)
-    ins_pos = np.concatenate([write.insert_positions[:marked],
-                              write.refresh_positions[stale],
-                              write.insert_positions[marked:]]).astype(np.int64, copy=False)
+    if fresh.all():  # the usual case: nothing to convert, the inserts as the client sent them
+        stale = np.zeros(0, dtype=np.int64)
+        ins_q, ins_labels = write.insert_q, write.insert_labels
+        ins_pos = write.insert_positions
+    else:  # the insert order: routed to an empty slot, converted refreshes, then the others
+        stale = np.flatnonzero(~fresh)
+        ins_q = np.concatenate([write.insert_q[:marked], write.refresh_q[stale],
+                                write.insert_q[marked:]]).astype(np.float32, copy=False)
+        ins_labels = np.concatenate([write.insert_labels[:marked], write.refresh_labels[stale],
+                                     write.insert_labels[marked:]]).astype(np.int64,
+                                                                           copy=False)
+        ins_pos = np.concatenate([write.insert_positions[:marked],
+                                  write.refresh_positions[stale],
+                                  write.insert_positions[marked:]]).astype(np.int64, copy=False)
     wants_empty = marked + len(stale)
     empty = memory.num_slots - memory.occupancy() if wants_empty else 0  # none is refreshed now
     accept = np.ones(len(ins_labels), dtype=bool)
     accept[min(wants_empty, empty):wants_empty] = False
-    plan = memory.plan_write(as_tensor(refresh_local[fresh], dev),
-                             as_tensor(write.refresh_q[fresh], dev),
-                             as_tensor(ins_q[accept], dev), as_tensor(ins_labels[accept], dev))
+    everything = accept.all()
+    plan = memory.plan_write(
+        as_tensor(refresh_local if fresh.all() else refresh_local[fresh], dev),
+        as_tensor(write.refresh_q if fresh.all() else write.refresh_q[fresh], dev),
+        as_tensor(ins_q if everything else ins_q[accept], dev),
+        as_tensor(ins_labels if everything else ins_labels[accept], dev))
     taken = np.full(len(ins_labels), -1, dtype=np.int64)
     taken[accept] = plan.inserted.cpu().numpy()
     # the answer in the write's order: its inserts, then its refreshes
-    converted = taken[marked:marked + len(stale)]
     answer_refresh = np.where(fresh, refresh_local, -1)
-    answer_refresh[stale] = converted
+    answer_refresh[stale] = taken[marked:marked + len(stale)]
     answer = np.concatenate([taken[:marked], taken[marked + len(stale):], answer_refresh])
     return Update(writer=write.writer, seq=write.seq, digest=digest,
                   clock=int(memory.clock) + 1, slots=plan.slots.cpu().numpy(),
@@ -64,4 +71,4 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
                   recent_slots=np.concatenate([refresh_local[fresh], taken[accept]]),
                   recent_positions=np.concatenate([write.refresh_positions[fresh],
                                                    ins_pos[accept]]),
-                  inserted=answer.astype(np.int64))
+                  inserted=answer)

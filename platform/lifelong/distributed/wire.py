@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 import socket
 import struct
 from dataclasses import fields as dataclass_fields
@@ -33,6 +34,8 @@ PREFIX = struct.Struct("<4sIQ")
 MAX_HEADER_BYTES = 1 << 16
 DEFAULT_MAX_DATA_BYTES = 1 << 30
 DTYPES = ("float32", "float64", "int64", "int32", "int8", "bool")
+_ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
+_NAMES = {np.dtype(name): name for name in DTYPES}
 MAX_NDIM = 4
 CALLS = ("step", "search", "apply")  # what the channel carries; the rest goes through Ray
 _WRITE_FIELDS = ("writer", "seq", "insert_empty", "redo_after")
@@ -46,11 +49,13 @@ def encode(op: str, fields: dict | None = None,
     """The frame as a list of buffers for ``socket.sendmsg`` (arrays are not copied)."""
     names, blobs = [], []
     for name, a in (arrays or {}).items():
-        a = np.ascontiguousarray(a)
-        if a.dtype.name not in DTYPES:
-            raise ProtocolError(f"array {name!r} has dtype {a.dtype.name}, not one of {DTYPES}")
-        names.append([name, a.dtype.name, list(a.shape)])
-        blobs.append(memoryview(a).cast("B") if a.size else b"")
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+            a = np.ascontiguousarray(a)
+        dtype = _NAMES.get(a.dtype)  # native byte order only
+        if dtype is None:
+            raise ProtocolError(f"array {name!r} has dtype {a.dtype}, not one of {DTYPES}")
+        names.append([name, dtype, list(a.shape)])
+        blobs.append(memoryview(a.reshape(-1).view(np.uint8)) if a.size else b"")
     header = json.dumps({"op": op, "fields": fields or {}, "arrays": names},
                         separators=(",", ":")).encode()
     data_bytes = sum(len(b) for b in blobs)
@@ -91,7 +96,32 @@ def read_frame(sock: socket.socket,
         ProtocolError: the frame is malformed or over the limits (see the module docstring).
         OSError: the socket failed (socket.timeout included).
     """
-    magic, header_bytes, data_bytes = PREFIX.unpack(_read_exact(sock, PREFIX.size, True))
+    header_bytes, data_bytes = _prefix(_read_exact(sock, PREFIX.size, True), max_data_bytes)
+    op, fields, specs = _header(_read_exact(sock, header_bytes), data_bytes)
+    data = _read_exact(sock, data_bytes) if data_bytes else bytearray()
+    return op, fields, _arrays(data, specs)
+
+
+def parse_frame(frame: bytes | bytearray,
+                max_data_bytes: int = DEFAULT_MAX_DATA_BYTES) -> tuple[str, dict, dict]:
+    """A whole frame held in memory (e.g. a log record), checked as ``read_frame`` checks one
+    read from a socket; its arrays are writable copies.
+
+    Raises:
+        ProtocolError: the frame is malformed, over the limits, or not exactly one frame long.
+    """
+    if len(frame) < PREFIX.size:
+        raise ProtocolError(f"a frame needs at least {PREFIX.size} bytes, got {len(frame)}")
+    header_bytes, data_bytes = _prefix(frame[:PREFIX.size], max_data_bytes)
+    end = PREFIX.size + header_bytes
+    if len(frame) != end + data_bytes:
+        raise ProtocolError(f"the frame declares {end + data_bytes} bytes, it has {len(frame)}")
+    op, fields, specs = _header(frame[PREFIX.size:end], data_bytes)
+    return op, fields, _arrays(bytearray(frame[end:]), specs)
+
+
+def _prefix(prefix, max_data_bytes: int) -> tuple[int, int]:
+    magic, header_bytes, data_bytes = PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise ProtocolError(f"not a lifelong frame (magic {bytes(magic)!r})")
     if header_bytes > MAX_HEADER_BYTES:
@@ -99,22 +129,32 @@ def read_frame(sock: socket.socket,
                             f"{MAX_HEADER_BYTES}")
     if data_bytes > max_data_bytes:
         raise ProtocolError(f"frame data of {data_bytes} bytes exceeds {max_data_bytes}")
+    return header_bytes, data_bytes
+
+
+def _header(raw, data_bytes: int) -> tuple[str, dict, list]:
+    """The checked header; its array entries get their byte sizes appended."""
     try:
-        header = json.loads(_read_exact(sock, header_bytes).decode())
+        header = json.loads(bytes(raw).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
     op, fields, specs = _check_header(header)
-    sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-             for _, dtype, shape in specs]
-    if sum(sizes) != data_bytes:
-        raise ProtocolError(f"the arrays need {sum(sizes)} bytes, the frame holds {data_bytes}")
-    data = _read_exact(sock, data_bytes) if data_bytes else bytearray()
+    total = 0
+    for spec in specs:
+        spec.append(math.prod(spec[2]) * _ITEMSIZE[spec[1]])
+        total += spec[3]
+    if total != data_bytes:
+        raise ProtocolError(f"the arrays need {total} bytes, the frame holds {data_bytes}")
+    return op, fields, specs
+
+
+def _arrays(data: bytearray, specs: list) -> dict[str, np.ndarray]:
     arrays, at = {}, 0
-    for (name, dtype, shape), size in zip(specs, sizes):
-        arrays[name] = np.frombuffer(data, dtype=dtype, count=size // np.dtype(dtype).itemsize,
+    for name, dtype, shape, size in specs:
+        arrays[name] = np.frombuffer(data, dtype=dtype, count=size // _ITEMSIZE[dtype],
                                      offset=at).reshape(shape)
         at += size
-    return op, fields, arrays
+    return arrays
 
 
 def _check_header(header) -> tuple[str, dict, list]:
@@ -127,17 +167,22 @@ def _check_header(header) -> tuple[str, dict, list]:
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise ProtocolError("frame fields must be scalars")
     names = set()
-    for spec in specs:
-        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)
-                and spec[1] in DTYPES and isinstance(spec[2], list)
-                and len(spec[2]) <= MAX_NDIM
-                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**40
-                        for n in spec[2])):
+    for spec in specs:  # exact types: JSON gives list, str, int (a bool is no size)
+        if not (type(spec) is list and len(spec) == 3 and type(spec[0]) is str
+                and spec[1] in _ITEMSIZE and type(spec[2]) is list
+                and len(spec[2]) <= MAX_NDIM and _sizes_ok(spec[2])):
             raise ProtocolError(f"bad array entry in frame header: {str(spec)[:100]}")
         if spec[0] in names:
             raise ProtocolError(f"array {spec[0]!r} appears twice in one frame")
         names.add(spec[0])
     return op, fields, specs
+
+
+def _sizes_ok(shape: list) -> bool:
+    for n in shape:
+        if type(n) is not int or not 0 <= n < 2**40:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------- calls and results
