@@ -41,14 +41,19 @@ class ShardServer:
     """Serves ``wire.CALLS`` on ``handler`` (the shard actor) over TCP.
 
     Args:
-        handler: has ``step``, ``search`` and ``apply`` with the shard actor's signatures.
+        handler: runs the calls: ``handler.serve(op, args)`` if it has one (the shard actor),
+            else its method ``op`` (``step``, ``search``, ``apply``, e.g. a ``MemoryShard``);
+            its ``after_reply()``, if any, runs after each answer has been sent.
         host: the address to listen on (the node's IP address).
         max_data_bytes: the largest frame accepted (its arrays' bytes).
     """
 
     def __init__(self, handler: Any, host: str,
                  max_data_bytes: int = wire.DEFAULT_MAX_DATA_BYTES):
-        self.handler, self.max_data_bytes = handler, max_data_bytes
+        self.max_data_bytes = max_data_bytes
+        self._run_call = getattr(handler, "serve", None) or \
+            (lambda op, args: getattr(handler, op)(*args))
+        self._after_reply = getattr(handler, "after_reply", None) or (lambda: None)
         self.token = secrets.token_hex(32)
         self.listener = socket.create_server((host, 0))
         self.host, self.port = host, self.listener.getsockname()[1]
@@ -94,14 +99,16 @@ class ShardServer:
                     pass
 
     def _one_call(self, conn: socket.socket) -> None:
-        """Runs the next call and sends its answer (or its error, typed)."""
+        """Runs the next call and sends its answer (or its error, typed), then lets the
+        handler do what can wait until the answer has left (``after_reply``)."""
         op, fields, arrays = wire.read_frame(conn, self.max_data_bytes)
         args = wire.decode_call(op, fields, arrays)
         try:
-            reply = wire.encode_result(op, getattr(self.handler, op)(*args))
+            reply = wire.encode_result(op, self._run_call(op, args))
         except Exception as exc:  # noqa: BLE001 - every error goes back to the caller, typed
             reply = wire.encode("error", wire.error_fields(exc))
         wire.send_frame(conn, reply)
+        self._after_reply()
 
 
 class _Connection:

@@ -107,8 +107,10 @@ class GroupCommit:
         with self.lock:
             while True:
                 if self._durable == self._written or self._syncing:
-                    self.lock.wait(IDLE_EXIT_S)
-                    if self._durable == self._written:
+                    # ends only after IDLE_EXIT_S without a notify: a caller that synced
+                    # itself meanwhile must not cost the next step a new thread
+                    if not self.lock.wait(IDLE_EXIT_S) and self._durable == self._written \
+                            and not self._syncing:
                         self._thread = None
                         return
                 else:

@@ -133,9 +133,7 @@ class MemoryShard:
         update), then ``search(q, labels, k)``, which so sees it; the log is synced while the
         search runs. If the apply raises, nothing is searched."""
         def work():
-            inserted = self._apply(write)
-            if self.store is not None:
-                self.store.sync_soon()  # while the search runs
+            inserted = self._apply(write, sync_soon=True)
             return inserted, self._search(q, labels, k)
 
         return self._reply(work)
@@ -193,8 +191,10 @@ class MemoryShard:
                                     f"[0, {self.spec.num_values})")
 
     # ------------------------------------------------------------------------------- update
-    def _apply(self, write: ShardWrite) -> np.ndarray:
-        """``apply`` under the lock: logged (not yet durable, ``_frame``) and applied."""
+    def _apply(self, write: ShardWrite, sync_soon: bool = False) -> np.ndarray:
+        """``apply`` under the lock: logged (not yet durable, ``_frame``) and applied;
+        ``sync_soon``: the group commit thread syncs the log meanwhile, from the moment the
+        frame is written (a step: while the update is applied and the search runs)."""
         self._validate(write)  # before anything is logged or changed
         last = self.writers.get(write.writer)
         digest = write.digest()
@@ -213,7 +213,9 @@ class MemoryShard:
             return np.asarray(last[1], dtype=np.int64)
         update = plan_update(self.memory, write, digest, self.offset)
         if self.store is not None:
-            self._frame = self.store.write(update)  # durable before acknowledged: _durable
+            self._frame = self.store.write(update)  # durable before acknowledged: _reply
+            if sync_soon:
+                self.store.sync_soon()
         self._apply_update(update)
         self.stats.updates += 1
         self.stats.inserts += len(write.insert_labels)
