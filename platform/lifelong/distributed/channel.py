@@ -74,6 +74,8 @@ class ShardServer:
             except OSError:
                 return  # closed
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             threading.Thread(target=self._serve, args=(conn,), name="shard-channel-conn",
                              daemon=True).start()
 
@@ -116,6 +118,8 @@ class _Connection:
         self.sock = socket.create_connection((endpoint["host"], endpoint["port"]),
                                              timeout=min(timeout_s, 10.0))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.settimeout(timeout_s)
         wire.send_frame(self.sock, wire.encode("hello", {"token": endpoint["token"]}))
         op, fields, _ = wire.read_frame(self.sock, max_data_bytes=1 << 16)

@@ -36,6 +36,8 @@ DEFAULT_MAX_DATA_BYTES = 1 << 30
 DTYPES = ("float32", "float64", "int64", "int32", "int8", "bool")
 _ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 _NAMES = {np.dtype(name): name for name in DTYPES}
+_HEADERS: dict[tuple[bytes, int], tuple[str, dict, list]] = {}  # checked headers (``_header``)
+_MAX_CACHED_HEADERS = 256
 MAX_NDIM = 4
 CALLS = ("step", "search", "apply")  # what the channel carries; the rest goes through Ray
 _WRITE_FIELDS = ("writer", "seq", "insert_empty", "redo_after")
@@ -133,9 +135,18 @@ def _prefix(prefix, max_data_bytes: int) -> tuple[int, int]:
 
 
 def _header(raw, data_bytes: int) -> tuple[str, dict, list]:
-    """The checked header; its array entries get their byte sizes appended."""
+    """The checked header; its array entries get their byte sizes appended.
+
+    A header seen before (byte for byte, with the same data size) is not parsed again: a
+    shard's answers repeat theirs step after step. The cache holds checked headers only.
+    """
+    raw = bytes(raw)
+    cached = _HEADERS.get((raw, data_bytes))
+    if cached is not None:
+        op, fields, specs = cached
+        return op, dict(fields), specs
     try:
-        header = json.loads(bytes(raw).decode())
+        header = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
     op, fields, specs = _check_header(header)
@@ -145,6 +156,9 @@ def _header(raw, data_bytes: int) -> tuple[str, dict, list]:
         total += spec[3]
     if total != data_bytes:
         raise ProtocolError(f"the arrays need {total} bytes, the frame holds {data_bytes}")
+    if len(_HEADERS) >= _MAX_CACHED_HEADERS:
+        _HEADERS.clear()
+    _HEADERS[raw, data_bytes] = (op, dict(fields), specs)
     return op, fields, specs
 
 

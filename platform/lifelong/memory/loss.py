@@ -24,7 +24,6 @@ def margin_from_pair(q: torch.Tensor, pair_keys: torch.Tensor, has_pos: torch.Te
         has_pos: [B] bool; without a positive q.K[p] counts as 0 (as the reference code does).
         has_neg: [B] bool; without a negative the query adds 0.
     """
-    pos_sim, neg_sim = torch.einsum("bd,bpd->pb", q, pair_keys)
-    pos_sim = torch.where(has_pos, pos_sim, torch.zeros_like(pos_sim))
-    per_query = torch.where(has_neg, F.relu(alpha - pos_sim + neg_sim), torch.zeros_like(pos_sim))
-    return per_query.mean()
+    sims = torch.bmm(pair_keys, q.unsqueeze(2)).squeeze(2)  # [B, 2]: q.K[p], q.K[b]
+    pos_sim = sims[:, 0] * has_pos  # 0 without a positive
+    return (F.relu(alpha - pos_sim + sims[:, 1]) * has_neg).mean()
