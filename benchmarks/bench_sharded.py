@@ -5,7 +5,8 @@ actor on each) against ``lifelong.memory.Memory`` in the driver using the same 2
 memory size and batch: the time of one training step of the memory (lookup + loss + backward +
 update, as benchmarks/bench_memory.py), queries per second, the ratio sharded / local, and whether the
 merged top-k is identical to the local one. Ray's added cost per step is measured on a tiny
-memory, where search costs nothing, together with a bare round trip to every shard.
+memory, where search costs little: the median step over many fresh batches, local and sharded
+interleaved, together with a bare round trip to every shard.
 
 Usage:
     python benchmarks/bench_sharded.py                                # 1M and 4M slots (minutes)
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,14 +41,15 @@ class BenchShardedConfig:
     shards: int = 2
     repeats: int = 5
     overhead_slots: int = 4096   # the tiny memory for Ray's per-step cost
+    overhead_steps: int = 400    # ... its median over this many steps per mode, interleaved
     key_dtype: str = "float32"   # or bfloat16 / float16: compact keys, local and sharded
     out: str = "bench_sharded.json"
 
     def __post_init__(self):
         if not self.slots or not self.batches or min(self.slots + self.batches) <= 0:
             raise ValueError("slots and batches must be non-empty lists of positive ints")
-        if self.repeats < 1 or self.shards < 1:
-            raise ValueError("repeats and shards must be >= 1")
+        if self.repeats < 1 or self.shards < 1 or self.overhead_steps < 1:
+            raise ValueError("repeats, shards and overhead_steps must be >= 1")
 
 
 def sharded_like(local, name: str, cfg: BenchShardedConfig, storage: str):
@@ -95,6 +99,29 @@ def time_pair(local, sharded, batch: int, cfg: BenchShardedConfig, exact: bool) 
             "sharded_qps": batch / sharded_s, "exact": exact}
 
 
+def step_medians(local, sharded, batch: int, cfg: BenchShardedConfig) -> dict:
+    """Median ms per step of the local memory, the sharded one pipelined and the sharded one
+    in two rounds, each over ``cfg.overhead_steps`` steps of fresh batches (inserts, as in a
+    life-long run), interleaved in rounds of 25 steps per mode so that the machine's drift
+    touches all three alike."""
+    gen = torch.Generator().manual_seed(batch)
+    times = {"local": [], "pipelined": [], "two_rounds": []}
+    for _ in range(-(-cfg.overhead_steps // 25)):
+        for mode, memory in (("local", local), ("pipelined", sharded),
+                             ("two_rounds", sharded)):
+            if memory is sharded:
+                sharded.flush()
+                sharded.pipelined = mode == "pipelined"
+            for _ in range(25):
+                q = torch.randn(batch, cfg.key_dim, generator=gen)
+                labels = torch.randint(0, local.num_values, (batch,), generator=gen)
+                start = time.perf_counter()
+                memory_step(memory, q, labels)
+                times[mode].append(time.perf_counter() - start)
+    sharded.flush()
+    return {mode: statistics.median(t) * 1e3 for mode, t in times.items()}
+
+
 def cases(cfg: BenchShardedConfig, storage: str) -> tuple[list[dict], dict]:
     """Ray's cost per step on the tiny memory, then every size, on the connected cluster."""
     rows, overhead = [], {}
@@ -103,11 +130,17 @@ def cases(cfg: BenchShardedConfig, storage: str) -> tuple[list[dict], dict]:
     tiny_sharded = sharded_like(tiny, "overhead", cfg, storage)
     handles = tiny_sharded.shards
     round_trip = best_time(lambda: handles.call("ping", [()] * cfg.shards), 20)
-    for r in time_pairs(tiny, tiny_sharded, cfg):
-        overhead[r["batch"]] = {"local_ms": r["local_ms"], "sharded_ms": r["sharded_ms"],
-                                "added_ms": r["sharded_ms"] - r["local_ms"],
-                                "two_rounds_added_ms": r["two_rounds_ms"] - r["local_ms"],
-                                "round_trip_ms": round_trip * 1e3}
+    for batch in cfg.batches:
+        exact = exact_match(tiny, tiny_sharded, inputs(batch, cfg, tiny.num_values)[0])
+        for _ in range(3):  # warm-up: compiled kernels, connections, caches
+            memory_step(tiny, *inputs(batch, cfg, tiny.num_values))
+            memory_step(tiny_sharded, *inputs(batch, cfg, tiny.num_values))
+        m = step_medians(tiny, tiny_sharded, batch, cfg)
+        overhead[batch] = {"local_ms": m["local"], "sharded_ms": m["pipelined"],
+                           "two_rounds_ms": m["two_rounds"],
+                           "added_ms": m["pipelined"] - m["local"],
+                           "two_rounds_added_ms": m["two_rounds"] - m["local"],
+                           "round_trip_ms": round_trip * 1e3, "exact": exact}
     delete_memory("overhead", storage)  # frees the nodes' CPUs for the next memory
     for n in tqdm(cfg.slots, desc="bench_sharded"):
         local = make_memory(n, bench_cfg, cfg.key_dtype)
@@ -146,9 +179,10 @@ def print_table(rows: list[dict], overhead: dict, cfg: BenchShardedConfig) -> No
               f"{r['ratio']:>6.2f} {r['two_rounds_ms']:>11.1f} {r['local_qps']:>10.0f} "
               f"{r['sharded_qps']:>11.0f} {str(r['exact']):>5}")
     for batch, o in overhead.items():
-        print(f"Ray's cost per step at batch {batch} ({cfg.overhead_slots} slots): "
-              f"{o['added_ms']:.2f} ms pipelined, {o['two_rounds_added_ms']:.2f} ms in two "
-              f"rounds ({o['local_ms']:.2f} local, {o['sharded_ms']:.2f} sharded); bare round "
+        print(f"Ray's cost per step at batch {batch} ({cfg.overhead_slots} slots, median of "
+              f"{cfg.overhead_steps} steps each): {o['added_ms']:.2f} ms pipelined, "
+              f"{o['two_rounds_added_ms']:.2f} ms in two rounds ({o['local_ms']:.2f} local, "
+              f"{o['sharded_ms']:.2f} sharded); top-k identical: {o['exact']}; bare Ray round "
               f"trip to all shards {o['round_trip_ms']:.2f} ms")
 
 

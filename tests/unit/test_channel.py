@@ -3,6 +3,8 @@
 typed errors, and hostile frames refused before anything runs (docs/design.md §3.11)."""
 
 import socket
+import threading
+import time
 import struct
 
 import numpy as np
@@ -143,3 +145,44 @@ def test_a_hostile_frame_is_refused_typed_and_changes_nothing(tmp_path, case):
     assert op == "error" and fields["type"] == "ProtocolError", fields
     assert sock.recv(1) == b""  # and the connection is closed
     assert [(s.stats.updates, s.stats.queries) for s in shards] == before
+
+
+class CountingHandler:
+    """A shard actor's two channel hooks around a real shard: ``serve`` runs the call,
+    ``after_reply`` (the metrics' export) may only run once the answer has left; it waits for
+    the client to have read it, so a server that ran it first would never answer."""
+
+    def __init__(self, shard):
+        self.shard, self.events = shard, []
+        self.answered = threading.Event()
+
+    def serve(self, op, args):
+        self.events.append(("serve", op))
+        return getattr(self.shard, op)(*args)
+
+    def after_reply(self):
+        self.events.append(("after_reply", self.answered.wait(5.0)))
+
+
+def test_the_work_after_a_reply_runs_once_the_answer_has_left(tmp_path):
+    spec = _spec(tmp_path, "after")
+    shards = [MemoryShard(spec, i) for i in range(spec.shards)]
+    handlers = [CountingHandler(s) for s in shards]
+    servers = [ShardServer(h, "127.0.0.1") for h in handlers]
+    group = DirectShards(InProcessRay(shards))
+    group._endpoints = [s.endpoint() for s in servers]
+    memory = ShardedMemory(spec, group, pipelined=True)
+    for q, y in _batches(3):
+        memory.query(q, y)
+        for h in handlers:  # the answer is in the client's hands: let the server go on
+            h.answered.set()
+        deadline = time.monotonic() + 5
+        while any(len(h.events) % 2 for h in handlers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for h in handlers:
+            h.answered.clear()
+    for h in handlers:
+        ops = [e for e in h.events if e[0] == "serve"]
+        assert ops == [("serve", "search"), ("serve", "step"), ("serve", "step")]
+        assert h.events[1::2] == [("after_reply", True)] * 3  # each after its answer was read
+    assert group.direct_calls == 6 and group.ray_calls == 0
