@@ -15,9 +15,9 @@ under a temporary name, synced, renamed into place and its folder synced (``file
 only then are the older generations deleted. Recovery reads the newest snapshot and replays
 every log from its generation on.
 
-A log is a sequence of frames ``b"LLOG" | uint32 length | uint32 crc32 | payload``, the payload an
-Arrow IPC stream holding one record batch: the rows a shard update wrote, with the update's
-writer id, sequence number and clock in its schema metadata. A frame is appended with raw
+A log is a sequence of frames ``b"LLOG" | uint32 length | uint32 crc32 | payload``, the payload one
+update record (``records.Update``: the rows a shard update wrote, its writer id, sequence number
+and clock). A frame is appended with raw
 ``os.write`` calls (``write``) and synced before the update is acknowledged (``sync``): by the
 group commit thread (``group_commit``), one sync for every frame written before it began. A
 write that fails is cut off the file again (``ftruncate`` + sync), and so is every frame after
