@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from lifelong.config import config_from_args
 from lifelong.memory import ExactSearch, Memory
+from lifelong.memory.fused_kernel import has_bfloat16_dot
 
 # The paper's own TensorFlow code on this 2-core machine (figures given in issue 2, ms per step).
 PAPER_CODE_MS = {(8192, 16): 2.1, (1048576, 16): 118.0, (1048576, 256): 826.0}
@@ -157,6 +158,9 @@ def run_case(num_slots: int, batch: int, cfg: BenchConfig, bandwidth: float,
     step = time_step(num_slots, batch, cfg, "float32", "auto")
     step_compact = time_step(num_slots, batch, cfg, cfg.compact, "auto") if cfg.compact \
         else None
+    # bfloat16 arithmetic as well, where the CPU has it (ExactSearch(kernel="bf16"))
+    step_bf16 = time_step(num_slots, batch, cfg, "bfloat16", "bf16") \
+        if cfg.compact == "bfloat16" and has_bfloat16_dot() else None
     memory = make_memory(num_slots, cfg)
     auto_kernel = "fused" if memory.search.uses_fused(batch, memory.keys) else "blas"
     qn = F.normalize(torch.randn(batch, cfg.key_dim, generator=torch.Generator().manual_seed(1)),
@@ -175,6 +179,8 @@ def run_case(num_slots: int, batch: int, cfg: BenchConfig, bandwidth: float,
         "step_ms": step * 1e3,
         "step_blas_ms": step_blas * 1e3,
         "step_compact_ms": step_compact * 1e3 if step_compact else None,
+        "step_bf16_dot_ms": step_bf16 * 1e3 if step_bf16 else None,
+        "bf16_dot_vs_float32": step_bf16 / step if step_bf16 else None,
         "bandwidth_floor_ms": bandwidth_floor * 1e3,
         "matmul_floor_ms": matmul_floor * 1e3,
         "blas_at_batch_ms": products[best_product] * 1e3,
@@ -197,7 +203,8 @@ def print_table(rows: list[dict], bandwidth: float, peak_rate: float, peak_where
           f"GFLOP/s ({peak_where}); threads: {torch.get_num_threads()}")
     header = (f"{'slots':>9} {'batch':>5} {'bw floor':>9} {'mm floor':>9} {'blas@B':>9} "
               f"{'step blas':>9} {'step auto':>9} {'auto':>5} {'step ' + (compact or '-'):>14} "
-              f"{'blas/fl':>7} {'auto/fl':>7} {'cmp/cfl':>7} {'cmp/auto':>8} {'paper':>7}")
+              f"{'blas/fl':>7} {'auto/fl':>7} {'cmp/cfl':>7} {'cmp/auto':>8} {'bf16dot':>8} "
+              f"{'dot/auto':>8} {'paper':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -205,15 +212,19 @@ def print_table(rows: list[dict], bandwidth: float, peak_rate: float, peak_where
         comp = f"{r['step_compact_ms']:.2f}" if r["step_compact_ms"] else "-"
         comp_ratio = f"{r['compact_vs_float32']:.2f}" if r["compact_vs_float32"] else "-"
         comp_floor = f"{r['ratio_compact']:.2f}" if r["ratio_compact"] else "-"
+        dot = f"{r['step_bf16_dot_ms']:.2f}" if r.get("step_bf16_dot_ms") else "-"
+        dot_ratio = f"{r['bf16_dot_vs_float32']:.2f}" if r.get("bf16_dot_vs_float32") else "-"
         print(f"{r['slots']:>9} {r['batch']:>5} {r['bandwidth_floor_ms']:>9.2f} "
               f"{r['matmul_floor_ms']:>9.2f} {r['blas_at_batch_ms']:>9.2f} "
               f"{r['step_blas_ms']:>9.2f} {r['step_ms']:>9.2f} {r['auto_kernel']:>5} {comp:>14} "
               f"{r['ratio_blas']:>7.2f} {r['ratio']:>7.2f} {comp_floor:>7} {comp_ratio:>8} "
-              f"{paper:>7}")
+              f"{dot:>8} {dot_ratio:>8} {paper:>7}")
     print("ms per step; floor = max(bw floor, mm floor): bw = float32 keys streamed once, mm = "
           "the product's FLOPs at the peak matmul rate (any batch); blas@B = the best product "
           "at this batch; auto = the kernel auto ran; ratio = step / floor; cmp/cfl = compact "
           "keys' step / their floor (half the bytes); cmp/auto = compact keys' step / float32's; "
+          "bf16dot = bfloat16 keys and queries by the CPU's bfloat16 dot product (AVX512-BF16 "
+          "only), dot/auto = its step / float32's; "
           "'paper' = the reference TensorFlow code on this machine, as given in issue 2.")
 
 

@@ -19,10 +19,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lifelong.memory.fused_kernel import BFLOAT16, FLOAT16, FLOAT32, LANES, fused_similarities
+from lifelong.memory.fused_kernel import (BFLOAT16, FLOAT16, FLOAT32, LANES, bf16_dot_similarities,
+                                          bfloat16_pairs, fused_similarities, has_bfloat16_dot)
 from lifelong.memory.topk_kernel import TILE, RunningTopK
 
-KERNELS = ("auto", "fused", "blas")
+KERNELS = ("auto", "fused", "blas", "bf16")
+BF16_DOT = -1  # ``_scan_range_fused``'s kind for the bfloat16 dot product (kernel "bf16")
 _KINDS = {torch.float32: FLOAT32, torch.bfloat16: BFLOAT16, torch.float16: FLOAT16}
 
 
@@ -122,7 +124,7 @@ def _scan_range_fused(queries: np.ndarray, keys: np.ndarray, kind: int, values: 
                       start: int, stop: int, rows: int, topk: RunningTopK, part: int) -> None:
     """As ``_scan_range``, with the fused kernel (lifelong.memory.fused_kernel); queries are
     transposed, [d, B]."""
-    batch = queries.shape[1]  # queries: [d, B]
+    batch = queries.shape[1]  # queries: [d, B] (kind BF16_DOT: their pairs, [d / 2, B])
     tiles = -(-rows // TILE)
     buffer = _worker_block((rows + tiles) * batch)
     maxima_all = buffer[rows * batch:(rows + tiles) * batch].reshape(tiles, batch)
@@ -130,7 +132,10 @@ def _scan_range_fused(queries: np.ndarray, keys: np.ndarray, kind: int, values: 
         last = min(stop, first + rows)
         out = buffer[: (last - first) * batch].reshape(last - first, batch)
         maxima = maxima_all[: -(-(last - first) // TILE)]
-        fused_similarities(keys, kind, queries, values, first, last, out, maxima)
+        if kind == BF16_DOT:
+            bf16_dot_similarities(keys, queries, values, first, last, out, maxima)
+        else:
+            fused_similarities(keys, kind, queries, values, first, last, out, maxima)
         topk.push_block(out, values[first:last], first, part, maxima=maxima)
 
 
@@ -165,6 +170,10 @@ class ExactSearch:
     tile maxima of the threshold test taken on the way; the kernel of small batches, where BLAS
     runs far below its peak) or "auto": fused for batches of ``fused_min_batch`` to
     ``fused_max_batch`` queries (the kernel pads a batch to a multiple of 16), BLAS otherwise.
+    "bf16", for bfloat16 keys on CPUs with AVX512-BF16 only, is the fused kernel with the
+    queries rounded to bfloat16 too and multiplied by the CPU's bfloat16 dot product: half the
+    instructions of the float32 arithmetic, other similarities (docs/design.md §1.2), at
+    every batch.
     Both give the same slots in the same order except where two similarities are within a
     float32 rounding of each other (docs/design.md §1.2). Keys may be float32, bfloat16 or
     float16 (the memory's ``key_dtype``); similarities are float32 either way.
@@ -185,6 +194,9 @@ class ExactSearch:
             raise ValueError("block_bytes must be positive, threads >= 1, serial_elements >= 0")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "bf16" and not has_bfloat16_dot():
+            raise ValueError("kernel='bf16' needs a CPU with the bfloat16 dot product "
+                             "(AVX512-BF16, 'avx512_bf16' in /proc/cpuinfo); this one has none")
         if not 0 <= fused_min_batch or fused_max_batch < 0:
             raise ValueError("fused_min_batch and fused_max_batch must be >= 0")
         self.block_bytes = block_bytes
@@ -204,6 +216,11 @@ class ExactSearch:
         """Whether a search of ``batch`` queries over ``keys`` runs the fused kernel."""
         if keys.device.type != "cpu" or self.kernel == "blas" or keys.dtype not in _KINDS:
             return False
+        if self.kernel == "bf16":
+            if keys.dtype != torch.bfloat16 or keys.shape[1] % 2:
+                raise ValueError("kernel='bf16' searches bfloat16 keys of an even size, got "
+                                 f"{str(keys.dtype).removeprefix('torch.')} [*, {keys.shape[1]}]")
+            return True
         return self.kernel == "fused" or self.fused_min_batch <= batch <= self.fused_max_batch
 
     def search(self, queries, keys, values, k):
@@ -248,6 +265,9 @@ class ExactSearch:
         if kind != FLOAT32:
             keys_np = keys_np.view(np.uint16)
         q_np, values_np = np.ascontiguousarray(q.numpy().T), values.numpy()
+        if self.kernel == "bf16":  # keys and queries as bfloat16 pairs
+            kind, keys_np = BF16_DOT, keys_np.view(np.uint32)
+            q_np = np.ascontiguousarray(bfloat16_pairs(q.numpy()).T)
         _scan_parts(lambda start, stop, part: _scan_range_fused(
             q_np, keys_np, kind, values_np, start, stop, rows, topk, part), num_slots, threads)
         sims, slots = topk.result()
