@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from lifelong.config import config_from_args
 from lifelong.memory import ExactSearch, Memory
-from lifelong.memory.fused_kernel import has_bfloat16_dot
+from lifelong.memory.bf16_kernel import has_bfloat16_dot
 
 # The paper's own TensorFlow code on this 2-core machine (figures given in issue 2, ms per step).
 PAPER_CODE_MS = {(8192, 16): 2.1, (1048576, 16): 118.0, (1048576, 256): 826.0}

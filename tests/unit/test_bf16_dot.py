@@ -1,4 +1,4 @@
-"""The bfloat16 dot-product kernel (``ExactSearch(kernel="bf16")``, memory/fused_kernel.py):
+"""The bfloat16 dot-product kernel (``ExactSearch(kernel="bf16")``, memory/bf16_kernel.py):
 bit for bit its emulation (queries rounded to bfloat16, per pair the higher element's product
 added first, then the lower's, float32 sums: ``vdpbf16ps``), the top-k exactly that of the
 emulated similarities, within bfloat16 rounding of float32, and a typed error for what it
@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lifelong.memory import Memory, fused_kernel
+from lifelong.memory import Memory
+from lifelong.memory import bf16_kernel
 from lifelong.memory import search as search_module
+from lifelong.memory.fused_kernel import LANES
 from lifelong.memory.search import ExactSearch
 
-needs_bf16 = pytest.mark.skipif(not fused_kernel.has_bfloat16_dot(),
+needs_bf16 = pytest.mark.skipif(not bf16_kernel.has_bfloat16_dot(),
                                 reason="this CPU has no AVX512-BF16 (vdpbf16ps)")
 
 
@@ -24,7 +26,7 @@ def widened(bits: np.ndarray) -> np.ndarray:
 def emulated(keys_bf16: torch.Tensor, q: torch.Tensor) -> np.ndarray:
     """[N, B] similarities as the instruction computes them, in numpy float32."""
     k = widened(keys_bf16.view(torch.int16).numpy().view(np.uint16))
-    qb = widened(fused_kernel.bfloat16_pairs(q.numpy()).view(np.uint16).reshape(q.shape))
+    qb = widened(bf16_kernel.bfloat16_pairs(q.numpy()).view(np.uint16).reshape(q.shape))
     out = np.zeros((k.shape[0], q.shape[0]), dtype=np.float32)
     for j in range(0, k.shape[1], 2):
         out = out + np.outer(k[:, j + 1], qb[:, j + 1]).astype(np.float32)
@@ -42,11 +44,11 @@ def test_the_kernel_equals_its_emulation_bit_for_bit(rows, d, batch):
     keys = unit(rows, d, 0).to(torch.bfloat16)
     q = unit(batch, d, 1)
     pairs = keys.view(torch.int16).numpy().view(np.uint16).view(np.uint32)
-    padded = -(-batch // fused_kernel.LANES) * fused_kernel.LANES
-    qp = fused_kernel.bfloat16_pairs(torch.cat([q, q[-1:].expand(padded - batch, -1)]).numpy())
+    padded = -(-batch // LANES) * LANES
+    qp = bf16_kernel.bfloat16_pairs(torch.cat([q, q[-1:].expand(padded - batch, -1)]).numpy())
     out = np.empty((rows, padded), dtype=np.float32)
     maxima = np.empty((-(-rows // 16), padded), dtype=np.float32)
-    fused_kernel.bf16_dot_similarities(pairs, np.ascontiguousarray(qp.T), np.arange(rows),
+    bf16_kernel.bf16_dot_similarities(pairs, np.ascontiguousarray(qp.T), np.arange(rows),
                                        0, rows, out, maxima)
     assert np.array_equal(out[:, :batch], emulated(keys, q))
 
@@ -87,7 +89,7 @@ def test_bf16_similarities_lie_within_bfloat16_rounding_of_float32():
 
 
 def test_what_the_bf16_kernel_cannot_search_is_a_typed_error(monkeypatch):
-    if fused_kernel.has_bfloat16_dot():
+    if bf16_kernel.has_bfloat16_dot():
         q = unit(4, 8, 0)
         with pytest.raises(ValueError, match="bfloat16 keys"):
             ExactSearch(kernel="bf16").search(q, unit(20, 8, 1), torch.arange(20), 5)

@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lifelong.memory.fused_kernel import (BFLOAT16, FLOAT16, FLOAT32, LANES, bf16_dot_similarities,
-                                          bfloat16_pairs, fused_similarities, has_bfloat16_dot)
+from lifelong.memory.bf16_kernel import bf16_dot_similarities, bfloat16_pairs, has_bfloat16_dot
+from lifelong.memory.fused_kernel import BFLOAT16, FLOAT16, FLOAT32, LANES, fused_similarities
 from lifelong.memory.topk_kernel import TILE, RunningTopK
 
 KERNELS = ("auto", "fused", "blas", "bf16")
