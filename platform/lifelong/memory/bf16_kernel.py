@@ -28,7 +28,7 @@ from lifelong.memory.fused_kernel import (AHEAD, LANES, PREFETCH_LOCALITY, ROWS,
 @intrinsic
 def _micro_tile_dot(typingctx, src, src_offset, src_stride, pairs_t, q_offset, q_stride, out,
                     out_offset, out_stride, npairs, stream, ahead, ahead_step):
-    """``_micro_tile`` for bfloat16 keys and bfloat16 queries on CPUs with AVX512-BF16:
+    """``fused_kernel._micro_tile`` for bfloat16 keys and queries on CPUs with AVX512-BF16:
     src holds each key row as uint32 pairs of bfloat16 bits (elements 2p, 2p + 1), pairs_t
     the queries' pairs the same way, [npairs, LANES] per lane group. Step p broadcasts a row's
     pair p and adds both products to that row's <LANES x float> accumulator with one
