@@ -28,10 +28,20 @@ def lifelong_home(tmp_path_factory):
     patch.undo()
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, never one this process was given before: the kernel may hand the
+    same free port to two binds in a row, and a head started with it twice (say its GCS port
+    and its metrics port) fails to start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def our_ray_processes(token: str) -> list[int]:
