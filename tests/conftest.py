@@ -44,6 +44,12 @@ def free_port() -> int:
             return port
 
 
+@pytest.fixture(scope="session")
+def free_ports():
+    """``free_port`` for test modules (a conftest is no module to import from)."""
+    return free_port
+
+
 def our_ray_processes(token: str) -> list[int]:
     """Processes of the head we started: they all inherited our one-off auth token (Linux)."""
     marker = f"RAY_AUTH_TOKEN={token}".encode()

@@ -7,7 +7,6 @@ gauges are set again on a timer, not only on writes). A wrong expression returns
 
 import io
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -35,12 +34,6 @@ EXPORT_MS = 5000
 SCRAPE_S = 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def prometheus_binary():
     try:  # installs Debian's package where this user may (root with apt-get)
@@ -50,15 +43,15 @@ def prometheus_binary():
 
 
 @pytest.fixture
-def ray_with_dashboard():
+def ray_with_dashboard(free_ports):
     """A local Ray whose head runs the dashboard (it writes the service-discovery file), in a
     short temp dir of its own, with its own ports."""
     ray = pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="lifelong-mon-")  # short: Ray's socket paths live there
     # Ray exports every 5 s instead of 10: data sooner, and gauges not set again expire
     # sooner (within 10 s instead of 20 s), so the idle check is stricter, not looser.
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_port=free_port(),
-             _metrics_export_port=free_port(), _temp_dir=temp, namespace="lifelong",
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_port=free_ports(),
+             _metrics_export_port=free_ports(), _temp_dir=temp, namespace="lifelong",
              log_to_driver=False, _system_config={"metrics_report_interval_ms": EXPORT_MS})
     try:
         yield temp
@@ -77,8 +70,8 @@ def wait_for(predicate, timeout_s, what):
 
 
 def test_every_dashboard_query_returns_data_under_traffic_and_after_idling(
-        prometheus_binary, ray_with_dashboard, tmp_path, monkeypatch, capsys):
-    config = PrometheusConfig(ray_temp_dir=ray_with_dashboard, port=free_port(),
+        prometheus_binary, ray_with_dashboard, free_ports, tmp_path, monkeypatch, capsys):
+    config = PrometheusConfig(ray_temp_dir=ray_with_dashboard, port=free_ports(),
                               scrape_interval_s=SCRAPE_S, run_dir=str(tmp_path / "prom"))
     wait_for(config.sd_file.exists, 30, f"Ray wrote no {config.sd_file}")
     runners = []
@@ -97,7 +90,7 @@ def test_every_dashboard_query_returns_data_under_traffic_and_after_idling(
                                       shards=2, choose_k=7, storage=str(tmp_path / "mem"),
                                       num_cpus=0.5))
     service = start_service(config_from_dict(ServeJob, {
-        "serve": {"name": "watched-serve", "port": free_port(), "num_cpus": 0,
+        "serve": {"name": "watched-serve", "port": free_ports(), "num_cpus": 0,
                   "min_replicas": 1, "max_replicas": 1, "payload_format": "float32[16]"},
         "shared_memory": {"name": "watched-served", "storage": str(tmp_path / "mem"),
                           "num_slots": 64, "shards": 2, "num_values": 12, "num_cpus": 0.25}}),

@@ -5,7 +5,6 @@ characters only by tests/data/train_serve_encoder.py), ``/vec`` a memory of floa
 keys. Every call is real HTTP (``requests``) against real shard actors with durable files."""
 
 import base64
-import socket
 import threading
 import time
 from pathlib import Path
@@ -26,14 +25,8 @@ D, VEC_VALUES, VEC_SLOTS, MAX_EXAMPLES = 16, 1000, 1024, 8
 CLASSES, WAY = 50, 5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, free_ports):
     """(base URL of /img, base URL of /vec, memory storage): both apps started once."""
     ray = pytest.importorskip("ray")
     serve = pytest.importorskip("ray.serve")
@@ -42,7 +35,7 @@ def service(tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("memories"))
     ray.init(num_cpus=4, include_dashboard=False, _temp_dir=RAY_TEMP, namespace="lifelong",
              log_to_driver=False)
-    port = free_port()
+    port = free_ports()
     common = {"port": port, "num_cpus": 0, "min_replicas": 1, "max_replicas": 1,
               "shard_timeout_s": 3.0, "max_examples": MAX_EXAMPLES, "max_body_bytes": 65536,
               "batch_wait_timeout_s": 0.01}
