@@ -18,85 +18,28 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
-from lifelong.memory.fused_kernel import (AHEAD, LANES, PREFETCH_LOCALITY, ROWS, array_data,
-                                          start_maxima, take_maxima)
+from lifelong.memory.fused_kernel import (AHEAD, LANES, ROWS, micro_tile, start_maxima,
+                                          take_maxima)
 
 
-@intrinsic
-def _micro_tile_dot(typingctx, src, src_offset, src_stride, pairs_t, q_offset, q_stride, out,
-                    out_offset, out_stride, npairs, stream, ahead, ahead_step):
-    """``fused_kernel._micro_tile`` for bfloat16 keys and queries on CPUs with AVX512-BF16:
-    src holds each key row as uint32 pairs of bfloat16 bits (elements 2p, 2p + 1), pairs_t
-    the queries' pairs the same way, [npairs, LANES] per lane group. Step p broadcasts a row's
-    pair p and adds both products to that row's <LANES x float> accumulator with one
-    ``vdpbf16ps`` (products exact in float32, the higher element's added first, then the
-    lower's, each sum rounded to nearest, denormals flushed: the instruction's definition),
-    so a step does the work of two fma steps and reads half the bytes."""
-    int_args = (src_offset, src_stride, q_offset, q_stride, out_offset, out_stride, npairs,
-                ahead, ahead_step)
-    if not all(isinstance(a, types.Integer) for a in int_args) or \
-            not isinstance(stream, types.Array):
-        return None
+def _dpbf16ps(builder, key_pair, query_pairs, acc):
+    """acc += key_pair . query_pairs per lane (``vdpbf16ps``: both products exact in float32,
+    the higher element's added first, then the lower's, each sum rounded to nearest,
+    denormals flushed). AT&T operand order: vdpbf16ps src2, src1, dst."""
+    vec = ir.VectorType(ir.FloatType(), LANES)
+    words = ir.VectorType(ir.IntType(32), LANES)
+    dot = ir.InlineAsm(ir.FunctionType(vec, [vec, words, words]), "vdpbf16ps $3, $2, $0",
+                       "=v,0,v,v")
+    return builder.call(dot, [acc, key_pair, query_pairs])
 
-    def codegen(context, builder, signature, args):
-        src_p = array_data(context, builder, signature.args[0], args[0])
-        q_p = array_data(context, builder, signature.args[3], args[3])
-        out_p = array_data(context, builder, signature.args[6], args[6])
-        i64 = ir.IntType(64)
-        (src_offset_, src_stride_, q_offset_, q_stride_, out_offset_, out_stride_, npairs_,
-         ahead_, ahead_step_) = [context.cast(builder, args[i], signature.args[i], types.int64)
-                                 for i in (1, 2, 4, 5, 7, 8, 9, 11, 12)]
-        stream_p = array_data(context, builder, signature.args[10], args[10])
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        prefetch = builder.module.declare_intrinsic("llvm.prefetch.p0", (), ir.FunctionType(
-            ir.VoidType(), [i8p, i32, i32, i32]))
-        vec = ir.VectorType(ir.FloatType(), LANES)
-        words = ir.VectorType(i32, LANES)
-        # acc += key pairs . query pairs; AT&T order: vdpbf16ps src2, src1, dst
-        dot = ir.InlineAsm(ir.FunctionType(vec, [vec, words, words]),
-                           "vdpbf16ps $3, $2, $0", "=v,0,v,v")
-        zero = ir.Constant(vec, None)
-        splat_mask = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
-        rows = [builder.add(src_offset_, builder.mul(src_stride_, ir.Constant(i64, s)))
-                for s in range(ROWS)]
-        entry = builder.block
-        loop = builder.append_basic_block("dot.loop")
-        done = builder.append_basic_block("dot.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        p = builder.phi(i64)
-        accs = [builder.phi(vec) for _ in range(ROWS)]
-        q_at = builder.gep(q_p, [builder.add(q_offset_, builder.mul(p, q_stride_))])
-        qv = builder.load(builder.bitcast(q_at, words.as_pointer()), align=4)
-        pf_at = builder.gep(stream_p, [builder.add(ahead_, builder.mul(p, ahead_step_))])
-        builder.call(prefetch, [builder.bitcast(pf_at, i8p), ir.Constant(i32, 0),
-                                ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
-        new = []
-        for s in range(ROWS):
-            pair = builder.load(builder.gep(src_p, [builder.add(rows[s], p)]))
-            kv = builder.shuffle_vector(builder.insert_element(ir.Constant(words, ir.Undefined),
-                                                               pair, ir.Constant(i64, 0)),
-                                        ir.Constant(words, ir.Undefined), splat_mask)
-            new.append(builder.call(dot, [accs[s], kv, qv]))
-        p_next = builder.add(p, ir.Constant(i64, 1))
-        builder.cbranch(builder.icmp_signed("<", p_next, npairs_), loop, done)
-        p.add_incoming(ir.Constant(i64, 0), entry)
-        p.add_incoming(p_next, loop)
-        for acc, value in zip(accs, new):
-            acc.add_incoming(zero, entry)
-            acc.add_incoming(value, loop)
-        builder.position_at_end(done)
-        for s in range(ROWS):
-            at = builder.add(out_offset_, builder.mul(out_stride_, ir.Constant(i64, s)))
-            builder.store(new[s], builder.bitcast(builder.gep(out_p, [at]), vec.as_pointer()),
-                          align=4)
-        return context.get_dummy_value()
 
-    return types.none(src, src_offset, src_stride, pairs_t, q_offset, q_stride, out,
-                      out_offset, out_stride, npairs, stream, ahead, ahead_step), codegen
+# ``fused_kernel.micro_tile`` over uint32 pairs of bfloat16 bits: src holds each key row as
+# pairs (elements 2p, 2p + 1), queries_t the queries' pairs the same way ([d / 2, LANES] per
+# lane group); step p adds both products of pair p with one ``vdpbf16ps``, the work of two
+# fma steps on half the bytes.
+_micro_tile_dot = micro_tile("_micro_tile_dot", ir.IntType(32), _dpbf16ps)
 
 
 @njit(nogil=True, cache=True)

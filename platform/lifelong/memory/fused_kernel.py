@@ -55,40 +55,50 @@ def array_data(context, builder, array_type, array):
     return context.make_array(array_type)(context, builder, array).data
 
 
-@intrinsic
-def _micro_tile(typingctx, src, src_offset, src_stride, queries_t, q_offset, q_stride, out,
-                out_offset, out_stride, dim, stream, ahead, ahead_step):
-    """out[out_offset + s * out_stride + lane] = sum_j src[src_offset + s * src_stride + j] *
-    queries_t[q_offset + j * q_stride + lane] for s < ROWS, lane < LANES, dim >= 1: one
-    <LANES x float> accumulator per key row, s = fma(key[j], query[j], s) for j = 0 .. dim - 1
-    (llvm.fma: one rounding per step, whatever the target's vector width). Step j also
-    prefetches stream.flat[ahead + j * ahead_step] (stream: the keys), so that rows further on arrive while this tile is
-    computed (requests spread over the loop, not in a burst that fills the line-fill buffers)."""
-    int_args = (src_offset, src_stride, q_offset, q_stride, out_offset, out_stride, dim, ahead,
-                ahead_step)
-    if not all(isinstance(a, types.Integer) for a in int_args) or \
-            not isinstance(stream, types.Array):
-        return None
+def micro_tile(name: str, lane_type: ir.Type, accumulate):
+    """A micro-kernel intrinsic ``(src, src_offset, src_stride, queries_t, q_offset, q_stride,
+    out, out_offset, out_stride, steps, stream, ahead, ahead_step)``: for s < ROWS and
+    lane < LANES, one <LANES x float> accumulator per key row s, from 0, updated for
+    j = 0 .. steps - 1 by ``accumulate(builder, key, query, acc)`` with key the row's element
+    src[src_offset + s * src_stride + j] broadcast to LANES lanes and query the vector
+    queries_t[q_offset + j * q_stride:][:LANES], both of ``lane_type``; the accumulators are
+    stored to out[out_offset + s * out_stride:][:LANES]. Step j also prefetches
+    stream.flat[ahead + j * ahead_step] (stream: the keys), so that rows further on arrive
+    while this tile is computed (requests spread over the loop, not in a burst that fills the
+    line-fill buffers). Written in LLVM IR so that the vector width does not depend on the
+    compiler's cost model."""
+    def typer(typingctx, src, src_offset, src_stride, queries_t, q_offset, q_stride, out,
+              out_offset, out_stride, steps, stream, ahead, ahead_step):
+        int_args = (src_offset, src_stride, q_offset, q_stride, out_offset, out_stride, steps,
+                    ahead, ahead_step)
+        if not all(isinstance(a, types.Integer) for a in int_args) or \
+                not isinstance(stream, types.Array):
+            return None
+        return (types.none(src, src_offset, src_stride, queries_t, q_offset, q_stride, out,
+                           out_offset, out_stride, steps, stream, ahead, ahead_step),
+                _tile_codegen(lane_type, accumulate))
 
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
+
+
+def _tile_codegen(lane_type: ir.Type, accumulate):
     def codegen(context, builder, signature, args):
         src_p = array_data(context, builder, signature.args[0], args[0])
         q_p = array_data(context, builder, signature.args[3], args[3])
         out_p = array_data(context, builder, signature.args[6], args[6])
-        i64 = ir.IntType(64)
-        ints = [context.cast(builder, args[i], signature.args[i], types.int64)
-                for i in (1, 2, 4, 5, 7, 8, 9, 11, 12)]
         stream_p = array_data(context, builder, signature.args[10], args[10])
-        (src_offset_, src_stride_, q_offset_, q_stride_, out_offset_, out_stride_, dim_, ahead_,
-         ahead_step_) = ints
+        i64 = ir.IntType(64)
+        (src_offset_, src_stride_, q_offset_, q_stride_, out_offset_, out_stride_, steps_,
+         ahead_, ahead_step_) = [context.cast(builder, args[i], signature.args[i], types.int64)
+                                 for i in (1, 2, 4, 5, 7, 8, 9, 11, 12)]
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         prefetch = builder.module.declare_intrinsic("llvm.prefetch.p0", (), ir.FunctionType(
             ir.VoidType(), [i8p, i32, i32, i32]))
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, LANES)
-        fma = builder.module.declare_intrinsic(f"llvm.fma.v{LANES}f32", (),
-                                               ir.FunctionType(vec, [vec, vec, vec]))
+        vec = ir.VectorType(ir.FloatType(), LANES)
+        lanes = ir.VectorType(lane_type, LANES)
         zero = ir.Constant(vec, None)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        splat_mask = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
         rows = [builder.add(src_offset_, builder.mul(src_stride_, ir.Constant(i64, s)))
                 for s in range(ROWS)]
         entry = builder.block
@@ -99,19 +109,19 @@ def _micro_tile(typingctx, src, src_offset, src_stride, queries_t, q_offset, q_s
         j = builder.phi(i64)
         accs = [builder.phi(vec) for _ in range(ROWS)]
         q_at = builder.gep(q_p, [builder.add(q_offset_, builder.mul(j, q_stride_))])
-        qv = builder.load(builder.bitcast(q_at, vec.as_pointer()), align=4)
+        qv = builder.load(builder.bitcast(q_at, lanes.as_pointer()), align=4)
         pf_at = builder.gep(stream_p, [builder.add(ahead_, builder.mul(j, ahead_step_))])
         builder.call(prefetch, [builder.bitcast(pf_at, i8p), ir.Constant(i32, 0),
                                 ir.Constant(i32, PREFETCH_LOCALITY), ir.Constant(i32, 1)])
         new = []
         for s in range(ROWS):
             key = builder.load(builder.gep(src_p, [builder.add(rows[s], j)]))
-            kv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined),
+            kv = builder.shuffle_vector(builder.insert_element(ir.Constant(lanes, ir.Undefined),
                                                                key, ir.Constant(i64, 0)),
-                                        ir.Constant(vec, ir.Undefined), splat_mask)
-            new.append(builder.call(fma, [kv, qv, accs[s]]))
+                                        ir.Constant(lanes, ir.Undefined), splat_mask)
+            new.append(accumulate(builder, kv, qv, accs[s]))
         j_next = builder.add(j, ir.Constant(i64, 1))
-        builder.cbranch(builder.icmp_signed("<", j_next, dim_), loop, done)
+        builder.cbranch(builder.icmp_signed("<", j_next, steps_), loop, done)
         j.add_incoming(ir.Constant(i64, 0), entry)
         j.add_incoming(j_next, loop)
         for acc, value in zip(accs, new):
@@ -124,8 +134,20 @@ def _micro_tile(typingctx, src, src_offset, src_stride, queries_t, q_offset, q_s
                           align=4)
         return context.get_dummy_value()
 
-    return types.none(src, src_offset, src_stride, queries_t, q_offset, q_stride, out,
-                      out_offset, out_stride, dim, stream, ahead, ahead_step), codegen
+    return codegen
+
+
+def _fma(builder, key, query, acc):
+    """acc = fma(key, query, acc) (llvm.fma: one rounding per step, on any target)."""
+    vec = ir.VectorType(ir.FloatType(), LANES)
+    fma = builder.module.declare_intrinsic(f"llvm.fma.v{LANES}f32", (),
+                                           ir.FunctionType(vec, [vec, vec, vec]))
+    return builder.call(fma, [key, query, acc])
+
+
+# The float32 micro-kernel: s = fma(key[j], query[j], s) for j = 0 .. d - 1 per key row and
+# query (8 independent fma chains).
+_micro_tile = micro_tile("_micro_tile", ir.FloatType(), _fma)
 
 
 @intrinsic
