@@ -35,6 +35,14 @@ from lifelong.distributed import wire
 from lifelong.errors import ProtocolError, ShardUnavailableError
 
 RETRY_CONNECT_S = 5.0  # after a failed connect, a shard's calls go through Ray this long
+SOCKET_BUFFER_BYTES = 1 << 20  # each way: a step's answer (about 75 KB) never waits for room
+
+
+def _tune(sock: socket.socket) -> None:
+    """Both ends of a connection: no Nagle delay, buffers larger than any step's frame."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
 
 
 class ShardServer:
@@ -73,9 +81,7 @@ class ShardServer:
                 conn, _ = self.listener.accept()
             except OSError:
                 return  # closed
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            _tune(conn)
             threading.Thread(target=self._serve, args=(conn,), name="shard-channel-conn",
                              daemon=True).start()
 
@@ -117,9 +123,7 @@ class _Connection:
     def __init__(self, endpoint: dict, timeout_s: float):
         self.sock = socket.create_connection((endpoint["host"], endpoint["port"]),
                                              timeout=min(timeout_s, 10.0))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        _tune(self.sock)
         self.sock.settimeout(timeout_s)
         wire.send_frame(self.sock, wire.encode("hello", {"token": endpoint["token"]}))
         op, fields, _ = wire.read_frame(self.sock, max_data_bytes=1 << 16)

@@ -31,12 +31,11 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
     fresh = gather(memory.values, refresh_local) == write.refresh_labels
     n_ins = len(write.insert_labels)
     marked = min(max(int(write.insert_empty), 0), n_ins)
-    if fresh.all():  # the usual case: nothing to convert, the inserts as the client sent them
-        stale = np.zeros(0, dtype=np.int64)
+    stale = np.flatnonzero(~fresh)
+    if not stale.size:  # the usual case: nothing to convert, the inserts as the client sent them
         ins_q, ins_labels = write.insert_q, write.insert_labels
         ins_pos = write.insert_positions
     else:  # the insert order: routed to an empty slot, converted refreshes, then the others
-        stale = np.flatnonzero(~fresh)
         ins_q = np.concatenate([write.insert_q[:marked], write.refresh_q[stale],
                                 write.insert_q[marked:]]).astype(np.float32, copy=False)
         ins_labels = np.concatenate([write.insert_labels[:marked], write.refresh_labels[stale],
@@ -49,12 +48,9 @@ def plan_update(memory: Memory, write: ShardWrite, digest: str, offset: int) -> 
     empty = memory.num_slots - memory.occupancy() if wants_empty else 0  # none is refreshed now
     accept = np.ones(len(ins_labels), dtype=bool)
     accept[min(wants_empty, empty):wants_empty] = False
-    everything = accept.all()
-    plan = memory.plan_write(
-        as_tensor(refresh_local if fresh.all() else refresh_local[fresh], dev),
-        as_tensor(write.refresh_q if fresh.all() else write.refresh_q[fresh], dev),
-        as_tensor(ins_q if everything else ins_q[accept], dev),
-        as_tensor(ins_labels if everything else ins_labels[accept], dev))
+    plan = memory.plan_write(as_tensor(refresh_local[fresh], dev),
+                             as_tensor(write.refresh_q[fresh], dev),
+                             as_tensor(ins_q[accept], dev), as_tensor(ins_labels[accept], dev))
     taken = np.full(len(ins_labels), -1, dtype=np.int64)
     taken[accept] = plan.inserted.cpu().numpy()
     # the answer in the write's order: its inserts, then its refreshes

@@ -3,7 +3,8 @@
 ``Update`` is the effect of one applied update batch (one log frame's payload: a ``wire`` frame
 of named arrays; logs written before that format hold Arrow IPC streams, which are still read);
 ``Snapshot`` is a shard's full state (one Parquet table). Both check their contents against the
-shard they are loaded into (``check``): a crafted file with valid checksums is refused too. A frame is ``b"LLOG" | uint32 length | uint32 crc32 | payload``. No pickle.
+shard they are loaded into (``check``): a crafted file with valid checksums is refused too. A
+frame is ``b"LLOG" | uint32 length | uint32 crc32 | payload``. No pickle.
 """
 
 from __future__ import annotations
@@ -128,10 +129,9 @@ class Update:
 
 
 # The arrays of an update record and their dtypes (``Update.to_bytes``).
-_UPDATE_ARRAYS = {"slots": np.int64, "keys": np.float32, "values": np.int64,
-                  "recent_labels": np.int64, "recent_slots": np.int64,
-                  "recent_positions": np.int64, "inserted": np.int64}
-_UPDATE_ARRAYS = {name: np.dtype(dtype) for name, dtype in _UPDATE_ARRAYS.items()}
+_UPDATE_ARRAYS = {name: np.dtype(np.float32 if name == "keys" else np.int64)
+                  for name in ("slots", "keys", "values", "recent_labels", "recent_slots",
+                               "recent_positions", "inserted")}
 
 
 def key_column(keys: np.ndarray) -> pa.FixedSizeListArray:

@@ -16,6 +16,7 @@ a scan of N ages; a rebuild from the state (after a load or a clear) costs O(N l
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -49,8 +50,13 @@ def slot_rank(slots, num_slots: int):
     Returns:
         [n] int64 ranks, of the same kind as ``slots``.
     """
-    inverse = pow(golden_stride(num_slots), -1, num_slots) if num_slots > 1 else 0
-    return (slots * inverse) % num_slots
+    return (slots * _rank_inverse(num_slots)) % num_slots
+
+
+@functools.lru_cache(maxsize=64)
+def _rank_inverse(num_slots: int) -> int:
+    """G^-1 mod N (``golden_stride``), computed once per N: ranks are taken at every step."""
+    return pow(golden_stride(num_slots), -1, num_slots) if num_slots > 1 else 0
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
@@ -147,12 +153,10 @@ class InsertOrder:
         self.clock = 0  # the clock the queues follow
         self.followed: _Followed | None = None  # the state tensors the queues follow
         self._mirror: tuple[np.ndarray, np.ndarray] | None = None  # non-CPU state, on the host
-        self._inverse = pow(golden_stride(self.total_slots), -1, self.total_slots) \
-            if self.total_slots > 1 else 0
 
     def rank(self, slots: np.ndarray) -> np.ndarray:
         """[n] int64 ranks of local slots [n] (by their global ids)."""
-        return ((slots + self.offset) * self._inverse) % self.total_slots
+        return slot_rank(slots + self.offset, self.total_slots)
 
     def _state(self, values: torch.Tensor, write_time: torch.Tensor):
         """values [n] and write_time [n] as host arrays."""

@@ -264,10 +264,12 @@ class ExactSearch:
         keys_np = (keys if kind == FLOAT32 else keys.view(torch.int16)).numpy()
         if kind != FLOAT32:
             keys_np = keys_np.view(np.uint16)
-        q_np, values_np = np.ascontiguousarray(q.numpy().T), values.numpy()
         if self.kernel == "bf16":  # keys and queries as bfloat16 pairs
             kind, keys_np = BF16_DOT, keys_np.view(np.uint32)
             q_np = np.ascontiguousarray(bfloat16_pairs(q.numpy()).T)
+        else:
+            q_np = np.ascontiguousarray(q.numpy().T)
+        values_np = values.numpy()
         _scan_parts(lambda start, stop, part: _scan_range_fused(
             q_np, keys_np, kind, values_np, start, stop, rows, topk, part), num_slots, threads)
         sims, slots = topk.result()
